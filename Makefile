@@ -1,0 +1,49 @@
+# One place that installs everything a fresh machine needs, and the targets people run.
+# `make run` and `make test` are the README's two commands; both set up first.
+
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+NPMSTAMP := node_modules/.installed
+
+.PHONY: setup run test test-fast lint typecheck format bench clean
+
+setup: $(STAMP) $(NPMSTAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# package-lock.json pins every JS package; `npm ci` installs exactly that.
+$(NPMSTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPMSTAMP)
+
+run: setup
+	$(VENV)/bin/statehost run fixtures/machines/toggle/v4/machine.ts --event toggle --event toggle --event toggle
+
+test: setup
+	$(VPY) -m pytest -q
+
+test-fast: setup
+	$(VPY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check runtime server client tests bench
+	$(VENV)/bin/ruff format --check runtime server client tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format runtime server client tests bench
+	$(VENV)/bin/ruff check --fix runtime server client tests bench
+
+bench: setup
+	$(VPY) -m bench.runtime_steps
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
