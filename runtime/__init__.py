@@ -1,0 +1,65 @@
+"""statehost's sandbox host: bundle uploads, run XState machines in QuickJS under limits.
+
+A pure library: it knows nothing of HTTP, SQL or auth. The server hands it a bundle, a persisted
+instance and an event, and gets back rounds to commit and effects to perform after committing.
+"""
+
+from .bundle import Bundler, MachineBundle, Upload
+from .clock import Clock, FakeClock, SystemClock
+from .engine import Engine, PreparedMachine, SandboxInstance
+from .engines.quickjs_native import QuickJSNativeEngine
+from .errors import BundleError, Diagnostic, HostError, InvalidMachineError, ProtocolError, SandboxError
+from .executor import Executor
+from .limits import FetchPolicy, Limits, Outcome
+from .protocol import (
+    EffectResult,
+    FetchRequest,
+    FetchResponse,
+    LogLine,
+    ReadDecision,
+    ReadRequest,
+    Round,
+    StepRequest,
+    TimerOp,
+    Transition,
+)
+from .settle import CommitFn, WindowResult, run_window
+from .transport import FetchError, Transport
+
+__all__ = [
+    "BundleError",
+    "Bundler",
+    "Clock",
+    "CommitFn",
+    "Diagnostic",
+    "EffectResult",
+    "Engine",
+    "Executor",
+    "FakeClock",
+    "FetchError",
+    "FetchPolicy",
+    "FetchRequest",
+    "FetchResponse",
+    "HostError",
+    "InvalidMachineError",
+    "Limits",
+    "LogLine",
+    "MachineBundle",
+    "Outcome",
+    "PreparedMachine",
+    "ProtocolError",
+    "QuickJSNativeEngine",
+    "ReadDecision",
+    "ReadRequest",
+    "Round",
+    "SandboxError",
+    "SandboxInstance",
+    "StepRequest",
+    "SystemClock",
+    "TimerOp",
+    "Transition",
+    "Transport",
+    "Upload",
+    "WindowResult",
+    "run_window",
+]
