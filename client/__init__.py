@@ -1,0 +1,1 @@
+"""statehost's Python client (speaks only the wire contract)."""

@@ -1,0 +1,151 @@
+// harness/entry.js: the one entry function the host calls (host.d.ts). It is put on globalThis only
+// until the host captures it, right after the prelude and before any user code.
+
+(() => {
+  let M = null; // { user, api, major, machine }
+  let session = null;
+  const rec = Common.createRecorder();
+  let denied = false;
+
+  // The bundle's `var __m` (and the runtime API's `var __statehost_xstate`) are non-configurable
+  // globals: they cannot be deleted, so they are emptied once captured.
+  function take(name) {
+    const value = globalThis[name];
+    if (!Reflect.deleteProperty(globalThis, name)) globalThis[name] = undefined;
+    return value;
+  }
+
+  function attach(req) {
+    const m = take("__m");
+    if (!m || typeof m !== "object" || !m.user) throw new TypeError("the bundle did not define its exports");
+    const user = m.user;
+    const machine = user.default;
+    const major = Common.probeMajor(machine);
+    const exports = Object.keys(user).sort();
+    if (major === null) {
+      throw new TypeError("the module's default export is not an XState machine (export default createMachine(...))");
+    }
+    for (const name of ["allowRead", "allowWrite"]) {
+      if (typeof user[name] !== "function") {
+        throw new TypeError(`the module does not export an ${name} function (export const ${name} = (req) => boolean)`);
+      }
+    }
+    if (req.runtimeApi === "none") return { major, exports };
+    let api = m;
+    if (req.runtimeApi === "global") {
+      api = take("__statehost_xstate");
+    }
+    const needed = major === 5 ? "createActor" : "interpret";
+    if (!api || typeof api[needed] !== "function") {
+      throw new TypeError(`XState ${major}'s ${needed} is missing from the runtime API`);
+    }
+    M = { user, api, major, machine };
+    StatebackedRt.attach(M);
+    return { major, exports };
+  }
+
+  function begin(req) {
+    if (!M) throw new Error("statehost: begin before attach");
+    if (session) throw new Error("statehost: one session per sandbox");
+    H.begin(req);
+    const event = req.event === undefined ? undefined : Common.toEvent(req.event);
+    if (req.authContext !== null && req.kind !== "restore") {
+      const arg = req.kind === "create"
+        ? { type: "initialization", machineInstanceName: req.instanceName, context: req.context || {}, authContext: req.authContext }
+        : {
+            type: "event",
+            machineInstanceName: req.instanceName,
+            state: req.snapshot.xstate.value,
+            context: req.snapshot.xstate.context,
+            event,
+            authContext: req.authContext,
+          };
+      if (!Common.authorize(M.user.allowWrite, "allowWrite", arg)) {
+        denied = true;
+        return;
+      }
+    }
+    const driver = M.major === 5 ? V5 : V4;
+    try {
+      session = driver.start(M.api, M.machine, req, rec);
+      if (event !== undefined) session.send(event);
+    } catch (err) {
+      rec.setFault(err);
+    }
+  }
+
+  function collect() {
+    const drained = rec.drain();
+    let persisted = null;
+    let fault = drained.fault;
+    if (!fault && session && session.status && session.status() === "error") {
+      fault = { kind: "error", name: "Error", message: "the machine reached XState's error status" };
+    }
+    if (!fault && session && !denied) {
+      try {
+        persisted = { major: M.major, xstate: session.persisted(), inflight: session.inflight() };
+        for (const t of drained.transitions) {
+          t.context = Common.jsonSafe(t.context, "the machine's context");
+          t.publicContext = Common.jsonSafe(t.publicContext, "the public context");
+          t.event = Common.jsonSafe(t.event, "the event");
+        }
+      } catch (err) {
+        fault = Common.describeFault(err);
+        persisted = null;
+      }
+    }
+    const due = H.nextDue();
+    return {
+      transitions: fault ? [] : drained.transitions,
+      persisted,
+      timers: fault ? [] : drained.timers,
+      requests: fault ? [] : H.drainRequests(),
+      logs: H.drainLogs(),
+      pendingRequests: H.pendingCount(),
+      nextTimerMs: due,
+      fault: fault || undefined,
+      denied: denied || undefined,
+    };
+  }
+
+  function settle(req) {
+    H.begin(req);
+    H.settle(req.results);
+  }
+
+  function fire(req) {
+    H.begin(req);
+    try {
+      H.fireDue();
+    } catch (err) {
+      rec.setFault(err);
+    }
+  }
+
+  function authorizeRead(req) {
+    H.begin(req);
+    const allowed = Common.authorize(M.user.allowRead, "allowRead", {
+      machineInstanceName: req.instanceName,
+      state: req.state,
+      context: req.context,
+      authContext: req.authContext,
+    });
+    return { allowed, logs: H.drainLogs() };
+  }
+
+  const ops = { attach, begin, collect, settle, fire, authorize_read: authorizeRead };
+
+  function entry(op, arg) {
+    const fn = ops[op];
+    if (!fn) throw new Error(`statehost: unknown entry op ${op}`);
+    let reply;
+    try {
+      reply = fn(JSON.parse(arg));
+    } catch (err) {
+      reply = { fault: Common.describeFault(err) };
+    }
+    return reply === undefined ? "" : JSON.stringify(reply);
+  }
+
+  Object.defineProperty(globalThis, "__statehost_entry", { value: entry, writable: true, configurable: true, enumerable: false });
+})();

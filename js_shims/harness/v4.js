@@ -1,0 +1,109 @@
+// harness/v4.js: drive an XState 4 machine for one settle window (runtime-semantics 12.3).
+//
+// - The ordinary interpreter runs the machine, with a clock that never sleeps (H timers).
+// - Timers of the instance itself are reported, never armed: the root interpreter's `defer` and
+//   `cancel` are replaced on the instance, so every delayed send/raise/`after` becomes a timer op for
+//   the host's durable table. Child interpreters keep the prototype's methods: their timers are
+//   ephemeral and only fire inside the window.
+// - Restore strips the last transition's `actions` and `children`, so nothing is replayed
+//   (statelyai/xstate#194, #1757, #2109; start(state) would re-run actions and re-arm timers).
+// - Services that were running at the last commit are not re-run: their `error.platform.<id>` is
+//   delivered first (at-most-once, wire-api 7.4).
+
+const V4 = (() => {
+  const clock = {
+    setTimeout: (fn, ms) => H.setTimer(fn, ms, [], false),
+    clearTimeout: (id) => H.clearTimer(id),
+  };
+
+  function view(state) {
+    return {
+      state: state.value,
+      context: state.context,
+      publicContext: Common.publicOf(state.context),
+      tags: Array.from(state.tags || []),
+      done: Boolean(state.done),
+      event: state.event,
+    };
+  }
+
+  function start(api, machine, req, rec) {
+    let logic = machine;
+    if (req.kind === "create" && req.context) {
+      logic = machine.withContext(Object.assign({}, machine.context, req.context));
+    }
+    const svc = api.interpret(logic, { clock, devTools: false });
+    const proto = Object.getPrototypeOf(svc);
+    let restoring = false;
+
+    svc.defer = function (sendAction) {
+      if (sendAction.to) return proto.defer.call(this, sendAction); // aimed at a child: ephemeral
+      const event = sendAction._event ? sendAction._event.data : sendAction.event;
+      rec.timer({ op: "set", id: sendAction.id === undefined ? null : String(sendAction.id), delayMs: sendAction.delay, event });
+      return undefined;
+    };
+    svc.cancel = function (sendId) {
+      rec.timer({ op: "cancel", id: String(sendId) });
+      return proto.cancel.call(this, sendId);
+    };
+    // Faults inside promise callbacks (a service's done event whose action throws) never reach our
+    // caller; catching them at `send` records them wherever they happen.
+    const send = svc.send;
+    svc.send = function () {
+      try {
+        return send.apply(this, arguments);
+      } catch (err) {
+        rec.setFault(err);
+        throw err;
+      }
+    };
+    svc.onTransition((state) => {
+      if (restoring || state.changed === false) return;
+      rec.transition(view(state));
+    });
+
+    if (req.kind !== "create") {
+      restoring = true;
+      try {
+        svc.start(Object.assign({}, req.snapshot.xstate, { actions: [], children: {} }));
+      } finally {
+        restoring = false;
+      }
+      for (const id of req.kind === "event" ? req.snapshot.inflight : []) {
+        const type = `error.platform.${id}`;
+        if (svc.state.nextEvents.includes(type)) {
+          svc.send({ type, data: Object.assign({}, Common.CUT_OFF) });
+        } else {
+          H.log("stderr", "warn", `service ${id} was cut off; the current state has no ${type} transition, so the error event was skipped`);
+        }
+      }
+    } else {
+      svc.start();
+    }
+
+    return {
+      send(event) {
+        svc.send(event);
+      },
+      inflight() {
+        return Array.from(svc.children.keys());
+      },
+      persisted() {
+        const json = Common.jsonSafe(svc.state, "the machine's state");
+        delete json.actions;
+        delete json.children;
+        delete json.history;
+        // Derived on restore (tags from the configuration) or per transition (changed): keeping them
+        // would make persist -> restore -> persist unstable.
+        delete json.changed;
+        delete json.tags;
+        return json;
+      },
+      current() {
+        return view(svc.state);
+      },
+    };
+  }
+
+  return { start, view };
+})();

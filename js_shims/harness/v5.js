@@ -1,0 +1,132 @@
+// harness/v5.js: drive an XState 5 actor for one settle window (runtime-semantics 12.4.3).
+//
+// - The ordinary actor runs the machine with a clock that never sleeps (H timers).
+// - The system scheduler's schedule/cancel/cancelAll are replaced before start(): events the root
+//   schedules for itself are reported as timer ops for the host's durable table; everything that
+//   involves a child keeps XState's own scheduler on the H clock (ephemeral, inside the window).
+// - Restore needs no stripping of actions (v5 replays none) but removes the children that were
+//   running at the last commit; their `xstate.error.actor.<id>` is delivered first, when the current
+//   state can take it (an unhandled one would put the whole actor in error status for good).
+// - Transitions are observed through the inspection API, which pairs each snapshot with its event.
+
+const V5 = (() => {
+  const clock = {
+    setTimeout: (fn, ms) => H.setTimer(fn, ms, [], false),
+    clearTimeout: (id) => H.clearTimer(id),
+  };
+
+  function view(snapshot, event) {
+    return {
+      state: snapshot.value,
+      context: snapshot.context,
+      publicContext: Common.publicOf(snapshot.context),
+      tags: Array.from(snapshot.tags || []),
+      done: snapshot.status === "done",
+      event,
+    };
+  }
+
+  // The caller's context is shallow-merged over the machine's initial context, which may be an
+  // object or a function of { input, spawn, self }; the caller's context is also passed as input.
+  function withContext(machine, extra) {
+    const original = machine.config.context;
+    const context = typeof original === "function"
+      ? (args) => Object.assign({}, original(args), extra)
+      : Object.assign({}, original, extra);
+    return new machine.constructor(Object.assign({}, machine.config, { context }), machine.implementations);
+  }
+
+  function start(api, machine, req, rec) {
+    let logic = machine;
+    let input;
+    let snapshot;
+    if (req.kind === "create" && req.context) {
+      logic = withContext(machine, req.context);
+      input = req.context;
+    }
+    if (req.kind !== "create") {
+      const children = Object.assign({}, req.snapshot.xstate.children);
+      if (req.kind === "event") for (const id of req.snapshot.inflight) delete children[id];
+      snapshot = Object.assign({}, req.snapshot.xstate, { children });
+    }
+
+    let actor = null;
+    let restoring = req.kind !== "create";
+    // A macrostep is one transition when it produced a new snapshot, or when it took a transition
+    // that only ran actions (v5 keeps the same snapshot object then; v4 reports it as changed).
+    let last = null;
+    let handled = false;
+    const inspect = (ev) => {
+      if (actor === null || ev.actorRef !== actor) return;
+      if (ev.type === "@xstate.microstep") {
+        if (ev._transitions && ev._transitions.length) handled = true;
+        return;
+      }
+      if (ev.type !== "@xstate.snapshot") return;
+      const fresh = ev.snapshot !== last;
+      last = ev.snapshot;
+      const took = handled;
+      handled = false;
+      if (restoring || ev.snapshot.status === "error" || !(fresh || took)) return;
+      rec.transition(view(ev.snapshot, ev.event));
+    };
+    actor = api.createActor(logic, { snapshot, input, clock, inspect });
+
+    const scheduler = actor.system.scheduler;
+    const own = { schedule: scheduler.schedule, cancel: scheduler.cancel, cancelAll: scheduler.cancelAll };
+    scheduler.schedule = (source, target, event, delay, id) => {
+      if (source === actor && target === actor) {
+        rec.timer({ op: "set", id: id === undefined ? null : String(id), delayMs: delay, event });
+      } else {
+        own.schedule(source, target, event, delay, id);
+      }
+    };
+    scheduler.cancel = (source, id) => {
+      if (source === actor) rec.timer({ op: "cancel", id: String(id) });
+      own.cancel(source, id);
+    };
+    scheduler.cancelAll = (ref) => {
+      if (ref === actor) rec.timer({ op: "cancelAll" });
+      own.cancelAll(ref);
+    };
+    // Without an error observer XState rethrows through a global setTimeout.
+    actor.subscribe({ error: (err) => rec.setFault(err) });
+
+    actor.start();
+    restoring = false;
+    if (req.kind === "event") {
+      for (const id of req.snapshot.inflight) {
+        const ev = { type: `xstate.error.actor.${id}`, error: Object.assign({}, Common.CUT_OFF) };
+        if (actor.getSnapshot().can(ev)) {
+          actor.send(ev);
+        } else {
+          H.log("stderr", "warn", `service ${id} was cut off; the current state cannot take ${ev.type}, so the error event was skipped`);
+        }
+      }
+    }
+
+    return {
+      send(event) {
+        actor.send(event);
+      },
+      inflight() {
+        const children = actor.getSnapshot().children || {};
+        return Object.keys(children).filter((id) => {
+          const child = children[id];
+          return child && child.getSnapshot && child.getSnapshot().status === "active";
+        });
+      },
+      persisted() {
+        return Common.jsonSafe(actor.getPersistedSnapshot(), "the machine's snapshot");
+      },
+      current() {
+        return view(actor.getSnapshot(), null);
+      },
+      status() {
+        return actor.getSnapshot().status;
+      },
+    };
+  }
+
+  return { start, view };
+})();

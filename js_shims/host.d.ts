@@ -1,0 +1,101 @@
+// The one declaration of everything that crosses between the Python host and the guest.
+//
+// Loading order (runtime/shims.py): every file of internal/, web/, statebacked/ and harness/ is
+// concatenated, in the order listed there, into ONE strict-mode IIFE: the "prelude". Files share that
+// function scope (so `H` below is visible to every shim) and nothing but the Web APIs is put on
+// globalThis. The prelude defines globalThis.__statehost_entry; the host captures that function and
+// deletes the global before any user code runs. Then the host evaluates the machine bundle (which
+// defines the global `__m`) and calls entry("attach"), which captures and deletes `__m`.
+//
+// The guest never calls into Python. Requests for the host (fetch, host cryptography) are queued in
+// an outbox that the host drains after each guest entry (runtime/engines/quickjs_native.py).
+
+// ---- host -> guest: the entry function -------------------------------------------------------
+// Every argument and return value is a JSON string. The entry never throws for guest faults: a
+// fault comes back as { fault: GuestFault } inside the reply.
+declare function __statehost_entry(op: "attach", arg: string /* AttachRequest */): string /* AttachReply */;
+declare function __statehost_entry(op: "begin", arg: string /* BeginRequest */): string /* "" */;
+declare function __statehost_entry(op: "settle", arg: string /* SettleRequest */): string /* "" */;
+declare function __statehost_entry(op: "fire", arg: string /* FireRequest */): string /* "" */;
+declare function __statehost_entry(op: "collect", arg: string /* "{}" */): string /* Round */;
+declare function __statehost_entry(op: "authorize_read", arg: string /* ReadRequest */): string /* Decision */;
+declare function __statehost_entry(op: "eval", arg: string /* { code } */): string /* "" */;
+
+interface AttachRequest { runtimeApi: "bundle" | "global" }  // where interpret/createActor come from
+interface AttachReply { major: 4 | 5; exports: string[]; fault?: GuestFault }
+
+interface StepContext {
+  nowMs: number;            // Date.now() and new Date() are frozen to this for the entry
+  seed: string;             // base64 of 32 random bytes from the host; seeds crypto and Math.random
+}
+
+interface BeginRequest extends StepContext {
+  kind: "create" | "event" | "restore";   // restore: load the snapshot, deliver nothing, persist it again
+  instanceName: string;
+  authContext: object | null;   // null: a host-originated event (timer); allowWrite is not run
+  context?: object;             // create: caller-supplied context merged over the machine's own
+  snapshot?: Persisted;         // event: what the last committed Round returned
+  event?: { type: string; [k: string]: unknown };
+}
+
+interface Persisted {            // opaque to the server; produced and consumed by the harness
+  major: 4 | 5;
+  xstate: unknown;               // v4 State JSON without actions/children; v5 getPersistedSnapshot()
+  inflight: string[];            // ids of services running when this was committed (at-most-once)
+}
+
+interface SettleRequest extends StepContext { results: HostResult[] }
+interface FireRequest extends StepContext {}      // fire every ephemeral timer due at nowMs
+
+interface ReadRequest extends StepContext {
+  instanceName: string; state: unknown; context: object; authContext: object;
+}
+interface Decision { allowed: boolean; logs: LogLine[]; fault?: GuestFault }
+
+// ---- guest -> host: what one collect returns ---------------------------------------------------
+interface Round {
+  transitions: Transition[];     // in order; empty when nothing changed
+  persisted: Persisted | null;   // after the last transition (null when nothing changed)
+  timers: TimerOp[];             // durable timers of the instance itself, in the order they happened
+  requests: HostRequest[];       // drained outbox
+  logs: LogLine[];
+  pendingRequests: number;       // requests issued and not yet settled
+  nextTimerMs: number | null;    // earliest ephemeral guest timer (setTimeout, child machines)
+  fault?: GuestFault;
+  denied?: boolean;              // allowWrite said no (or threw): nothing ran
+}
+
+interface Transition {
+  state: unknown;                // v4 state.value / v5 snapshot.value
+  context: unknown;
+  publicContext: object;         // context.public if it is an object, else {}
+  tags: string[];
+  done: boolean;
+  event: { type: string; [k: string]: unknown };
+}
+
+type TimerOp =
+  | { op: "set"; id: string | null; delayMs: number; event: { type: string } }
+  | { op: "cancel"; id: string }
+  | { op: "cancelAll" };
+
+interface LogLine { stream: "stdout" | "stderr"; level: string; text: string; timeMs: number }
+
+interface GuestFault { kind: "error" | "stack" | "memory"; name: string; message: string; stack?: string }
+
+// ---- the outbox ------------------------------------------------------------------------------------
+// kind "fetch" is an effect: the host performs it only after committing the round that issued it.
+// kind "crypto.*" is pure: the host performs it at once, inside the same entry loop.
+type HostRequest =
+  | { id: number; kind: "fetch"; url: string; method: string; headers: [string, string][]; body: string | null /* base64 */ }
+  | { id: number; kind: "crypto.digest"; algorithm: "SHA-1" | "SHA-256" | "SHA-384" | "SHA-512"; data: string /* base64 */ }
+  | { id: number; kind: "crypto.hmac"; hash: "SHA-1" | "SHA-256" | "SHA-384" | "SHA-512"; key: string; data: string /* base64 */ };
+
+type HostResult =
+  | { id: number; ok: true; value: unknown }        // fetch: FetchResult; crypto.*: base64 string
+  | { id: number; ok: false; error: { name: string; message: string } };
+
+interface FetchResult {
+  status: number; statusText: string; url: string; redirected: boolean;
+  headers: [string, string][]; body: string /* base64 */;
+}

@@ -1,0 +1,99 @@
+"""The engine interface: prepare a bundle once, then step instances in fresh sandboxes.
+
+Two engines implement it (QuickJS native now; QuickJS in wasm under wasmtime later). Callers hold
+only these types, so an engine can be swapped without touching them. Every method here is
+synchronous and may block for milliseconds: call it through :class:`runtime.executor.Executor`,
+never on the event loop. No method raises for a guest fault; faults come back as an
+:class:`~runtime.limits.Outcome` on the returned value.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from .bundle import MachineBundle
+from .limits import Limits
+from .protocol import EffectResult, ReadDecision, ReadRequest, Round, StepRequest
+
+__all__ = ["Engine", "GuestSandbox", "PreparedMachine", "SandboxInstance", "ScriptSandbox"]
+
+
+class GuestSandbox(abc.ABC):
+    """A sandbox the host loop (runtime.settle.drive) can drive. Not thread-safe: one caller."""
+
+    @abc.abstractmethod
+    def resume(self, results: Sequence[EffectResult], now_ms: int) -> Round:
+        """Feed effect results (fetch responses) back to the guest and pump until quiescent."""
+
+    @abc.abstractmethod
+    def fire_timers(self, now_ms: int) -> Round:
+        """Run the ephemeral guest timers due at ``now_ms`` and pump until quiescent."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the sandbox. Idempotent. Never runs guest code (no exit actions)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SandboxInstance(GuestSandbox):
+    """One live machine inside one sandbox, for one settle window."""
+
+    @abc.abstractmethod
+    def begin(self, request: StepRequest, now_ms: int) -> Round:
+        """Authorize, create or restore, and deliver the request's event; pump until quiescent."""
+
+
+class ScriptSandbox(GuestSandbox):
+    """The prelude without a machine: runs scripts with the same host loop (in-sandbox tests)."""
+
+    @abc.abstractmethod
+    def run(self, code: str, now_ms: int) -> Round:
+        """Evaluate a script after the prelude and pump until quiescent."""
+
+    @abc.abstractmethod
+    def evaluate_json(self, expression: str) -> Any:
+        """The JSON value of an expression (``JSON.stringify`` in the guest, parsed by the host)."""
+
+
+class PreparedMachine(abc.ABC):
+    """A validated bundle, ready to instantiate."""
+
+    bundle: MachineBundle
+    major: int
+    """The XState major the machine was made with (4 or 5)."""
+    exports: tuple[str, ...]
+    limits: Limits
+
+    @abc.abstractmethod
+    def new_instance(self) -> SandboxInstance:
+        """A fresh sandbox holding the machine: nothing of another window survives into it."""
+
+    @abc.abstractmethod
+    def authorize_read(self, request: ReadRequest) -> ReadDecision:
+        """Run the machine's allowRead in a sandbox."""
+
+
+class Engine(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def script_sandbox(self, limits: Limits | None = None) -> ScriptSandbox:
+        """A sandbox holding only the prelude."""
+
+    @abc.abstractmethod
+    def prepare(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMachine:
+        """Load the bundle once and check its exports.
+
+        Raises :class:`runtime.errors.InvalidMachineError` when the module is not a machine plus
+        authorizers, or fails to evaluate.
+        """

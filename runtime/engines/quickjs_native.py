@@ -1,0 +1,563 @@
+"""QuickJS-NG, native (PyPI ``quickjs-ng``): the default engine.
+
+Decision log:
+
+- A fresh ``quickjs.Context`` (one JSRuntime + one JSContext) per settle window and per authorizer
+  call: about 5 ms, and nothing of one window (module-level state, polluted prototypes) survives
+  into the next. Warm contexts would be ~50x cheaper but share a heap between instances.
+- Limits are set before the first line of JS: memory, stack (1 MiB default, never 0: 0 disables the
+  check and overflows segfault), and a time limit per call. The time limit uses the process CPU
+  clock and is re-armed on every call and every pending job, so the host also caps the jobs pumped
+  and the wall time per entry.
+- Host callables cannot coexist with a time limit, so the guest never calls Python: requests go into
+  an outbox (js_shims/internal/host.js) that the host drains between calls. Pure requests (crypto)
+  are answered inside the entry; fetches are effects, handed to the caller to commit first.
+- After out-of-memory or an interrupt the context is poisoned: it is discarded, never reused.
+- Contexts are used from worker threads one at a time (the binding releases the GIL); the threads
+  need C stacks well above the JS stack limit (runtime.executor makes 8 MiB ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import quickjs
+
+from ..bundle import MachineBundle
+from ..engine import Engine, GuestSandbox, PreparedMachine, SandboxInstance, ScriptSandbox
+from ..errors import HostError, InvalidMachineError
+from ..hostcalls import PURE_KINDS, perform_pure
+from ..limits import Limits, Outcome
+from ..protocol import (
+    EffectResult,
+    FetchRequest,
+    LogLine,
+    ReadDecision,
+    ReadRequest,
+    Round,
+    StepRequest,
+    TimerOp,
+    Transition,
+    Usage,
+)
+from ..shims import prelude
+
+__all__ = ["QuickJSNativeEngine"]
+
+RuntimeApiSource = Callable[[int], str]
+
+
+class _LimitHit(Exception):
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+_LIMIT_WORDS = {
+    Outcome.EXCEEDED_STACK: "the JS stack limit",
+    Outcome.EXCEEDED_MEMORY: "the memory limit",
+    Outcome.EXCEEDED_CPU: "the CPU time limit of one call",
+    Outcome.EXCEEDED_JOBS: "the promise job limit of one call (a promise loop?)",
+    Outcome.EXCEEDED_WALL_TIME: "the wall time limit of one call",
+}
+
+
+def _limit_hit(outcome: Outcome, limits: Limits, detail: str = "") -> _LimitHit:
+    """The one wording of a limit error: what was exceeded, the setting's name and value."""
+    field = outcome.limit
+    assert field is not None
+    message = f"{_LIMIT_WORDS[outcome]} was exceeded ({field} = {getattr(limits, field)})"
+    return _LimitHit(outcome, f"{message}: {detail}" if detail else message)
+
+
+def _limit_from_exception(exc: Exception, limits: Limits) -> _LimitHit:
+    """Map an exception raised out of the binding to the limit (or fault) it means."""
+    text = str(exc).split("\n", 1)[0]
+    if isinstance(exc, quickjs.StackOverflow):
+        return _limit_hit(Outcome.EXCEEDED_STACK, limits)
+    if "out of memory" in text:
+        return _limit_hit(Outcome.EXCEEDED_MEMORY, limits)
+    if "interrupted" in text:
+        return _limit_hit(Outcome.EXCEEDED_CPU, limits)
+    return _LimitHit(Outcome.GUEST_ERROR, text)
+
+
+def _outcome_of_fault(fault: Mapping[str, Any], limits: Limits) -> tuple[Outcome, str]:
+    name, message = str(fault.get("name", "Error")), str(fault.get("message", ""))
+    hit = None
+    if fault.get("kind") == "stack":
+        hit = _limit_hit(Outcome.EXCEEDED_STACK, limits, message)
+    elif fault.get("kind") == "memory" or (name == "InternalError" and "out of memory" in message):
+        hit = _limit_hit(Outcome.EXCEEDED_MEMORY, limits, "" if fault.get("kind") != "memory" else message)
+    elif name == "InternalError" and "interrupted" in message:
+        hit = _limit_hit(Outcome.EXCEEDED_CPU, limits)
+    if hit is not None:
+        return hit.outcome, str(hit)
+    return Outcome.GUEST_ERROR, f"{name}: {message}"
+
+
+class _Sandbox:
+    """One QuickJS context with the prelude and a machine bundle loaded."""
+
+    def __init__(self, code: Sequence[str], limits: Limits) -> None:
+        self.limits = limits
+        self.ctx = quickjs.Context()
+        self.ctx.set_memory_limit(limits.memory_bytes)
+        self.ctx.set_max_stack_size(limits.stack_bytes)
+        self.ctx.set_time_limit(limits.cpu_ms / 1000)
+        self.jobs = 0
+        self.ctx.eval(prelude())
+        self.entry = self.ctx.get("__statehost_entry")
+        self.ctx.eval("delete globalThis.__statehost_entry")
+        for script in code:
+            self.ctx.eval(script)
+
+    def call(self, op: str, payload: Mapping[str, Any]) -> Any:
+        reply = self.entry(op, json.dumps(payload, separators=(",", ":")))
+        if not isinstance(reply, str):
+            raise HostError(f"the guest entry returned {type(reply).__name__} for {op}")
+        return json.loads(reply) if reply else None
+
+    def pump(self, started: float) -> None:
+        limits = self.limits
+        deadline = started + limits.entry_wall_ms / 1000
+        budget = limits.max_jobs
+        ran = 0
+        while self.ctx.execute_pending_job():
+            ran += 1
+            if ran >= budget:
+                self.jobs += ran
+                raise _limit_hit(Outcome.EXCEEDED_JOBS, limits)
+            if ran % 256 == 0 and time.monotonic() > deadline:
+                self.jobs += ran
+                raise _limit_hit(Outcome.EXCEEDED_WALL_TIME, limits)
+        self.jobs += ran
+
+
+def _step_context(now_ms: int, seed: bool = True) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"nowMs": now_ms}
+    if seed:
+        ctx["seed"] = base64.b64encode(os.urandom(32)).decode()
+    return ctx
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+@dataclass
+class _Accumulated:
+    transitions: list[Transition] = field(default_factory=list)
+    timers: list[TimerOp] = field(default_factory=list)
+    effects: list[FetchRequest] = field(default_factory=list)
+    logs: list[LogLine] = field(default_factory=list)
+    persisted: Mapping[str, Any] | None = None
+    pending: int = 0
+    next_timer_ms: int | None = None
+
+
+class _GuestDataError(Exception):
+    """The guest handed back data of the wrong shape (possible with hostile machines)."""
+
+
+def _transition(raw: Mapping[str, Any]) -> Transition:
+    event = raw.get("event")
+    tags = raw.get("tags") or []
+    public = raw.get("publicContext")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _GuestDataError("state tags must be strings")
+    return Transition(
+        state=raw.get("state"),
+        context=raw.get("context"),
+        public_context=public if isinstance(public, dict) else {},
+        tags=tuple(sorted(tags)),
+        done=bool(raw.get("done")),
+        event=event if isinstance(event, dict) else None,
+    )
+
+
+def _timer_op(raw: Mapping[str, Any]) -> TimerOp:
+    op = raw.get("op")
+    if op == "set":
+        delay, event = raw.get("delayMs"), raw.get("event")
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < 2**53:
+            raise _GuestDataError(f"a delayed event has an invalid delay {delay!r} (a finite number of ms)")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise _GuestDataError("a delayed event must be an object with a string type")
+        rid = raw.get("id")
+        return TimerOp("set", None if rid is None else str(rid), int(delay), event)
+    if op == "cancel":
+        return TimerOp("cancel", str(raw.get("id")))
+    if op == "cancelAll":
+        return TimerOp("cancel_all")
+    raise _GuestDataError(f"unknown timer op {op!r}")
+
+
+def _fetch_request(raw: Mapping[str, Any]) -> FetchRequest:
+    url, method, headers, body = raw.get("url"), raw.get("method"), raw.get("headers"), raw.get("body")
+    if not isinstance(url, str) or not isinstance(method, str) or not isinstance(headers, list):
+        raise _GuestDataError("malformed fetch request")
+    pairs: list[tuple[str, str]] = []
+    for pair in headers:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise _GuestDataError("malformed fetch headers")
+        pairs.append((pair[0], pair[1]))
+    data = None if body is None else base64.b64decode(str(body))
+    return FetchRequest(id=int(raw["id"]), url=url, method=method, headers=tuple(pairs), body=data)
+
+
+class _NativeGuest(GuestSandbox):
+    """The host loop's side of one native sandbox: entries, pumping, pure requests, limits."""
+
+    def __init__(self, scripts: Sequence[str], limits: Limits) -> None:
+        self.limits = limits
+        self._sandbox: _Sandbox | None = _Sandbox(scripts, limits)
+        self._fetches = 0
+        self._log_bytes = 0
+        self._log_lines = 0
+        self._log_dropped = 0
+        self._entries = 0
+        self._host_calls = 0
+
+    def resume(self, results: Sequence[EffectResult], now_ms: int) -> Round:
+        return self._enter("settle", {**_step_context(now_ms), "results": [_result(r) for r in results]}, now_ms)
+
+    def fire_timers(self, now_ms: int) -> Round:
+        return self._enter("fire", _step_context(now_ms), now_ms)
+
+    def close(self) -> None:
+        self._sandbox = None
+
+    # -- entries------------------------------------------------------------------------------------------
+
+    def _enter(self, op: str, payload: Mapping[str, Any], now_ms: int, script: str | None = None) -> Round:
+        sandbox = self._sandbox
+        if sandbox is None:
+            raise HostError("this sandbox was discarded after a fault; start a new instance")
+        self._entries += 1
+        acc = _Accumulated()
+        started = time.monotonic()
+        jobs_before = sandbox.jobs
+        try:
+            if script is not None:
+                sandbox.call("settle", {**payload, "results": []})  # sets the clock and seed for the script
+                sandbox.ctx.eval(script)
+            else:
+                reply = sandbox.call(op, payload)
+                if isinstance(reply, dict) and "fault" in reply:
+                    outcome, message = _outcome_of_fault(reply["fault"], self.limits)
+                    return self._fail(outcome, message, acc)
+            while True:
+                sandbox.pump(started)
+                raw = sandbox.call("collect", {})
+                self._add_logs(acc, raw.get("logs") or [])
+                if raw.get("denied"):
+                    return Round(Outcome.DENIED, logs=tuple(acc.logs), error="allowWrite denied the request")
+                if raw.get("fault"):
+                    outcome, message = _outcome_of_fault(raw["fault"], self.limits)
+                    return self._fail(outcome, message, acc)
+                answers = self._absorb(raw, acc)
+                if not answers:
+                    break
+                self._host_calls += len(answers)
+                sandbox.call("settle", {**_step_context(now_ms, seed=False), "results": answers})
+        except _LimitHit as hit:
+            return self._fail(hit.outcome, str(hit), acc)
+        except _GuestDataError as exc:
+            return self._fail(Outcome.GUEST_ERROR, str(exc), acc)
+        except quickjs.JSException as exc:
+            mapped = _limit_from_exception(exc, self.limits)
+            return self._fail(mapped.outcome, str(mapped), acc)
+        return self._finish(acc, sandbox.jobs - jobs_before)
+
+    def _absorb(self, raw: Mapping[str, Any], acc: _Accumulated) -> list[dict[str, Any]]:
+        """Take one collect into the accumulator; return answers to requests served at once."""
+        acc.transitions.extend(_transition(t) for t in raw.get("transitions") or [])
+        acc.timers.extend(_timer_op(t) for t in raw.get("timers") or [])
+        if raw.get("persisted") is not None:
+            acc.persisted = raw["persisted"]
+        next_timer = raw.get("nextTimerMs")
+        acc.next_timer_ms = int(next_timer) if isinstance(next_timer, int | float) else None
+        answers: list[dict[str, Any]] = []
+        for request in raw.get("requests") or []:
+            kind = request.get("kind") if isinstance(request, dict) else None
+            if kind in PURE_KINDS:
+                answers.append(perform_pure(request))
+            elif kind == "fetch":
+                answer = self._admit_fetch(request, acc)
+                if answer is not None:
+                    answers.append(answer)
+            else:
+                rid = request.get("id") if isinstance(request, dict) else None
+                answers.append(_error_answer(rid, f"unknown host request kind {kind!r}"))
+        acc.pending = int(raw.get("pendingRequests") or 0) - len(answers)
+        return answers
+
+    def _admit_fetch(self, request: Mapping[str, Any], acc: _Accumulated) -> dict[str, Any] | None:
+        """Queue a fetch as an effect, or answer it at once with the limit it breaks."""
+        limits = self.limits
+        rid = request.get("id")
+        if self._fetches >= limits.max_fetches:
+            self._engine_log(acc, f"fetch refused: more than {limits.max_fetches} fetches in one event (max_fetches)")
+            return _error_answer(rid, f"statehost: fetch limit reached ({limits.max_fetches} per event, max_fetches)")
+        body = request.get("body")
+        if isinstance(body, str) and len(body) * 3 // 4 > limits.max_fetch_request_bytes:
+            return _error_answer(
+                rid,
+                f"statehost: request body over {limits.max_fetch_request_bytes} bytes (max_fetch_request_bytes)",
+            )
+        self._fetches += 1
+        acc.effects.append(_fetch_request(request))
+        return None
+
+    def _finish(self, acc: _Accumulated, jobs: int) -> Round:
+        usage = Usage(jobs=jobs, entries=self._entries, host_calls=self._host_calls)
+        for t in acc.transitions:
+            size = _json_size(t.context)
+            if size > self.limits.max_context_bytes:
+                return self._fail(
+                    Outcome.EXCEEDED_CONTEXT_SIZE,
+                    f"the context would be {size} bytes as JSON; the limit is {self.limits.max_context_bytes} "
+                    "(max_context_bytes)",
+                    acc,
+                )
+        return Round(
+            Outcome.OK,
+            transitions=tuple(acc.transitions),
+            persisted=acc.persisted,
+            timers=tuple(acc.timers),
+            effects=tuple(acc.effects),
+            logs=tuple(acc.logs),
+            pending_effects=max(acc.pending, 0),
+            next_timer_ms=acc.next_timer_ms,
+            usage=usage,
+        )
+
+    def _fail(self, outcome: Outcome, message: str, acc: _Accumulated) -> Round:
+        """A fault: nothing of this entry is kept but its log lines; the sandbox is discarded."""
+        self.close()
+        self._engine_log(acc, f"{outcome.value}: {message}")
+        return Round(outcome, logs=tuple(acc.logs), error=message)
+
+    def _engine_log(self, acc: _Accumulated, text: str) -> None:
+        acc.logs.append(LogLine("stderr", "engine", f"[statehost] {text}", int(time.time() * 1000)))
+
+    def _add_logs(self, acc: _Accumulated, raw_logs: Sequence[Mapping[str, Any]]) -> None:
+        limits = self.limits
+        for raw in raw_logs:
+            text = str(raw.get("text", ""))
+            if self._log_lines >= limits.max_log_lines or self._log_bytes + len(text) > limits.max_log_bytes:
+                if self._log_dropped == 0:
+                    self._engine_log(
+                        acc,
+                        f"log limit reached ({limits.max_log_lines} lines / {limits.max_log_bytes} bytes per event); "
+                        "further lines of this event are dropped",
+                    )
+                self._log_dropped += 1
+                continue
+            self._log_lines += 1
+            self._log_bytes += len(text)
+            acc.logs.append(_log_line(raw))
+
+
+class _NativeInstance(_NativeGuest, SandboxInstance):
+    def __init__(self, prepared: _NativePrepared) -> None:
+        super().__init__(prepared.scripts, prepared.limits)
+        assert self._sandbox is not None
+        self._sandbox.call("attach", {"runtimeApi": prepared.runtime_api_mode})
+
+    def begin(self, request: StepRequest, now_ms: int) -> Round:
+        invalid = self._check_request(request)
+        if invalid is not None:
+            return invalid
+        payload: dict[str, Any] = {
+            **_step_context(now_ms),
+            "kind": request.kind,
+            "instanceName": request.instance_name,
+            "authContext": None if request.auth_context is None else dict(request.auth_context),
+        }
+        if request.kind == "create":
+            payload["context"] = dict(request.context or {})
+        else:
+            payload["snapshot"] = request.persisted
+            if request.event is not None:
+                payload["event"] = request.event
+        return self._enter("begin", payload, now_ms)
+
+    def _check_request(self, request: StepRequest) -> Round | None:
+        limits = self.limits
+        if request.kind == "restore":
+            if request.persisted is None:
+                raise HostError("a restore step needs the persisted instance")
+            return None
+        if request.kind == "event":
+            event = request.event
+            if not isinstance(event, Mapping) or not isinstance(event.get("type"), str) or not event["type"]:
+                return Round(Outcome.INVALID_EVENT, error="an event must be an object with a non-empty string type")
+            if request.persisted is None:
+                raise HostError("an event step needs the persisted instance")
+            what, value = "event", event
+        else:
+            context: object = request.context  # from callers that may not have checked it
+            if context is not None and not isinstance(context, Mapping):
+                return Round(Outcome.INVALID_EVENT, error="the initial context must be a JSON object")
+            what, value = "initial context", request.context or {}
+        try:
+            size = _json_size(value)
+        except (TypeError, ValueError) as exc:
+            return Round(Outcome.INVALID_EVENT, error=f"the {what} is not JSON: {exc}")
+        if size > limits.max_event_bytes:
+            return Round(
+                Outcome.EXCEEDED_EVENT_SIZE,
+                error=f"the {what} is {size} bytes as JSON; the limit is {limits.max_event_bytes} (max_event_bytes)",
+            )
+        return None
+
+
+def _log_line(raw: Mapping[str, Any]) -> LogLine:
+    time_ms = raw.get("timeMs")
+    return LogLine(
+        "stderr" if raw.get("stream") == "stderr" else "stdout",
+        str(raw.get("level", "log")),
+        str(raw.get("text", "")),
+        int(time_ms) if isinstance(time_ms, int | float) else 0,
+    )
+
+
+def _error_answer(rid: Any, message: str) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": {"name": "TypeError", "message": message}}
+
+
+def _result(result: EffectResult) -> dict[str, Any]:
+    if result.response is None:
+        return {
+            "id": result.id,
+            "ok": False,
+            "error": {"name": result.error_name, "message": result.error_message},
+        }
+    r = result.response
+    return {
+        "id": result.id,
+        "ok": True,
+        "value": {
+            "status": r.status,
+            "statusText": r.status_text,
+            "url": r.url,
+            "redirected": r.redirected,
+            "headers": [list(h) for h in r.headers],
+            "body": base64.b64encode(r.body).decode(),
+        },
+    }
+
+
+class _NativeScript(_NativeGuest, ScriptSandbox):
+    def run(self, code: str, now_ms: int) -> Round:
+        return self._enter("script", _step_context(now_ms), now_ms, script=code)
+
+    def evaluate_json(self, expression: str) -> Any:
+        if self._sandbox is None:
+            raise HostError("this sandbox was discarded after a fault")
+        text = self._sandbox.ctx.eval(f"JSON.stringify({expression})")
+        return None if text is None else json.loads(text)
+
+
+class _NativePrepared(PreparedMachine):
+    def __init__(
+        self,
+        bundle: MachineBundle,
+        major: int,
+        exports: tuple[str, ...],
+        limits: Limits,
+        runtime_api: str | None,
+    ) -> None:
+        self.bundle = bundle
+        self.major = major
+        self.exports = exports
+        self.limits = limits
+        self.scripts: tuple[str, ...] = (bundle.code,) if runtime_api is None else (bundle.code, runtime_api)
+        self.runtime_api_mode = "bundle" if runtime_api is None else "global"
+
+    def new_instance(self) -> SandboxInstance:
+        return _NativeInstance(self)
+
+    def authorize_read(self, request: ReadRequest) -> ReadDecision:
+        started = time.monotonic()
+        try:
+            sandbox = _Sandbox(self.scripts, self.limits)
+            sandbox.call("attach", {"runtimeApi": self.runtime_api_mode})
+            reply = sandbox.call(
+                "authorize_read",
+                {
+                    **_step_context(int(time.time() * 1000)),
+                    "instanceName": request.instance_name,
+                    "state": request.state,
+                    "context": dict(request.context),
+                    "authContext": dict(request.auth_context),
+                },
+            )
+            sandbox.pump(started)
+        except quickjs.JSException as exc:
+            hit = _limit_from_exception(exc, self.limits)
+            return ReadDecision(False, outcome=hit.outcome, error=str(hit))
+        except _LimitHit as hit:
+            return ReadDecision(False, outcome=hit.outcome, error=str(hit))
+        if not isinstance(reply, dict) or "fault" in reply:
+            fault = reply.get("fault", {}) if isinstance(reply, dict) else {}
+            outcome, message = _outcome_of_fault(fault, self.limits)
+            return ReadDecision(False, outcome=outcome, error=message)
+        logs = tuple(_log_line(x) for x in reply.get("logs") or [])
+        return ReadDecision(reply.get("allowed") is True, logs=logs)
+
+
+class QuickJSNativeEngine(Engine):
+    """QuickJS-NG through the ``quickjs-ng`` binding."""
+
+    name = "quickjs-native"
+
+    def __init__(self, runtime_api: RuntimeApiSource | None = None) -> None:
+        self._runtime_api = runtime_api
+
+    def script_sandbox(self, limits: Limits | None = None) -> ScriptSandbox:
+        return _NativeScript((), limits or Limits())
+
+    def prepare(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMachine:
+        limits = limits or Limits()
+        runtime_api = None
+        try:
+            sandbox = _Sandbox((bundle.code,), limits)
+            if bundle.self_contained:
+                probe = sandbox.call("attach", {"runtimeApi": "none"})
+                _raise_if_fault(probe)
+                if self._runtime_api is None:
+                    raise HostError("a self-contained bundle needs a runtime API source (a Bundler)")
+                runtime_api = self._runtime_api(int(probe["major"]))
+                sandbox = _Sandbox((bundle.code, runtime_api), limits)
+                reply = sandbox.call("attach", {"runtimeApi": "global"})
+            else:
+                reply = sandbox.call("attach", {"runtimeApi": "bundle"})
+        except quickjs.JSException as exc:
+            hit = _limit_from_exception(exc, limits)
+            detail = str(exc).strip() if hit.outcome is Outcome.GUEST_ERROR else str(hit)
+            raise InvalidMachineError(f"the module failed while loading: {detail}") from None
+        _raise_if_fault(reply)
+        major = int(reply["major"])
+        if bundle.xstate_major is not None and major != bundle.xstate_major:
+            raise InvalidMachineError(
+                f"the machine was made with XState {major}, but the upload was bundled for XState "
+                f"{bundle.xstate_major}; declare XState {major} (or import npm:xstate@{major})"
+            )
+        return _NativePrepared(bundle, major, tuple(reply.get("exports", ())), limits, runtime_api)
+
+
+def _raise_if_fault(reply: Any) -> None:
+    if not isinstance(reply, dict):
+        raise HostError("the guest's attach reply is not an object")
+    if "fault" in reply:
+        fault = reply["fault"]
+        raise InvalidMachineError(str(fault.get("message", "the module is not a machine")))

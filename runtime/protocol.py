@@ -1,0 +1,179 @@
+"""Values that cross between the server and the runtime, and between the runtime and the guest.
+
+Everything here is a frozen dataclass of plain JSON-compatible values. The persisted instance
+(``Round.persisted``) is opaque to the server: it stores it and hands it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .limits import Outcome
+
+__all__ = [
+    "EffectResult",
+    "FetchRequest",
+    "FetchResponse",
+    "LogLine",
+    "ReadDecision",
+    "ReadRequest",
+    "Round",
+    "StepRequest",
+    "TimerOp",
+    "Transition",
+    "Usage",
+]
+
+JSON = Any
+"""A value that survives json.dumps/json.loads unchanged."""
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Start a settle window: create an instance, or deliver one event to a persisted one.
+
+    ``restore`` loads a persisted instance and delivers nothing (no authorizer, no error events for
+    services in flight): it checks that a snapshot loads, and persists it again.
+    """
+
+    kind: Literal["create", "event", "restore"]
+    instance_name: str
+    auth_context: Mapping[str, JSON] | None
+    """Whose request this is; None for host-originated events (timers), which skip allowWrite."""
+    context: Mapping[str, JSON] | None = None
+    """create: the caller's initial context, shallow-merged over the machine's own."""
+    persisted: Mapping[str, JSON] | None = None
+    """event, restore: ``persisted`` of the last committed round."""
+    event: Mapping[str, JSON] | None = None
+    """event: the event object, with a string ``type``."""
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """Ask the machine's allowRead whether ``auth_context`` may read an instance."""
+
+    instance_name: str
+    state: JSON
+    context: Mapping[str, JSON]
+    auth_context: Mapping[str, JSON]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One macrostep of the machine, as the history and subscribers see it."""
+
+    state: JSON
+    context: JSON
+    public_context: Mapping[str, JSON]
+    tags: tuple[str, ...]
+    done: bool
+    event: Mapping[str, JSON] | None
+
+
+@dataclass(frozen=True)
+class TimerOp:
+    """A durable timer of the instance set or cancelled during a round, in order.
+
+    ``set`` with ``id`` None is a delayed event the machine cannot cancel (XState gives it no id);
+    the host keys its row itself. ``cancel_all`` removes every timer of the instance (it stopped).
+    """
+
+    op: Literal["set", "cancel", "cancel_all"]
+    id: str | None = None
+    delay_ms: int | None = None
+    event: Mapping[str, JSON] | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    stream: Literal["stdout", "stderr"]
+    level: str
+    text: str
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """An HTTP request the guest made; performed only after its round is committed."""
+
+    id: int
+    url: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class FetchResponse:
+    status: int
+    status_text: str
+    url: str
+    redirected: bool
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class EffectResult:
+    """The outcome of one effect, fed back into the guest: a response or an error for the guest."""
+
+    id: int
+    response: FetchResponse | None = None
+    error_name: str = "TypeError"
+    error_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+
+@dataclass(frozen=True)
+class Usage:
+    jobs: int = 0
+    entries: int = 0
+    host_calls: int = 0
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one guest entry produced. Commit it (if ``changed``) before performing ``effects``."""
+
+    outcome: Outcome
+    transitions: tuple[Transition, ...] = ()
+    persisted: Mapping[str, JSON] | None = None
+    timers: tuple[TimerOp, ...] = ()
+    effects: tuple[FetchRequest, ...] = ()
+    logs: tuple[LogLine, ...] = ()
+    pending_effects: int = 0
+    """Effects issued (in this or an earlier round) whose results the guest still awaits."""
+    next_timer_ms: int | None = None
+    """When the earliest ephemeral guest timer (setTimeout, child machines) is due."""
+    error: str | None = None
+    """For every outcome but OK: what happened, in words for the machine's author."""
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left that could change the instance inside this window."""
+        return not self.effects and self.pending_effects == 0 and self.next_timer_ms is None
+
+    @property
+    def inflight(self) -> tuple[str, ...]:
+        """Ids of services running at this round (opaque; at-most-once bookkeeping)."""
+        if self.persisted is None:
+            return ()
+        return tuple(self.persisted.get("inflight", ()))
+
+
+@dataclass(frozen=True)
+class ReadDecision:
+    allowed: bool
+    logs: tuple[LogLine, ...] = ()
+    outcome: Outcome = Outcome.OK
+    error: str | None = None

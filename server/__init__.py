@@ -1,0 +1,1 @@
+"""statehost's server: the HTTP API, storage, auth, timers and subscriptions around the runtime."""

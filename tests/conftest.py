@@ -1,0 +1,63 @@
+"""Shared fixtures: the real bundler (esbuild), the real QuickJS engine, a worker pool, a loopback
+stub HTTP server, an aiohttp transport, and a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from runtime import Bundler, Executor, FakeClock, FetchPolicy, QuickJSNativeEngine
+from server.fetch import AiohttpTransport
+from tests.node.stub import start_stub
+
+
+@pytest.fixture(scope="session")
+def bundler() -> Bundler:
+    return Bundler()
+
+
+@pytest.fixture(scope="session")
+def engine(bundler: Bundler) -> QuickJSNativeEngine:
+    return QuickJSNativeEngine(bundler.runtime_api)
+
+
+@pytest.fixture(scope="session")
+def executor() -> Iterator[Executor]:
+    pool = Executor(workers=2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+async def stub_url() -> AsyncIterator[str]:
+    runner, url = await start_stub()
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    """A transport that may reach loopback (the stub server)."""
+    t = AiohttpTransport(FetchPolicy(allow_private=True, timeout_s=10))
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+@pytest.fixture
+async def strict_transport() -> AsyncIterator[AiohttpTransport]:
+    """The default policy: no loopback, private or metadata addresses."""
+    t = AiohttpTransport(FetchPolicy(timeout_s=5))
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
