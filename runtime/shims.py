@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 
-__all__ = ["PRELUDE_FILES", "SHIMS_DIR", "prelude", "prelude_hash"]
+__all__ = ["LAZY_GLOBALS", "PRELUDE_FILES", "SHIMS_DIR", "prelude", "prelude_hash"]
 
 SHIMS_DIR = Path(__file__).resolve().parent.parent / "js_shims"
 
-# Order matters: internal first, then Web APIs (fetch needs abort and text encoding; crypto needs
-# text encoding), then State Backed's runtime hook, then the harness that uses all of them.
+# Order matters: internal first, then Web APIs, then State Backed's runtime hook, then the harness
+# that uses all of them. Lazy files are compiled on first use of one of the globals they define
+# (internal/host.js `H.lazy`); they may use each other's globals freely, which loads those too.
 PRELUDE_FILES = (
     "internal/host.js",
     "web/console.js",
@@ -34,15 +36,27 @@ PRELUDE_FILES = (
     "harness/v5.js",
     "harness/entry.js",
 )
+LAZY_GLOBALS = {
+    "web/abort.js": ("AbortController", "AbortSignal", "Event", "EventTarget"),
+    "web/text_encoding.js": ("TextEncoder", "TextDecoder"),
+    "web/url.js": ("URL", "URLSearchParams"),
+    "web/structured_clone.js": ("structuredClone",),
+    "web/crypto.js": ("crypto", "Crypto", "CryptoKey", "SubtleCrypto"),
+    "web/fetch.js": ("fetch", "Headers", "Request", "Response"),
+}
 
 
 @functools.cache
 def prelude() -> str:
     parts = ['(function () {\n"use strict";\n']
     for rel in PRELUDE_FILES:
+        source = (SHIMS_DIR / rel).read_text()
         parts.append(f"// ---- {rel}\n")
-        parts.append((SHIMS_DIR / rel).read_text())
-        parts.append("\n")
+        if rel in LAZY_GLOBALS:
+            parts.append(f"H.lazy({json.dumps(rel)}, {json.dumps(list(LAZY_GLOBALS[rel]))}, {json.dumps(source)});\n")
+        else:
+            parts.append(source)
+            parts.append("\n")
     parts.append("})();\n")
     return "".join(parts)
 

@@ -210,7 +210,38 @@ const H = (() => {
     if (ctx.seed) seed(ctx.seed);
   }
 
-  return {
+  // ---- lazily compiled shims ------------------------------------------------------------------
+  // The large, rarely needed shims (URL, fetch, crypto, ...) are compiled on first use of one of
+  // their globals, so a fresh sandbox pays only for what the machine touches (runtime/shims.py).
+  // Function is captured now, before any user code could replace it.
+  const FunctionCtor = Function;
+  let self = null;
+  function lazy(file, names, source) {
+    let loaded = false;
+    const load = () => {
+      if (loaded) return;
+      loaded = true;
+      for (const name of names) delete globalThis[name];
+      new FunctionCtor("H", `"use strict";\n${source}\n//# sourceURL=${file}`)(self);
+    };
+    for (const name of names) {
+      Object.defineProperty(globalThis, name, {
+        get() {
+          load();
+          return globalThis[name];
+        },
+        set(value) {
+          load();
+          Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+        },
+        configurable: true,
+        enumerable: false,
+      });
+    }
+  }
+
+  self = {
+    lazy,
     NotSupportedError,
     bytesToBase64,
     base64ToBytes,
@@ -229,4 +260,5 @@ const H = (() => {
     begin,
     now: () => nowMs,
   };
+  return self;
 })();

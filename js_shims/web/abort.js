@@ -70,10 +70,11 @@
     return m;
   };
 
+  // `passive` only matters for scrolling in browsers; it is accepted and has no effect anywhere.
   function flattenOptions(options) {
-    if (typeof options === "boolean") return { capture: options, once: false, passive: false, signal: undefined };
-    if (options === undefined || options === null) return { capture: false, once: false, passive: false, signal: undefined };
-    return { capture: !!options.capture, once: !!options.once, passive: !!options.passive, signal: options.signal };
+    if (typeof options === "boolean") return { capture: options, once: false, signal: undefined };
+    if (options === undefined || options === null) return { capture: false, once: false, signal: undefined };
+    return { capture: !!options.capture, once: !!options.once, signal: options.signal };
   }
 
   class EventTarget {
@@ -94,8 +95,7 @@
       let list = all.get(type);
       if (!list) all.set(type, (list = []));
       if (list.some((l) => l.callback === callback && l.capture === capture)) return;
-      const entry = { callback, capture, once, removed: false };
-      list.push(entry);
+      list.push({ callback, capture, once, removed: false });
       if (signal) signal.addEventListener("abort", () => this.removeEventListener(type, callback, { capture }));
     }
 

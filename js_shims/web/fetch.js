@@ -205,7 +205,7 @@
     }
   }
 
-  const copyBody = (body) => ({ bytes: body.bytes === null ? null : body.bytes.slice(), used: false });
+  const copyBody = (body) => ({ bytes: body.bytes === null ? null : body.bytes.slice(), used: false, error: body.error });
 
   // ---- Request --------------------------------------------------------------------------------------
   const requestState = new WeakMap();
