@@ -15,6 +15,7 @@
 // fault comes back as { fault: GuestFault } inside the reply.
 declare function __statehost_entry(op: "attach", arg: string /* AttachRequest */): string /* AttachReply */;
 declare function __statehost_entry(op: "begin", arg: string /* BeginRequest */): string /* "" */;
+declare function __statehost_entry(op: "send", arg: string /* SendRequest */): string /* "" | { denied: true } */;
 declare function __statehost_entry(op: "settle", arg: string /* SettleRequest */): string /* "" */;
 declare function __statehost_entry(op: "fire", arg: string /* FireRequest */): string /* "" */;
 declare function __statehost_entry(op: "collect", arg: string /* "{}" */): string /* Round */;
@@ -36,6 +37,12 @@ interface BeginRequest extends StepContext {
   context?: object;             // create: caller-supplied context merged over the machine's own
   snapshot?: Persisted;         // event: what the last committed Round returned
   event?: { type: string; [k: string]: unknown };
+}
+
+interface SendRequest extends StepContext {   // an event joining the live session of this window
+  instanceName: string;
+  authContext: object | null;
+  event: { type: string; [k: string]: unknown };
 }
 
 interface Persisted {            // opaque to the server; produced and consumed by the harness

@@ -10,7 +10,7 @@ never on the event loop. No method raises for a guest fault; faults come back as
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -51,6 +51,13 @@ class SandboxInstance(GuestSandbox):
     @abc.abstractmethod
     def begin(self, request: StepRequest, now_ms: int) -> Round:
         """Authorize, create or restore, and deliver the request's event; pump until quiescent."""
+
+    @abc.abstractmethod
+    def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
+        """Deliver one more event into the live session (the window is still open).
+
+        A denied or invalid event comes back as such and leaves the session as it was.
+        """
 
 
 class ScriptSandbox(GuestSandbox):

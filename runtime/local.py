@@ -105,7 +105,7 @@ class LocalInstance:
         self.logs.extend(result.uncommitted_logs)
         return result
 
-    async def _commit(self, round_: Round) -> None:
+    async def _commit(self, round_: Round, tag: object = None) -> None:
         now = self.clock.now_ms()
         # The database stores JSON: keep only what survives a JSON round trip.
         if round_.persisted is not None:

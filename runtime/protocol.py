@@ -159,11 +159,6 @@ class Round:
         return self.outcome is Outcome.OK
 
     @property
-    def settled(self) -> bool:
-        """Nothing left that could change the instance inside this window."""
-        return not self.effects and self.pending_effects == 0 and self.next_timer_ms is None
-
-    @property
     def inflight(self) -> tuple[str, ...]:
         """Ids of services running at this round (opaque; at-most-once bookkeeping)."""
         if self.persisted is None:

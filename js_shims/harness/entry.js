@@ -74,6 +74,32 @@
     }
   }
 
+  // An event that arrives while the window is still open joins the live session: it is authorized
+  // against the current state and sent into the running interpreter (its services keep running).
+  function send(req) {
+    if (!session) throw new Error("statehost: send without a live session");
+    H.begin(req);
+    const event = Common.toEvent(req.event);
+    if (req.authContext !== null) {
+      const current = session.current();
+      const arg = {
+        type: "event",
+        machineInstanceName: req.instanceName,
+        state: Common.jsonSafe(current.state, "the state"),
+        context: Common.jsonSafe(current.context, "the context"),
+        event,
+        authContext: req.authContext,
+      };
+      if (!Common.authorize(M.user.allowWrite, "allowWrite", arg)) return { denied: true };
+    }
+    try {
+      session.send(event);
+    } catch (err) {
+      rec.setFault(err);
+    }
+    return undefined;
+  }
+
   function collect() {
     const drained = rec.drain();
     let persisted = null;
@@ -133,7 +159,7 @@
     return { allowed, logs: H.drainLogs() };
   }
 
-  const ops = { attach, begin, collect, settle, fire, authorize_read: authorizeRead };
+  const ops = { attach, begin, send, collect, settle, fire, authorize_read: authorizeRead };
 
   function entry(op, arg) {
     const fn = ops[op];

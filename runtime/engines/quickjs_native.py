@@ -253,6 +253,10 @@ class _NativeGuest(GuestSandbox):
                 if isinstance(reply, dict) and "fault" in reply:
                     outcome, message = _outcome_of_fault(reply["fault"], self.limits)
                     return self._fail(outcome, message, acc)
+                if isinstance(reply, dict) and reply.get("denied"):
+                    # Nothing ran; the live session is untouched. Keep the authorizer's log lines.
+                    self._add_logs(acc, sandbox.call("collect", {}).get("logs") or [])
+                    return Round(Outcome.DENIED, logs=tuple(acc.logs), error="allowWrite denied the event")
             while True:
                 sandbox.pump(started)
                 raw = sandbox.call("collect", {})
@@ -369,6 +373,7 @@ class _NativeGuest(GuestSandbox):
 class _NativeInstance(_NativeGuest, SandboxInstance):
     def __init__(self, prepared: _NativePrepared) -> None:
         super().__init__(prepared.scripts, prepared.limits)
+        self._instance_name = ""
         assert self._sandbox is not None
         self._sandbox.call("attach", {"runtimeApi": prepared.runtime_api_mode})
 
@@ -376,6 +381,7 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         invalid = self._check_request(request)
         if invalid is not None:
             return invalid
+        self._instance_name = request.instance_name
         payload: dict[str, Any] = {
             **_step_context(now_ms),
             "kind": request.kind,
@@ -390,34 +396,47 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
                 payload["event"] = request.event
         return self._enter("begin", payload, now_ms)
 
-    def _check_request(self, request: StepRequest) -> Round | None:
-        limits = self.limits
-        if request.kind == "restore":
-            if request.persisted is None:
-                raise HostError("a restore step needs the persisted instance")
-            return None
-        if request.kind == "event":
-            event = request.event
-            if not isinstance(event, Mapping) or not isinstance(event.get("type"), str) or not event["type"]:
-                return Round(Outcome.INVALID_EVENT, error="an event must be an object with a non-empty string type")
-            if request.persisted is None:
-                raise HostError("an event step needs the persisted instance")
-            what, value = "event", event
-        else:
-            context: object = request.context  # from callers that may not have checked it
-            if context is not None and not isinstance(context, Mapping):
-                return Round(Outcome.INVALID_EVENT, error="the initial context must be a JSON object")
-            what, value = "initial context", request.context or {}
+    def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
+        invalid = self._check_event(event)
+        if invalid is not None:
+            return invalid
+        payload = {
+            **_step_context(now_ms),
+            "instanceName": self._instance_name,
+            "authContext": None if auth_context is None else dict(auth_context),
+            "event": dict(event),
+        }
+        return self._enter("send", payload, now_ms)
+
+    def _check_event(self, event: object) -> Round | None:
+        if not isinstance(event, Mapping) or not isinstance(event.get("type"), str) or not event["type"]:
+            return Round(Outcome.INVALID_EVENT, error="an event must be an object with a non-empty string type")
+        return self._check_size("event", event)
+
+    def _check_size(self, what: str, value: object) -> Round | None:
         try:
             size = _json_size(value)
         except (TypeError, ValueError) as exc:
             return Round(Outcome.INVALID_EVENT, error=f"the {what} is not JSON: {exc}")
-        if size > limits.max_event_bytes:
+        if size > self.limits.max_event_bytes:
             return Round(
                 Outcome.EXCEEDED_EVENT_SIZE,
-                error=f"the {what} is {size} bytes as JSON; the limit is {limits.max_event_bytes} (max_event_bytes)",
+                error=f"the {what} is {size} bytes as JSON; the limit is {self.limits.max_event_bytes} "
+                "(max_event_bytes)",
             )
         return None
+
+    def _check_request(self, request: StepRequest) -> Round | None:
+        if request.kind != "create" and request.persisted is None:
+            raise HostError(f"a {request.kind} step needs the persisted instance")
+        if request.kind == "restore":
+            return None
+        if request.kind == "event":
+            return self._check_event(request.event)
+        context: object = request.context  # from callers that may not have checked it
+        if context is not None and not isinstance(context, Mapping):
+            return Round(Outcome.INVALID_EVENT, error="the initial context must be a JSON object")
+        return self._check_size("initial context", context or {})
 
 
 def _log_line(raw: Mapping[str, Any]) -> LogLine:

@@ -24,7 +24,7 @@ async def _run_file(engine, executor: Executor, transport, stub_url: str, path: 
     sandbox = await executor.run(engine.script_sandbox, limits)
     code = f"globalThis.STUB_URL = {stub_url!r};\n{HARNESS}\n{SOURCES[path]}\n;__statehost_run_tests();"
 
-    async def no_commit(_round) -> None:
+    async def no_commit(_round, _tag) -> None:
         return None
 
     try:
@@ -37,6 +37,7 @@ async def _run_file(engine, executor: Executor, transport, stub_url: str, path: 
             transport=transport,
             clock=clock,
             limits=limits,
+            until_children=False,
         )
         assert result.ok, f"{path.name}: {result.error}"
         assert result.late_fault is None, f"{path.name}: {result.late_fault.error}"

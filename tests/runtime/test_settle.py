@@ -119,7 +119,7 @@ async def test_a_fetch_runs_only_after_the_transition_that_started_it_is_committ
     await inst.create({"baseUrl": service.url})
     events: list[str] = []
 
-    async def commit(round_: Round) -> None:
+    async def commit(round_: Round, tag: object) -> None:
         await inst._commit(round_)
         events.extend(f"commit {t.state}" for t in round_.transitions)
 
@@ -177,7 +177,7 @@ async def test_a_crash_after_commit_neither_loses_the_transition_nor_reruns_the_
     inst = local(prepared, executor, transport, clock)
     await inst.create({"baseUrl": service.url})
 
-    async def commit_then_die(round_: Round) -> None:
+    async def commit_then_die(round_: Round, tag: object) -> None:
         await inst._commit(round_)
         raise Crash  # the process dies right after the durable commit
 
@@ -283,10 +283,72 @@ async def test_an_oversized_initial_context_commits_nothing(bundler, engine, exe
     prepared = prepare(bundler, engine, source_body, 4)
     commits: list[Round] = []
 
-    async def commit(round_: Round) -> None:
+    async def commit(round_: Round, tag: object) -> None:
         commits.append(round_)
 
     request = StepRequest("create", "x", {}, context={"blob": "x" * 100_000})
     result = await run_window(prepared, request, executor=executor, commit=commit, transport=transport, clock=clock)
     assert result.outcome is Outcome.EXCEEDED_EVENT_SIZE
     assert commits == []
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_events_join_an_open_window_without_waiting_for_its_services(
+    major, bundler, engine, executor, transport, service
+):
+    from runtime.settle import Delivery, Inbox
+
+    body = loader(major).replace("loading: {\n      invoke", 'loading: {\n      on: { cancel: "idle" },\n      invoke')
+    body = body.replace(
+        "export default",
+        "export const allowWrite = ({ event }) => !event || event.type !== 'forbidden';\nexport default",
+    )
+    source_major = major
+    prepared = engine.prepare(
+        bundler.bundle(
+            __import__("runtime").Upload(
+                "m.ts",
+                (
+                    __import__("tests.support", fromlist=["HEADER"]).HEADER[source_major]
+                    + "export const allowRead = () => true;\n"
+                    + body
+                ).encode(),
+                xstate_major=source_major,
+            )
+        )
+    )
+    inst = local(prepared, executor, transport, SystemClock())
+    await inst.create({"baseUrl": service.url})
+    inbox = Inbox()
+    tags: list[object] = []
+
+    async def commit(round_: Round, tag: object) -> None:
+        await inst._commit(round_)
+        tags.append(tag)
+
+    request = StepRequest("event", inst.name, {}, persisted=inst.persisted, event={"type": "load", "path": "/slow"})
+    window = asyncio.ensure_future(
+        run_window(
+            prepared,
+            request,
+            executor=executor,
+            commit=commit,
+            transport=transport,
+            clock=SystemClock(),
+            tag="load",
+            inbox=inbox,
+        )
+    )
+    while service.hits["slow"] == 0:  # the fetch went out: the window is open and waiting
+        await asyncio.sleep(0.01)
+    denied = Delivery({"type": "forbidden"}, {"user": "x"}, tag="forbidden")
+    inbox.put(denied)
+    assert (await denied.accepted).outcome is Outcome.DENIED
+    cancel = Delivery({"type": "cancel"}, {"user": "x"}, tag="cancel")
+    inbox.put(cancel)
+    assert (await cancel.accepted).ok
+    result = await asyncio.wait_for(window, 5)  # settles at once: leaving `loading` stopped the service
+    assert result.ok and not result.cut_off
+    assert [t.state for t in inst.history] == ["idle", "loading", "idle"]
+    assert tags == ["load", "cancel"]
+    assert inst.persisted is not None and inst.persisted["inflight"] == []
