@@ -206,6 +206,8 @@ async def drive(
             now = clock.now_ms()
             done = [task for task in tasks if task.done()]
             if delivery is not None:
+                if not isinstance(instance, SandboxInstance):
+                    raise TypeError("only machine sandboxes take deliveries")
                 previous = current
                 current = await executor.run(instance.deliver, delivery.event, delivery.auth_context, now)
                 delivery.accepted.set_result(current)

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from runtime import FetchRequest, Limits, Outcome, Round, StepRequest, SystemClock, run_window
-from tests.support import local, prepare
+from runtime.settle import Delivery, Inbox
+from tests.support import HEADER, local, prepare
 
 MAJORS = [4, 5]
 
@@ -21,6 +22,7 @@ class Service:
 
     def __init__(self) -> None:
         self.hits: collections.Counter[str] = collections.Counter()
+        self.slow_started = asyncio.Event()
         self.url = ""
 
     async def fast(self, request: web.Request) -> web.Response:
@@ -29,6 +31,7 @@ class Service:
 
     async def slow(self, request: web.Request) -> web.Response:
         self.hits["slow"] += 1
+        self.slow_started.set()
         await asyncio.sleep(30)
         return web.json_response({"value": "late"})
 
@@ -296,27 +299,12 @@ async def test_an_oversized_initial_context_commits_nothing(bundler, engine, exe
 async def test_events_join_an_open_window_without_waiting_for_its_services(
     major, bundler, engine, executor, transport, service
 ):
-    from runtime.settle import Delivery, Inbox
-
     body = loader(major).replace("loading: {\n      invoke", 'loading: {\n      on: { cancel: "idle" },\n      invoke')
-    body = body.replace(
-        "export default",
-        "export const allowWrite = ({ event }) => !event || event.type !== 'forbidden';\nexport default",
+    authorizers = (
+        "export const allowRead = () => true;\n"
+        "export const allowWrite = ({ event }) => !event || event.type !== 'forbidden';\n"
     )
-    source_major = major
-    prepared = engine.prepare(
-        bundler.bundle(
-            __import__("runtime").Upload(
-                "m.ts",
-                (
-                    __import__("tests.support", fromlist=["HEADER"]).HEADER[source_major]
-                    + "export const allowRead = () => true;\n"
-                    + body
-                ).encode(),
-                xstate_major=source_major,
-            )
-        )
-    )
+    prepared = prepare(bundler, engine, HEADER[major] + authorizers + body, major, header=False)
     inst = local(prepared, executor, transport, SystemClock())
     await inst.create({"baseUrl": service.url})
     inbox = Inbox()
@@ -339,8 +327,7 @@ async def test_events_join_an_open_window_without_waiting_for_its_services(
             inbox=inbox,
         )
     )
-    while service.hits["slow"] == 0:  # the fetch went out: the window is open and waiting
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(service.slow_started.wait(), 5)  # the fetch went out: the window is open
     denied = Delivery({"type": "forbidden"}, {"user": "x"}, tag="forbidden")
     inbox.put(denied)
     assert (await denied.accepted).outcome is Outcome.DENIED
