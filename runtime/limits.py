@@ -30,6 +30,8 @@ class Outcome(enum.Enum):
     EXCEEDED_EVENT_SIZE = "exceeded_event_size"
     INVALID_EVENT = "invalid_event"
     """The event or initial context is not a JSON object of the accepted shape."""
+    CANCELED = "canceled"
+    """A delivery was withdrawn before it ran (its precheck said no, e.g. a timer cancelled meanwhile)."""
 
     @property
     def limit(self) -> str | None:

@@ -43,6 +43,9 @@ class Delivery:
     auth_context: Mapping[str, Any] | None
     tag: object = None
     """Opaque to the runtime; handed back with the round's commit (e.g. the timer row to delete)."""
+    precheck: Callable[[], Awaitable[bool]] | None = None
+    """Asked right before the event runs; False withdraws it (outcome CANCELED), e.g. a timer that a
+    committed round of this window has cancelled meanwhile."""
     accepted: asyncio.Future[Round] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     """Resolved with this delivery's own round: ok, or why it was refused."""
 
@@ -97,7 +100,7 @@ def _changed(round_: Round, last_persisted: object) -> bool:
 
 
 # Outcomes of a delivery that leave the live session untouched: the window goes on.
-_REFUSALS = frozenset({Outcome.DENIED, Outcome.INVALID_EVENT, Outcome.EXCEEDED_EVENT_SIZE})
+_REFUSALS = frozenset({Outcome.DENIED, Outcome.INVALID_EVENT, Outcome.EXCEEDED_EVENT_SIZE, Outcome.CANCELED})
 
 
 async def _perform(transport: Transport, request: FetchRequest, limits: Limits) -> EffectResult:
@@ -209,7 +212,10 @@ async def drive(
                 if not isinstance(instance, SandboxInstance):
                     raise TypeError("only machine sandboxes take deliveries")
                 previous = current
-                current = await executor.run(instance.deliver, delivery.event, delivery.auth_context, now)
+                if delivery.precheck is not None and not await delivery.precheck():
+                    current = Round(Outcome.CANCELED, error="the delivery was withdrawn before it ran")
+                else:
+                    current = await executor.run(instance.deliver, delivery.event, delivery.auth_context, now)
                 delivery.accepted.set_result(current)
                 if current.outcome in _REFUSALS:
                     # Nothing ran: the session is as it was (same pending work, nothing to commit).

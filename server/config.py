@@ -1,0 +1,34 @@
+"""Server settings: one frozen dataclass; each field documents itself.
+
+The CLI flags and docs/configuration.md are derived from these fields (issue #4 adds the flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from runtime import FetchPolicy, Limits
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: Path = Path(".statehost/statehost.db")
+    """The SQLite file (created with its folder on first start)."""
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """SQLite ``synchronous``. FULL: an acknowledged commit survives power loss. NORMAL: faster, and
+    may lose the last commits on power loss (never on a process crash)."""
+    group_commit: bool = True
+    """Commit the transitions of many instances that are ready together in one transaction."""
+    workers: int = 0
+    """Sandbox worker threads; 0 = one per CPU (at least 2)."""
+    limits: Limits = field(default_factory=Limits)
+    """Per-sandbox limits (docs/limits.md)."""
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    """Which addresses machines may fetch (docs/limits.md)."""
+    shutdown_grace_s: float = 10.0
+    """On shutdown, how long open settle windows may run before they are cut (nothing committed is
+    lost when they are; their running services get error events on the next event)."""

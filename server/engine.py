@@ -1,0 +1,86 @@
+"""One statehost node: storage, sandbox runtime, instance processing and timers, wired together.
+
+Start order: store (schema migrated) -> worker pool and fetch transport -> instance service ->
+timer loop (which at once delivers every timer that came due while the node was down). Stop order
+is the reverse: no new timers, open windows finish or are cut, then the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from runtime import Bundler, Clock, Executor, QuickJSNativeEngine, SystemClock
+
+from .config import Settings
+from .fetch import AiohttpTransport
+from .instances import InstanceService
+from .store import Store
+from .timers import TimerService
+
+__all__ = ["DurableEngine"]
+
+log = logging.getLogger("statehost")
+
+
+class DurableEngine:
+    def __init__(self, settings: Settings, clock: Clock | None = None, bundler: Bundler | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.bundler = bundler or Bundler()
+        self.store = Store(settings.database, synchronous=settings.synchronous, group_commit=settings.group_commit)
+        self._executor: Executor | None = None
+        self._transport: AiohttpTransport | None = None
+        self._instances: InstanceService | None = None
+        self._timers: TimerService | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+
+    @property
+    def instances(self) -> InstanceService:
+        assert self._instances is not None, "the engine is not started"
+        return self._instances
+
+    @property
+    def timers(self) -> TimerService:
+        assert self._timers is not None, "the engine is not started"
+        return self._timers
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._executor = Executor(self.settings.workers or None)
+        self._transport = AiohttpTransport(self.settings.fetch)
+        engine = QuickJSNativeEngine(self.bundler.runtime_api)
+        self._instances = InstanceService(
+            self.store,
+            engine,
+            self.bundler,
+            self._executor,
+            self._transport,
+            self.clock,
+            self.settings.limits,
+            on_timers_changed=lambda: self._timers.wake() if self._timers else None,
+        )
+        self._timers = TimerService(self.store, self._instances, self.clock)
+        self._timer_task = asyncio.create_task(self._timers.run(), name="statehost-timers")
+
+    async def stop(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+            self._timer_task = None
+        if self._instances is not None:
+            await self._instances.close(self.settings.shutdown_grace_s)
+        if self._transport is not None:
+            await self._transport.close()
+        if self._executor is not None:
+            self._executor.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> DurableEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

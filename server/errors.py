@@ -1,0 +1,80 @@
+"""Errors the server answers with. Each carries its HTTP status and a stable ``code`` (wire-api 1.4).
+
+::
+
+    ApiError                       status, code, message, parameter
+    ├── InvalidParameter           400 invalid-parameter
+    ├── Rejected                   403 rejected-by-machine-authorizer
+    ├── NotFound                   404 not-found
+    ├── Conflict                   409 invalid-state (exists, or moved on meanwhile)
+    ├── Paused                     409 invalid-state (the instance is paused)
+    ├── MachineError               422 machine-error (the machine threw or hit a limit; ``limit`` names it)
+    ├── Timeout                    504 timeout (the settle window ended before any transition)
+    └── Unavailable                503 unavailable (the server is shutting down)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "InvalidParameter",
+    "MachineError",
+    "NotFound",
+    "Paused",
+    "Rejected",
+    "Timeout",
+    "Unavailable",
+]
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal-error"
+
+    def __init__(self, message: str, *, parameter: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.parameter is not None:
+            body["parameter"] = self.parameter
+        body.update(self.extra)
+        return body
+
+
+class InvalidParameter(ApiError):
+    status, code = 400, "invalid-parameter"
+
+
+class Rejected(ApiError):
+    status, code = 403, "rejected-by-machine-authorizer"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not-found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "invalid-state"
+
+
+class Paused(ApiError):
+    status, code = 409, "invalid-state"
+
+
+class MachineError(ApiError):
+    status, code = 422, "machine-error"
+
+
+class Timeout(ApiError):
+    status, code = 504, "timeout"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"

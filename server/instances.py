@@ -1,0 +1,477 @@
+"""Instance processing: one event at a time per instance, every transition committed before anyone
+hears of it or any effect runs.
+
+Each instance that has work gets an *actor*: a task draining the instance's inbox in arrival order.
+The first request starts a settle window (runtime.run_window) in a fresh sandbox; requests that
+arrive while it is open join it (runtime.Inbox), as State Backed delivers events into a running
+instance. Each round is committed through the store (one transaction: snapshot, history rows, timer
+changes, log lines) with an optimistic check on the instance's ``seq``; only then does the runtime
+perform the round's effects. When the window ends, every request that took part gets the latest
+committed state. Other instances run in parallel (their sandboxes on the worker pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from runtime import (
+    Bundler,
+    Clock,
+    Engine,
+    Executor,
+    Limits,
+    LogLine,
+    MachineBundle,
+    Outcome,
+    PreparedMachine,
+    ReadRequest,
+    Round,
+    StepRequest,
+    Transport,
+    Upload,
+    run_window,
+)
+from runtime.settle import Delivery, Inbox
+
+from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
+from .store import InstanceRow, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
+
+__all__ = ["InstanceService", "InstanceState", "TimerDelivery"]
+
+log = logging.getLogger("statehost.instances")
+
+PREPARED_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """The ``State`` object of the wire contract, plus what the admin view needs."""
+
+    ts: int
+    state: Any
+    public_context: Mapping[str, Any]
+    tags: tuple[str, ...]
+    done: bool
+    context: Any = None
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "state": self.state,
+            "publicContext": dict(self.public_context),
+            "tags": list(self.tags),
+            "done": self.done,
+        }
+
+    @staticmethod
+    def of(row: InstanceRow) -> InstanceState:
+        return InstanceState(row.ts, row.state, row.public_context, tuple(row.tags), row.done, row.context)
+
+
+TimerDelivery = Literal["delivered", "retry", "retry-paused", "gone"]
+
+
+@dataclass(eq=False)
+class _Request:
+    kind: Literal["create", "event", "timer"]
+    machine_id: int
+    org_id: str
+    machine_slug: str
+    instance_name: str
+    auth_context: Mapping[str, Any] | None
+    event: Mapping[str, Any] | None = None
+    context: Mapping[str, Any] | None = None
+    version_id: str | None = None
+    timer: TimerRow | None = None
+    done: asyncio.Future[InstanceState] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def resolve(self, state: InstanceState) -> None:
+        if not self.done.done():
+            self.done.set_result(state)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+@dataclass
+class _Window:
+    """What the commit callback of one window keeps between rounds."""
+
+    request: _Request
+    instance_id: int | None
+    seq: int
+    ts: int
+    version_id: str
+    view: InstanceState | None
+    participants: list[_Request] = field(default_factory=list)
+
+
+def _error_for(outcome: Outcome, message: str | None) -> ApiError:
+    """The one mapping from a runtime outcome to the error a client sees (wire-api 10.3)."""
+    text = message or outcome.value
+    if outcome is Outcome.DENIED:
+        return Rejected("the machine's authorizer rejected the request")
+    if outcome in (Outcome.INVALID_EVENT, Outcome.EXCEEDED_EVENT_SIZE):
+        return InvalidParameter(text, parameter="event")
+    if outcome is Outcome.CANCELED:
+        return Conflict(text)
+    return MachineError(text, limit=outcome.limit) if outcome.limit else MachineError(text)
+
+
+class InstanceService:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        bundler: Bundler,
+        executor: Executor,
+        transport: Transport,
+        clock: Clock,
+        limits: Limits,
+        on_timers_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.limits = limits
+        self.store = store
+        self.engine = engine
+        self.bundler = bundler
+        self.executor = executor
+        self.transport = transport
+        self.clock = clock
+        self.on_timers_changed = on_timers_changed
+        self._actors: dict[tuple[int, str], tuple[Inbox, asyncio.Task[None]]] = {}
+        self._open: dict[tuple[int, str], set[_Request]] = {}
+        """Requests not answered yet, per instance (so that a cut window can answer them all)."""
+        self._prepared: collections.OrderedDict[str, PreparedMachine] = collections.OrderedDict()
+        self._preparing: dict[str, asyncio.Lock] = {}
+        self._closing = False
+
+    # -- machines ---------------------------------------------------------------------------------
+
+    async def create_version(
+        self, org_id: str, machine_slug: str, upload: Upload, *, client_info: str = "", make_current: bool = True
+    ) -> str:
+        """Bundle an upload, validate it in the sandbox, and store it as a version of the machine.
+
+        Raises runtime.BundleError / InvalidMachineError for a bad upload; nothing is stored then.
+        """
+        machine_id = await self.store.machine_id(org_id, machine_slug)
+        bundle = await self.executor.run(self.bundler.bundle, upload)
+        prepared = await self.executor.run(self.engine.prepare, bundle, self.limits)
+        version_id = await self.store.create_version(
+            machine_id,
+            bundle=bundle.code,
+            bundle_hash=bundle.hash,
+            xstate_major=prepared.major,
+            self_contained=bundle.self_contained,
+            source=upload.data,
+            source_name=upload.filename,
+            client_info=client_info,
+            now_ms=self.clock.now_ms(),
+            make_current=make_current,
+        )
+        self._remember(version_id, prepared)
+        return version_id
+
+    async def _prepared_machine(self, version_id: str) -> PreparedMachine:
+        cached = self._prepared.get(version_id)
+        if cached is not None:
+            self._prepared.move_to_end(version_id)
+            return cached
+        lock = self._preparing.setdefault(version_id, asyncio.Lock())
+        async with lock:
+            cached = self._prepared.get(version_id)
+            if cached is not None:
+                return cached
+            row = await self.store.get_version(version_id)
+            assert row.bundle is not None and row.bundle_hash is not None
+            bundle = MachineBundle(row.bundle, None if row.self_contained else row.xstate_major, row.bundle_hash)
+            prepared = await self.executor.run(self.engine.prepare, bundle, self.limits)
+            self._remember(version_id, prepared)
+            return prepared
+
+    def _remember(self, version_id: str, prepared: PreparedMachine) -> None:
+        self._prepared[version_id] = prepared
+        self._prepared.move_to_end(version_id)
+        while len(self._prepared) > PREPARED_CACHE_SIZE:
+            self._prepared.popitem(last=False)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        org_id: str,
+        machine_slug: str,
+        instance_name: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        auth_context: Mapping[str, Any] | None = None,
+        version_id: str | None = None,
+    ) -> InstanceState:
+        machine_id = await self.store.machine_id(org_id, machine_slug)
+        request = _Request(
+            "create",
+            machine_id,
+            org_id,
+            machine_slug,
+            instance_name,
+            dict(auth_context or {}),
+            context=context,
+            version_id=version_id,
+        )
+        return await self._submit(request)
+
+    async def send_event(
+        self,
+        org_id: str,
+        machine_slug: str,
+        instance_name: str,
+        event: str | Mapping[str, Any],
+        auth_context: Mapping[str, Any] | None,
+    ) -> InstanceState:
+        machine_id = await self.store.machine_id(org_id, machine_slug)
+        body = {"type": event} if isinstance(event, str) else dict(event)
+        request = _Request("event", machine_id, org_id, machine_slug, instance_name, auth_context, event=body)
+        return await self._submit(request)
+
+    async def deliver_timer(self, timer: TimerRow) -> TimerDelivery:
+        """Deliver a due timer as an ordinary event (no allowWrite); say what became of it."""
+        row = await self.store.instance_by_id(timer.instance_id)
+        if row is None:
+            return "gone"
+        request = _Request(
+            "timer", row.machine_id, row.org_id, row.machine_slug, row.name, None, event=timer.event, timer=timer
+        )
+        try:
+            await self._submit(request)
+        except Paused:
+            return "retry-paused"
+        except (NotFound, Conflict):
+            return "gone" if not await self.store.timer_exists(timer.id) else "retry"
+        except ApiError as exc:
+            log.info("timer %s of instance %s not delivered: %s", timer.key, row.name, exc)
+            return "retry"
+        return "delivered"
+
+    async def read(
+        self, org_id: str, machine_slug: str, instance_name: str, auth_context: Mapping[str, Any] | None
+    ) -> InstanceState:
+        """The last committed state; ``allowRead`` decides unless ``auth_context`` is None (admin)."""
+        machine_id = await self.store.machine_id(org_id, machine_slug)
+        row = await self.store.find_instance(machine_id, instance_name)
+        if row is None:
+            raise NotFound(f"instance {instance_name!r} not found")
+        if auth_context is not None:
+            prepared = await self._prepared_machine(row.version_id)
+            decision = await self.executor.run(
+                prepared.authorize_read, ReadRequest(row.name, row.state, row.context, auth_context)
+            )
+            await self._store_logs(row.org_id, row.machine_slug, row.name, row.version_id, decision.logs)
+            if not decision.allowed:
+                raise Rejected("the machine's authorizer rejected the request")
+        return InstanceState.of(row)
+
+    async def _submit(self, request: _Request) -> InstanceState:
+        if self._closing:
+            raise Unavailable("the server is shutting down")
+        key = (request.machine_id, request.instance_name)
+        delivery = Delivery(request.event or {}, request.auth_context, tag=request)
+        if request.timer is not None:
+            timer_id = request.timer.id
+            delivery.precheck = lambda: self.store.timer_exists(timer_id)
+        elif request.kind == "create":
+            # A create that finds a window open for its instance: the instance exists (or is being
+            # created by the request that opened the window).
+            delivery.precheck = _never
+        delivery.accepted.add_done_callback(lambda fut: self._joined(request, fut))
+        waiting = self._open.setdefault(key, set())
+        waiting.add(request)
+        request.done.add_done_callback(lambda _: self._finished(key, request))
+        actor = self._actors.get(key)
+        if actor is None:
+            inbox = Inbox()
+            inbox.put(delivery)
+            task = asyncio.create_task(self._run_actor(key, inbox), name=f"statehost-instance-{request.instance_name}")
+            self._actors[key] = (inbox, task)
+        else:
+            actor[0].put(delivery)
+        return await request.done
+
+    def _finished(self, key: tuple[int, str], request: _Request) -> None:
+        waiting = self._open.get(key)
+        if waiting is not None:
+            waiting.discard(request)
+            if not waiting:
+                del self._open[key]
+
+    @staticmethod
+    def _joined(request: _Request, accepted: asyncio.Future[Round]) -> None:
+        """A delivery that joined an open window was refused: answer its sender at once."""
+        if accepted.cancelled():
+            return
+        round_ = accepted.result()
+        if round_.outcome is Outcome.CANCELED and request.kind == "create":
+            request.fail(Conflict(f"instance {request.instance_name!r} already exists"))
+        elif not round_.ok:
+            request.fail(_error_for(round_.outcome, round_.error))
+
+    async def _run_actor(self, key: tuple[int, str], inbox: Inbox) -> None:
+        try:
+            while (delivery := inbox.pop()) is not None:
+                request = delivery.tag
+                assert isinstance(request, _Request)
+                try:
+                    await self._window(request, delivery, inbox)
+                except ApiError as exc:
+                    request.fail(exc)
+                except Exception as exc:
+                    log.exception("instance %s: window failed", request.instance_name)
+                    request.fail(exc)
+        except asyncio.CancelledError:
+            # Shutdown cut this window: committed rounds stand; everyone still waiting is told.
+            stopped = Unavailable("the server stopped before the request finished")
+            for waiting in list(self._open.get(key, ())):
+                waiting.fail(stopped)
+            raise
+        finally:
+            # No await between the last empty pop and here: nothing can have been queued meanwhile.
+            self._actors.pop(key, None)
+
+    # -- one settle window ---------------------------------------------------------------------------
+
+    async def _window(self, request: _Request, delivery: Delivery, inbox: Inbox) -> None:
+        row = await self.store.find_instance(request.machine_id, request.instance_name)
+        if request.kind == "create":
+            if row is not None:
+                raise Conflict(f"instance {request.instance_name!r} already exists")
+            version_id = request.version_id or await self.store.current_version_id(request.machine_id)
+            if version_id is None:
+                raise InvalidParameter("the machine has no current version", parameter="machineVersionId")
+            step = StepRequest("create", request.instance_name, request.auth_context, context=request.context)
+            window = _Window(request, None, 0, 0, version_id, None)
+        else:
+            if row is None:
+                raise NotFound(f"instance {request.instance_name!r} not found")
+            if row.status == "paused":
+                raise Paused(f"instance {request.instance_name!r} is paused")
+            if delivery.precheck is not None and not await delivery.precheck():
+                raise Conflict("the timer was cancelled before it was delivered")
+            step = StepRequest("event", row.name, request.auth_context, persisted=row.persisted, event=request.event)
+            window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row))
+        prepared = await self._prepared_machine(window.version_id)
+
+        async def commit(round_: Round, tag: object) -> None:
+            await self._commit(window, round_, tag)
+
+        result = await run_window(
+            prepared,
+            step,
+            executor=self.executor,
+            commit=commit,
+            transport=self.transport,
+            clock=self.clock,
+            tag=request,
+            inbox=inbox,
+        )
+        await self._store_logs(
+            request.org_id, request.machine_slug, request.instance_name, window.version_id, result.uncommitted_logs
+        )
+        if not result.ok:
+            raise _error_for(result.outcome, result.error)
+        if result.late_fault is not None:
+            log.info("instance %s: a later round failed: %s", request.instance_name, result.late_fault.error)
+        if window.view is None:
+            raise Timeout("the settle window ended before the first transition")
+        for participant in (request, *window.participants):
+            participant.resolve(window.view)
+
+    async def _commit(self, window: _Window, round_: Round, tag: object) -> None:
+        now = self.clock.now_ms()
+        assert round_.persisted is not None
+        transitions = []
+        for t in round_.transitions:
+            window.seq += 1
+            window.ts = max(now, window.ts + 1)
+            transitions.append(
+                TransitionRecord(window.seq, window.ts, t.state, t.event or {}, t.public_context, t.tags, t.done)
+            )
+        timer_ops: list[tuple[Literal["set", "cancel", "cancel_all"], Any]] = []
+        for op in round_.timers:
+            if op.op == "set":
+                assert op.event is not None and op.delay_ms is not None
+                timer_ops.append(("set", TimerSet(op.id, op.event, now + op.delay_ms)))
+            elif op.op == "cancel":
+                timer_ops.append(("cancel", op.id))
+            else:
+                timer_ops.append(("cancel_all", None))
+        request = window.request
+        timer = tag.timer if isinstance(tag, _Request) else None
+        context = round_.transitions[-1].context if round_.transitions else (window.view.context if window.view else {})
+        commit = RoundCommit(
+            instance_id=window.instance_id or 0,
+            expected_seq=window.seq - len(transitions),
+            persisted=round_.persisted,
+            version_id=window.version_id,
+            transitions=transitions,
+            context=context,
+            timer_ops=timer_ops,
+            delete_timer_id=timer.id if timer is not None else None,
+            logs=[_record(line, now) for line in round_.logs],
+            org_id=request.org_id,
+            machine_slug=request.machine_slug,
+            instance_name=request.instance_name,
+        )
+        if window.instance_id is None:
+            window.instance_id = await self.store.insert_instance(
+                request.machine_id, request.instance_name, commit, now
+            )
+        else:
+            await self.store.commit_round(commit, now)
+        if transitions:
+            last = transitions[-1]
+            window.view = InstanceState(last.ts, last.state, last.public_context, tuple(last.tags), last.done, context)
+        if isinstance(tag, _Request) and tag is not request:
+            window.participants.append(tag)
+        if timer_ops:
+            self.on_timers_changed()
+
+    async def _store_logs(
+        self, org_id: str, machine_slug: str, instance_name: str, version_id: str, lines: tuple[LogLine, ...]
+    ) -> None:
+        if lines:
+            now = self.clock.now_ms()
+            await self.store.insert_logs(
+                org_id, machine_slug, instance_name, version_id, [_record(line, now) for line in lines]
+            )
+
+    # -- shutdown -------------------------------------------------------------------------------------
+
+    async def close(self, grace_s: float) -> None:
+        """Stop taking requests; let open windows finish for ``grace_s``, then cut them.
+
+        A cut window loses nothing committed: its running services are recorded as in flight and
+        get their error events on the next event after the restart.
+        """
+        self._closing = True
+        tasks = [task for _, task in self._actors.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def _never() -> bool:
+    return False
+
+
+def _record(line: LogLine, now: int) -> LogRecord:
+    return LogRecord(line.time_ms or now, line.stream, line.level, line.text)

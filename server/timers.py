@@ -1,0 +1,133 @@
+"""Reliable timers: every delayed event of every instance, delivered as an ordinary event when due.
+
+Decision log:
+
+- The timer table is the truth. One loop sleeps (on the injected clock) until the earliest due
+  timer, or until woken because a commit changed the table; due timers are delivered through the
+  instance service like any event (no ``allowWrite``). The delivery's transition and the timer's
+  removal commit in one transaction, so a timer fires once in effect: a crash before that commit
+  leaves the row, and it is delivered after the restart (at once, since it is overdue).
+- Deadlines are absolute: after downtime a timer fires at its original due time, or at once if that
+  has passed (not "the remaining delay after restart"; statelyai/xstate#5331 lists the options).
+- A failed delivery (paused instance, a machine that throws, a timeout) is retried with backoff up
+  to ``MAX_RETRIES`` times, then dropped with a log line for the machine's author.
+- A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
+  before it runs (the delivery's precheck reads the row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from runtime import Clock
+
+from .instances import InstanceService
+from .store import LogRecord, Store, TimerRow
+
+__all__ = ["FIRST_RETRY_MS", "MAX_RETRIES", "MAX_RETRY_MS", "PAUSED_RETRY_MS", "TimerService"]
+
+log = logging.getLogger("statehost.timers")
+
+MAX_RETRIES = 5
+"""Failed deliveries are retried this many times, then the timer is dropped (State Backed: 5)."""
+FIRST_RETRY_MS = 1_000
+BACKOFF_FACTOR = 4
+MAX_RETRY_MS = 30_000
+PAUSED_RETRY_MS = 30_000
+"""A paused instance is retried about 30 s apart (wire-api 3.9)."""
+CLAIM_BATCH = 256
+MAX_CONCURRENT = 256
+
+
+def retry_delay_ms(attempts: int, paused: bool) -> int:
+    """Delay before retry number ``attempts`` (1-based)."""
+    if paused:
+        return PAUSED_RETRY_MS
+    return int(min(MAX_RETRY_MS, FIRST_RETRY_MS * BACKOFF_FACTOR ** (attempts - 1)))
+
+
+class TimerService:
+    def __init__(self, store: Store, instances: InstanceService, clock: Clock) -> None:
+        self.store = store
+        self.instances = instances
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self.delivered = 0
+        self.dropped = 0
+
+    def wake(self) -> None:
+        """The timer table changed: look again for the earliest due timer."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                now = self.clock.now_ms()
+                due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
+                for row in due:
+                    await self._slots.acquire()
+                    self._in_flight.add(row.id)
+                    task = asyncio.create_task(self._deliver(row), name=f"statehost-timer-{row.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if len(due) == CLAIM_BATCH:
+                    continue
+                next_due = await self.store.next_timer_due(exclude=self._in_flight)
+                waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+                if next_due is not None:
+                    waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waits:
+                        waiter.cancel()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _deliver(self, row: TimerRow) -> None:
+        try:
+            outcome = await self.instances.deliver_timer(row)
+            if outcome == "delivered":
+                self.delivered += 1
+            elif outcome == "gone":
+                if await self.store.timer_exists(row.id):
+                    await self.store.drop_timer(row.id, None)
+            else:
+                await self._retry(row, paused=outcome == "retry-paused")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("timer %s: delivery failed", row.id)
+            await self._retry(row, paused=False)
+        finally:
+            self._in_flight.discard(row.id)
+            self._slots.release()
+            self.wake()
+
+    async def _retry(self, row: TimerRow, paused: bool) -> None:
+        attempts = row.attempts + 1
+        if attempts <= MAX_RETRIES:
+            await self.store.retry_timer(row.id, self.clock.now_ms() + retry_delay_ms(attempts, paused), attempts)
+            return
+        self.dropped += 1
+        instance = await self.store.instance_by_id(row.instance_id)
+        line = LogRecord(
+            self.clock.now_ms(),
+            "stderr",
+            "engine",
+            f"[statehost] timer {row.key} ({row.event.get('type')}) dropped after {attempts} failed deliveries",
+        )
+        context = None
+        if instance is not None:
+            context = (instance.org_id, instance.machine_slug, instance.name, instance.version_id, line)
+        await self.store.drop_timer(row.id, context)

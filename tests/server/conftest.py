@@ -1,0 +1,73 @@
+"""A DurableEngine on a real SQLite file in tmp_path, with a fake clock, and helpers to deploy
+machines into it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from runtime import FakeClock, FetchPolicy, Limits, Upload
+from server.config import Settings
+from server.engine import DurableEngine
+from tests.support import ALLOW_ALL, HEADER
+
+ORG_NAME = "test-org"
+
+
+class Deployment:
+    def __init__(self, engine: DurableEngine, org_id: str) -> None:
+        self.engine = engine
+        self.org_id = org_id
+
+    async def machine(self, slug: str, body: str, major: int = 4, *, header: bool = True) -> str:
+        """Create machine ``slug`` with one version from ``body``; return the version id."""
+        source = (HEADER[major] + ALLOW_ALL + body) if header else body
+        await self.engine.store.create_machine(self.org_id, slug, [], self.engine.clock.now_ms())
+        return await self.engine.instances.create_version(
+            self.org_id, slug, Upload("machine.ts", source.encode(), xstate_major=major)
+        )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
+    """Wait until ``check()`` is true (the engine works in background tasks)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the condition did not become true in time")
+        await asyncio.sleep(0.005)
+
+
+def settings_for(path: Path, **overrides) -> Settings:
+    base = {
+        "database": path / "statehost.db",
+        "fetch": FetchPolicy(allow_private=True, timeout_s=10),
+        "shutdown_grace_s": 2.0,
+        "workers": 2,
+        "limits": Limits(),
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def db_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+async def durable(db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
+    engine = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@pytest.fixture
+async def deploy(durable: DurableEngine) -> Deployment:
+    org_id = await durable.store.create_org(ORG_NAME, durable.clock.now_ms())
+    return Deployment(durable, org_id)

@@ -1,0 +1,312 @@
+"""Instance processing on a real SQLite file: one event at a time, commit before answer, gap-free
+history, optimistic concurrency, bad input leaving nothing behind, the settle window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from runtime import Limits, SystemClock
+from server.engine import DurableEngine
+from server.errors import Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected
+from tests.server.conftest import Deployment, settings_for
+
+COUNTER = {
+    4: """
+export default createMachine({
+  id: "counter", predictableActionArguments: true, initial: "idle",
+  context: { public: { seen: [] } },
+  states: { idle: { on: {
+    add: { actions: assign({ public: (c, e) => ({ seen: [...c.public.seen, e.n] }) }) },
+    log: { actions: (c, e) => { console.log("hello " + e.n); console.error("oops " + e.n); } },
+    arm: "armed",
+  } }, armed: { after: { 60000: "idle" }, on: { disarm: "idle" } } },
+  on: {
+    grow: { actions: assign({ blob: () => "x".repeat(500000) }) },
+    boom: { actions: () => { throw new Error("kaboom"); } },
+  },
+});
+""",
+    5: """
+export default createMachine({
+  id: "counter", initial: "idle",
+  context: { public: { seen: [] } },
+  states: { idle: { on: {
+    add: { actions: assign({ public: ({ context, event }) => ({ seen: [...context.public.seen, event.n] }) }) },
+    log: { actions: ({ event }) => { console.log("hello " + event.n); console.error("oops " + event.n); } },
+    arm: "armed",
+  } }, armed: { after: { 60000: "idle" }, on: { disarm: "idle" } } },
+  on: {
+    grow: { actions: assign({ blob: () => "x".repeat(500000) }) },
+    boom: { actions: () => { throw new Error("kaboom"); } },
+  },
+});
+""",
+}
+
+MAJORS = [4, 5]
+
+
+async def history(engine: DurableEngine, org_id: str, slug: str, name: str):
+    machine_id = await engine.store.machine_id(org_id, slug)
+    row = await engine.store.find_instance(machine_id, name)
+    assert row is not None
+    return row, await engine.store.transitions(row.id, limit=10_000)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_create_send_read_commit_history_with_monotonic_ts(durable, deploy: Deployment, major):
+    await deploy.machine("counter", COUNTER[major], major)
+    svc = durable.instances
+    created = await svc.create(deploy.org_id, "counter", "i1", context={"public": {"seen": [0]}})
+    assert created.state == "idle" and created.public_context == {"seen": [0]}
+    after = await svc.send_event(deploy.org_id, "counter", "i1", {"type": "add", "n": 1}, {})
+    assert after.public_context == {"seen": [0, 1]}
+    assert after.ts > created.ts
+    read = await svc.read(deploy.org_id, "counter", "i1", {"anyone": True})
+    assert read.wire() == after.wire()
+    row, transitions = await history(durable, deploy.org_id, "counter", "i1")
+    assert [t.seq for t in transitions] == [1, 2]
+    assert [t.event["type"] for t in transitions] == ["xstate.init", "add"]
+    assert row.seq == 2 and row.ts == after.ts
+    with pytest.raises(Conflict):
+        await svc.create(deploy.org_id, "counter", "i1")
+    with pytest.raises(NotFound):
+        await svc.send_event(deploy.org_id, "counter", "missing", "add", {})
+    with pytest.raises(NotFound):
+        await svc.read(deploy.org_id, "counter", "missing", {})
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_concurrent_events_to_one_instance_keep_a_gap_free_history_in_arrival_order(
+    durable, deploy: Deployment, major
+):
+    await deploy.machine("counter", COUNTER[major], major)
+    svc = durable.instances
+    await svc.create(deploy.org_id, "counter", "hot")
+    results = await asyncio.gather(
+        *(svc.send_event(deploy.org_id, "counter", "hot", {"type": "add", "n": n}, {}) for n in range(60))
+    )
+    row, transitions = await history(durable, deploy.org_id, "counter", "hot")
+    assert [t.seq for t in transitions] == list(range(1, 62))
+    order = [t.event["n"] for t in transitions[1:]]
+    assert sorted(order) == list(range(60))
+    assert order == list(range(60))  # gather submits in order; the mailbox keeps it
+    assert row.public_context["seen"] == order
+    # Each caller got a state that contains its own event (committed before it was answered).
+    for n, state in enumerate(results):
+        assert n in state.public_context["seen"]
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_bad_input_leaves_the_instance_exactly_as_before(durable, deploy: Deployment, major):
+    await deploy.machine("counter", COUNTER[major], major)
+    svc = durable.instances
+    await svc.create(deploy.org_id, "counter", "i1")
+    await svc.send_event(deploy.org_id, "counter", "i1", "arm", {})
+    machine_id = await durable.store.machine_id(deploy.org_id, "counter")
+
+    async def snapshot():
+        row = await durable.store.find_instance(machine_id, "i1")
+        assert row is not None
+        return row, await durable.store.transitions(row.id), await durable.store.timers_of(row.id)
+
+    before = await snapshot()
+    assert len(before[2]) == 1
+    with pytest.raises(MachineError) as too_big:
+        await svc.send_event(deploy.org_id, "counter", "i1", "grow", {})
+    assert too_big.value.extra["limit"] == "max_context_bytes"
+    assert too_big.value.status == 422
+    assert await snapshot() == before
+    with pytest.raises(MachineError, match="kaboom"):
+        await svc.send_event(deploy.org_id, "counter", "i1", "boom", {})
+    assert await snapshot() == before
+    with pytest.raises(InvalidParameter):
+        await svc.send_event(deploy.org_id, "counter", "i1", {"type": "x", "blob": "y" * 70_000}, {})
+    with pytest.raises(InvalidParameter):
+        await svc.send_event(deploy.org_id, "counter", "i1", {"no": "type"}, {})
+    assert await snapshot() == before
+    # The instance is fine afterwards.
+    state = await svc.send_event(deploy.org_id, "counter", "i1", "disarm", {})
+    assert state.state == "idle"
+    logs = await durable.store.logs(deploy.org_id, instance_name="i1")
+    assert any("kaboom" in line["text"] and line["stream"] == "stderr" for line in logs)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_log_lines_are_stored_with_machine_instance_version_and_stream(durable, deploy: Deployment, major):
+    version = await deploy.machine("counter", COUNTER[major], major)
+    await durable.instances.create(deploy.org_id, "counter", "i1")
+    await durable.instances.send_event(deploy.org_id, "counter", "i1", {"type": "log", "n": 7}, {})
+    logs = await durable.store.logs(deploy.org_id, instance_name="i1")
+    lines = {(line["stream"], line["text"]) for line in logs}
+    assert {("stdout", "hello 7"), ("stderr", "oops 7")} <= lines
+    assert all(line["machine_slug"] == "counter" and line["version_id"] == version for line in logs)
+
+
+AUTHORIZED = """
+export const allowRead = ({ authContext }) => authContext.role === "reader";
+export const allowWrite = ({ authContext }) => authContext.role === "writer";
+export default createMachine({ id: "a", initial: "idle", states: { idle: { on: { go: "done" } }, done: {} } });
+"""
+
+
+async def test_authorizers_decide_reads_and_writes(durable, deploy: Deployment):
+    await deploy.machine("auth", 'import { createMachine } from "xstate";\n' + AUTHORIZED, header=False)
+    svc = durable.instances
+    with pytest.raises(Rejected):
+        await svc.create(deploy.org_id, "auth", "i1", auth_context={"role": "reader"})
+    await svc.create(deploy.org_id, "auth", "i1", auth_context={"role": "writer"})
+    with pytest.raises(Rejected):
+        await svc.send_event(deploy.org_id, "auth", "i1", "go", {"role": "reader"})
+    with pytest.raises(Rejected):
+        await svc.read(deploy.org_id, "auth", "i1", {"role": "writer"})
+    assert (await svc.read(deploy.org_id, "auth", "i1", {"role": "reader"})).state == "idle"
+    assert (await svc.read(deploy.org_id, "auth", "i1", None)).state == "idle"  # admin: no authorizer
+
+
+async def test_a_paused_instance_rejects_events(durable, deploy: Deployment):
+    await deploy.machine("counter", COUNTER[4])
+    svc = durable.instances
+    await svc.create(deploy.org_id, "counter", "i1")
+    machine_id = await durable.store.machine_id(deploy.org_id, "counter")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None
+    await durable.store.set_status(row.id, "paused")
+    with pytest.raises(Paused):
+        await svc.send_event(deploy.org_id, "counter", "i1", {"type": "add", "n": 1}, {})
+    await durable.store.set_status(row.id, "running")
+    assert (await svc.send_event(deploy.org_id, "counter", "i1", {"type": "add", "n": 1}, {})).public_context == {
+        "seen": [1]
+    }
+
+
+async def test_two_processes_on_one_file_cannot_both_win(db_dir, deploy: Deployment, durable, bundler, clock):
+    """Optimistic concurrency on seq: a second engine on the same file (another process) that read
+    the same seq loses with a Conflict and commits nothing."""
+    await deploy.machine("counter", COUNTER[4])
+    await durable.instances.create(deploy.org_id, "counter", "i1")
+    other = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
+    await other.start()
+    try:
+        results = await asyncio.gather(
+            *(
+                engine.instances.send_event(deploy.org_id, "counter", "i1", {"type": "add", "n": n}, {})
+                for n in range(10)
+                for engine in (durable, other)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await other.stop()
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    losses = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, Conflict) for r in losses), losses
+    _, transitions = await history(durable, deploy.org_id, "counter", "i1")
+    assert [t.seq for t in transitions] == list(range(1, len(wins) + 2))
+    assert len(transitions) - 1 == len(wins)
+
+
+FETCHER = """
+export default createMachine({
+  id: "f", predictableActionArguments: true, initial: "idle",
+  context: { public: { value: null, error: null } },
+  states: {
+    idle: { on: { load: "loading" } },
+    loading: {
+      on: { cancel: "idle" },
+      invoke: {
+        id: "get",
+        src: (c, e) => fetch(c.url + e.path).then((r) => r.json()),
+        onDone: { target: "loaded", actions: assign({ public: (c, e) => ({ value: e.data.value, error: null }) }) },
+        onError: { target: "failed", actions: assign({ public: (c, e) => ({ value: null, error: e.data.name }) }) },
+      },
+    },
+    loaded: { on: { load: "loading" } },
+    failed: { on: { load: "loading" } },
+  },
+});
+"""
+
+
+@pytest.fixture
+async def slow_server():
+    from aiohttp import web
+
+    async def after(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return web.json_response({"value": request.match_info["seconds"]})
+
+    app = web.Application()
+    app.router.add_get("/after/{seconds}", after)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_the_window_waits_for_a_service_and_cuts_off_one_that_never_ends(db_dir, bundler, slow_server):
+    engine = DurableEngine(
+        settings_for(db_dir, limits=Limits(settle_window_ms=3_000)), clock=SystemClock(), bundler=bundler
+    )
+    await engine.start()
+    try:
+        org = await engine.store.create_org("o", engine.clock.now_ms())
+        await Deployment(engine, org).machine("f", FETCHER)
+        svc = engine.instances
+        await svc.create(org, "f", "i1", context={"url": slow_server})
+        # A service resolving after 1 s: the call returns the settled state.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        state = await svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/1"}, {})
+        assert state.state == "loaded" and state.public_context["value"] == "1"
+        assert loop.time() - started >= 1.0
+        # A service that outlives the window: the latest state comes back when the window ends ...
+        state = await svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/60"}, {})
+        assert state.state == "loading"
+        # ... and the next event first delivers the service's error event.
+        state = await svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/0"}, {})
+        assert state.state == "loaded"
+        _, transitions = await history(engine, org, "f", "i1")
+        assert [t.event["type"] for t in transitions][-3:] == ["error.platform.get", "load", "done.invoke.get"]
+        # An event arriving while a window is open joins it instead of waiting for the window.
+        slow = asyncio.ensure_future(svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/60"}, {}))
+        await asyncio.sleep(0.3)
+        cancelled = await svc.send_event(org, "f", "i1", "cancel", {})
+        assert cancelled.state == "idle"
+        assert (await asyncio.wait_for(slow, 2)).state == "idle"
+    finally:
+        await engine.stop()
+
+
+async def test_the_database_uses_wal_and_full_synchronous_and_a_versioned_schema(durable):
+    conn = sqlite3.connect(durable.settings.database)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == durable.store.schema_version >= 1
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+    assert {
+        "orgs",
+        "users",
+        "org_members",
+        "api_keys",
+        "machines",
+        "machine_versions",
+        "migrations",
+        "instances",
+        "transitions",
+        "timers",
+        "logs",
+        "index_entries",
+        "identity_providers",
+        "token_providers",
+    } <= tables
+    assert json.loads("[]") == []
