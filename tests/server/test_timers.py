@@ -1,0 +1,219 @@
+"""Reliable timers, driven by a fake clock: seconds, days and years ahead, cancels, restarts,
+paused instances and failing deliveries."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime import FakeClock
+from server.engine import DurableEngine
+from server.timers import MAX_RETRIES, PAUSED_RETRY_MS, retry_delay_ms
+from tests.server.conftest import Deployment, eventually, settings_for
+
+DAY = 86_400_000
+YEARS_3 = 3 * 365 * DAY
+
+TIMED = {
+    4: f"""
+export default createMachine({{
+  id: "timed", predictableActionArguments: true, initial: "idle", context: {{ public: {{ fired: 0 }} }},
+  states: {{
+    idle: {{ on: {{ short: "short", day: "day", years: "years" }} }},
+    short: {{ after: {{ 5000: "fired" }}, on: {{ disarm: "idle" }} }},
+    day: {{ after: {{ {DAY}: "fired" }} }},
+    years: {{ after: {{ {YEARS_3}: "fired" }} }},
+    fired: {{ entry: assign({{ public: (c) => ({{ fired: c.public.fired + 1 }}) }}), on: {{ short: "short" }} }},
+  }},
+}});
+""",
+    5: f"""
+export default createMachine({{
+  id: "timed", initial: "idle", context: {{ public: {{ fired: 0 }} }},
+  states: {{
+    idle: {{ on: {{ short: "short", day: "day", years: "years" }} }},
+    short: {{ after: {{ 5000: "fired" }}, on: {{ disarm: "idle" }} }},
+    day: {{ after: {{ {DAY}: "fired" }} }},
+    years: {{ after: {{ {YEARS_3}: "fired" }} }},
+    fired: {{ entry: assign({{ public: ({{ context }}) => ({{ fired: context.public.fired + 1 }}) }}), on: {{ short: "short" }} }},
+  }},
+}});
+""",
+}
+
+
+async def state_of(engine: DurableEngine, org_id: str, name: str):
+    return await engine.instances.read(org_id, "timed", name, None)
+
+
+async def timers_of(engine: DurableEngine, org_id: str, name: str):
+    machine_id = await engine.store.machine_id(org_id, "timed")
+    row = await engine.store.find_instance(machine_id, name)
+    assert row is not None
+    return await engine.store.timers_of(row.id)
+
+
+@pytest.mark.parametrize("major", [4, 5])
+@pytest.mark.parametrize(("event", "delay"), [("short", 5000), ("day", DAY), ("years", YEARS_3)])
+async def test_after_fires_on_time_and_exactly_once(durable, deploy: Deployment, clock: FakeClock, major, event, delay):
+    await deploy.machine("timed", TIMED[major], major)
+    await durable.instances.create(deploy.org_id, "timed", "i1")
+    await durable.instances.send_event(deploy.org_id, "timed", "i1", event, {})
+    start = clock.now_ms()
+    (timer,) = await timers_of(durable, deploy.org_id, "i1")
+    assert timer.due_ms == start + delay
+    clock.advance(delay - 1)
+    for _ in range(20):  # give the timer loop every chance to fire early
+        await durable.store.next_timer_due()
+    assert (await state_of(durable, deploy.org_id, "i1")).state == event
+    clock.advance(1)
+
+    async def fired() -> bool:
+        return (await state_of(durable, deploy.org_id, "i1")).state == "fired"
+
+    await eventually(fired)
+    assert (await state_of(durable, deploy.org_id, "i1")).public_context == {"fired": 1}
+    assert await timers_of(durable, deploy.org_id, "i1") == []
+    machine_id = await durable.store.machine_id(deploy.org_id, "timed")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None
+    transitions = await durable.store.transitions(row.id)
+    assert [t.state for t in transitions] == ["idle", event, "fired"]
+    assert transitions[-1].ts >= start + delay
+    clock.advance(YEARS_3)
+    await durable.store.next_timer_due()
+    assert len(await durable.store.transitions(row.id)) == 3  # never twice
+
+
+async def test_cancel_removes_the_timer(durable, deploy: Deployment, clock: FakeClock):
+    await deploy.machine("timed", TIMED[4])
+    await durable.instances.create(deploy.org_id, "timed", "i1")
+    await durable.instances.send_event(deploy.org_id, "timed", "i1", "short", {})
+    assert len(await timers_of(durable, deploy.org_id, "i1")) == 1
+    await durable.instances.send_event(deploy.org_id, "timed", "i1", "disarm", {})
+    assert await timers_of(durable, deploy.org_id, "i1") == []
+    clock.advance(10_000)
+    await durable.store.next_timer_due()
+    assert (await state_of(durable, deploy.org_id, "i1")).state == "idle"
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_a_timer_that_came_due_while_the_server_was_down_fires_at_start(db_dir, clock: FakeClock, bundler, major):
+    engine = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
+    await engine.start()
+    org = await engine.store.create_org("o", clock.now_ms())
+    await Deployment(engine, org).machine("timed", TIMED[major], major)
+    await engine.instances.create(org, "timed", "i1")
+    await engine.instances.send_event(org, "timed", "i1", "day", {})
+    await engine.instances.create(org, "timed", "i2")
+    await engine.instances.send_event(org, "timed", "i2", "years", {})
+    await engine.stop()
+
+    clock.advance(2 * DAY)  # down for two days
+    engine = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
+    await engine.start()
+    try:
+
+        async def fired() -> bool:
+            return (await engine.instances.read(org, "timed", "i1", None)).state == "fired"
+
+        await eventually(fired)
+        assert (await engine.instances.read(org, "timed", "i2", None)).state == "years"
+        clock.advance(YEARS_3)
+
+        async def fired_later() -> bool:
+            return (await engine.instances.read(org, "timed", "i2", None)).state == "fired"
+
+        await eventually(fired_later)
+    finally:
+        await engine.stop()
+
+
+async def test_a_paused_instance_retries_its_timer_then_drops_it(durable, deploy: Deployment, clock: FakeClock):
+    await deploy.machine("timed", TIMED[4])
+    await durable.instances.create(deploy.org_id, "timed", "i1")
+    await durable.instances.send_event(deploy.org_id, "timed", "i1", "short", {})
+    machine_id = await durable.store.machine_id(deploy.org_id, "timed")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None
+    await durable.store.set_status(row.id, "paused")
+    clock.advance(5000)
+    for attempt in range(1, MAX_RETRIES + 1):
+
+        async def retried(expected: int = attempt) -> bool:
+            timers = await durable.store.timers_of(row.id)
+            return bool(timers) and timers[0].attempts == expected
+
+        await eventually(retried)
+        (timer,) = await durable.store.timers_of(row.id)
+        assert timer.due_ms == clock.now_ms() + PAUSED_RETRY_MS
+        clock.advance(PAUSED_RETRY_MS)
+
+    async def dropped() -> bool:
+        return await durable.store.timers_of(row.id) == []
+
+    await eventually(dropped)
+    assert (await state_of(durable, deploy.org_id, "i1")).state == "short"
+    logs = await durable.store.logs(deploy.org_id, instance_name="i1")
+    assert any("dropped after 6 failed deliveries" in line["text"] for line in logs)
+
+
+async def test_a_paused_instance_gets_its_timer_once_resumed(durable, deploy: Deployment, clock: FakeClock):
+    await deploy.machine("timed", TIMED[4])
+    await durable.instances.create(deploy.org_id, "timed", "i1")
+    await durable.instances.send_event(deploy.org_id, "timed", "i1", "short", {})
+    machine_id = await durable.store.machine_id(deploy.org_id, "timed")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None
+    await durable.store.set_status(row.id, "paused")
+    clock.advance(5000)
+
+    async def retried_once() -> bool:
+        timers = await durable.store.timers_of(row.id)
+        return bool(timers) and timers[0].attempts == 1
+
+    await eventually(retried_once)
+    await durable.store.set_status(row.id, "running")
+    clock.advance(PAUSED_RETRY_MS)
+
+    async def fired() -> bool:
+        return (await state_of(durable, deploy.org_id, "i1")).state == "fired"
+
+    await eventually(fired)
+
+
+FAILING = """
+export default createMachine({
+  id: "timed", predictableActionArguments: true, initial: "armed",
+  states: { armed: { after: { 1000: { target: "done", actions: () => { throw new Error("timer action broke"); } } } }, done: {} },
+});
+"""
+
+
+async def test_a_throwing_timer_delivery_is_retried_with_backoff_then_dropped(
+    durable, deploy: Deployment, clock: FakeClock
+):
+    await deploy.machine("timed", FAILING)
+    await durable.instances.create(deploy.org_id, "timed", "i1")
+    machine_id = await durable.store.machine_id(deploy.org_id, "timed")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None
+    clock.advance(1000)
+    for attempt in range(1, MAX_RETRIES + 1):
+
+        async def retried(expected: int = attempt) -> bool:
+            timers = await durable.store.timers_of(row.id)
+            return bool(timers) and timers[0].attempts == expected
+
+        await eventually(retried)
+        (timer,) = await durable.store.timers_of(row.id)
+        assert timer.due_ms == clock.now_ms() + retry_delay_ms(attempt, paused=False)
+        clock.advance(retry_delay_ms(attempt, paused=False))
+
+    async def dropped() -> bool:
+        return await durable.store.timers_of(row.id) == []
+
+    await eventually(dropped)
+    assert (await durable.instances.read(deploy.org_id, "timed", "i1", None)).state == "armed"
+    texts = [line["text"] for line in await durable.store.logs(deploy.org_id, instance_name="i1")]
+    assert sum("timer action broke" in t for t in texts) == MAX_RETRIES + 1
+    assert [retry_delay_ms(n, paused=False) for n in range(1, 6)] == [1000, 4000, 16000, 30000, 30000]
