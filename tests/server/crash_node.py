@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -63,10 +64,8 @@ async def serve(db: Path, org: str) -> None:
     async def handle(command: dict) -> None:
         n, name = command["n"], command["instance"]
         try:
-            try:
+            with contextlib.suppress(Conflict):
                 await engine.instances.create(org, MACHINE_SLUG, name)
-            except Conflict:
-                pass
             await engine.instances.send_event(org, MACHINE_SLUG, name, {"type": command["type"], "n": n}, {})
         except Exception as exc:
             out.write(json.dumps({"nack": n, "error": str(exc)}) + "\n")
