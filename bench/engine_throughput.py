@@ -56,10 +56,12 @@ def raw_sqlite(folder: Path, seconds: float, synchronous: str) -> float:
     return count / seconds
 
 
-async def engine_run(folder: Path, group_commit: bool, seconds: float, instances: int, clients: int,
-                     bundler: Bundler) -> dict[str, Any]:
-    engine = DurableEngine(Settings(database=folder / f"engine-{group_commit}.db", group_commit=group_commit),
-                           bundler=bundler)
+async def engine_run(
+    folder: Path, group_commit: bool, seconds: float, instances: int, clients: int, bundler: Bundler
+) -> dict[str, Any]:
+    engine = DurableEngine(
+        Settings(database=folder / f"engine-{group_commit}.db", group_commit=group_commit), bundler=bundler
+    )
     await engine.start()
     try:
         org = await engine.store.create_org("bench", engine.clock.now_ms())
@@ -75,8 +77,11 @@ async def engine_run(folder: Path, group_commit: bool, seconds: float, instances
             t = time.perf_counter()
             await svc.send_event(org, "toggle", "hot", "toggle", {})
             latencies.append((time.perf_counter() - t) * 1000)
-        one = {"events_per_s": len(latencies) / seconds, "median_ms": statistics.median(latencies),
-               "p99_ms": _pct(latencies, 0.99)}
+        one = {
+            "events_per_s": len(latencies) / seconds,
+            "median_ms": statistics.median(latencies),
+            "p99_ms": _pct(latencies, 0.99),
+        }
 
         # Many instances, concurrent clients.
         names = [f"i{n}" for n in range(instances)]
@@ -102,9 +107,12 @@ async def engine_run(folder: Path, group_commit: bool, seconds: float, instances
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
         batches = engine.store.batches - batches_before
-        many = {"events_per_s": len(many_latencies) / elapsed, "median_ms": statistics.median(many_latencies),
-                "p99_ms": _pct(many_latencies, 0.99),
-                "rounds_per_transaction": len(many_latencies) / batches if batches else None}
+        many = {
+            "events_per_s": len(many_latencies) / elapsed,
+            "median_ms": statistics.median(many_latencies),
+            "p99_ms": _pct(many_latencies, 0.99),
+            "rounds_per_transaction": len(many_latencies) / batches if batches else None,
+        }
         return {"one_instance": one, "many_instances": many}
     finally:
         await engine.stop()
@@ -122,8 +130,10 @@ def main() -> None:
     bundler = Bundler()
     with tempfile.TemporaryDirectory(prefix="statehost-bench-", dir=ROOT / "bench") as tmp:
         folder = Path(tmp)
-        raw = {"FULL": raw_sqlite(folder, min(args.seconds, 3), "FULL"),
-               "NORMAL": raw_sqlite(folder, min(args.seconds, 3), "NORMAL")}
+        raw = {
+            "FULL": raw_sqlite(folder, min(args.seconds, 3), "FULL"),
+            "NORMAL": raw_sqlite(folder, min(args.seconds, 3), "NORMAL"),
+        }
         runs = {}
         for group_commit in (True, False):
             runs["group_commit_on" if group_commit else "group_commit_off"] = asyncio.run(
@@ -140,8 +150,12 @@ def main() -> None:
             label = f"{workload} ({name})"
             print(f"{label:<34}{r['events_per_s']:>10.0f}{r['median_ms']:>11.2f}{r['p99_ms']:>9.2f}{per_txn:>12}")
     if not args.quick:
-        RESULTS.write_text(json.dumps({"machine": machine, "args": vars(args), "raw_sqlite_commits_per_s": raw,
-                                       "runs": runs}, indent=2) + "\n")
+        RESULTS.write_text(
+            json.dumps(
+                {"machine": machine, "args": vars(args), "raw_sqlite_commits_per_s": raw, "runs": runs}, indent=2
+            )
+            + "\n"
+        )
         print(f"written to {RESULTS.relative_to(ROOT)}")
 
 

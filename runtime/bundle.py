@@ -199,18 +199,39 @@ class Bundler:
             diagnostics = _parse_esbuild_errors(proc.stderr)
             if not diagnostics:
                 raise HostError(f"esbuild failed without a diagnostic: {proc.stderr.strip()[:2000]}")
+            # esbuild reads imported host files before the allowlist below can run, and its messages
+            # quote them ("Unexpected "root" in JSON"). A diagnostic located outside the upload and
+            # the allowed packages is therefore never passed on: only the path the import named is.
+            for diag in diagnostics:
+                if diag.file is not None and not self._inside_allowed(build, diag.file):
+                    raise _forbidden(diag.file, "the upload")
             raise BundleError("build-failed", "the upload could not be bundled", diagnostics)
         self._check_inputs(build, json.loads((build / "meta.json").read_text()))
         return (build / "out.js").read_text()
 
-    def _check_inputs(self, build: Path, meta: dict[str, object]) -> None:
-        """Reject the build if any input lies outside the upload and the allowed packages."""
-        allowed_roots = [
+    def _allowed_roots(self, build: Path) -> list[Path]:
+        return [
             (build / "src").resolve(),
             (self.js_deps / "xstate4").resolve(),
             (self.js_deps / "xstate5").resolve(),
             (self.js_deps / "@statebacked" / "machine").resolve(),
         ]
+
+    def _inside_allowed(self, build: Path, reported: str) -> bool:
+        """Whether a path esbuild reported (relative to the build folder, or with src/ stripped)."""
+        if reported.startswith("<"):  # <stdin>, <runtime>
+            return True
+        for candidate in (build / reported, build / "src" / reported):
+            path = candidate.resolve()
+            if path == (build / "__entry.js").resolve() or any(
+                path.is_relative_to(r) for r in self._allowed_roots(build)
+            ):
+                return True
+        return False
+
+    def _check_inputs(self, build: Path, meta: dict[str, object]) -> None:
+        """Reject the build if any input lies outside the upload and the allowed packages."""
+        allowed_roots = self._allowed_roots(build)
         entry = (build / "__entry.js").resolve()
         inputs = meta.get("inputs")
         if not isinstance(inputs, dict):
@@ -300,6 +321,8 @@ def _read_upload(upload: Upload) -> tuple[dict[str, bytes], str, dict[str, objec
 
 def _safe_member(name: str) -> str:
     path = posixpath.normpath(name.replace("\\", "/"))
+    if path in (".", "") or not PurePosixPath(path).parts:
+        raise BundleError("unsafe-archive", f"archive member {name!r} has no file name")
     if name.startswith(("/", "\\")) or path.startswith("..") or ":" in PurePosixPath(path).parts[0]:
         raise BundleError("unsafe-archive", f"archive member {name!r} points outside the archive")
     if "node_modules" in PurePosixPath(path).parts:
@@ -317,16 +340,25 @@ def _add_member(files: dict[str, bytes], name: str, data: bytes, total: int) -> 
     total += len(data)
     if total > MAX_RAW_BYTES:
         raise BundleError("too-large", f"the archive unpacks to more than {MAX_RAW_BYTES} bytes")
-    files[_safe_member(name)] = data
+    path = _safe_member(name)
+    parents = {str(p) for p in PurePosixPath(path).parents if str(p) != "."}
+    if path in files or parents & files.keys() or any(f.startswith(path + "/") for f in files):
+        raise BundleError("unsafe-archive", f"archive member {name!r} clashes with another member")
+    files[path] = data
     return total
 
 
 def _read_tar(data: bytes) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     total = 0
+    members = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        # Only gzip: tarfile's "r:*" would also accept xz/bz2, whose ratios defeat the size caps.
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             for member in archive:
+                members += 1
+                if members > MAX_ARCHIVE_FILES:
+                    raise BundleError("too-large", f"the archive has more than {MAX_ARCHIVE_FILES} members")
                 if member.isdir():
                     continue
                 if not member.isfile():

@@ -27,6 +27,7 @@ class Outcome(enum.Enum):
     EXCEEDED_JOBS = "exceeded_jobs"
     EXCEEDED_WALL_TIME = "exceeded_wall_time"
     EXCEEDED_CONTEXT_SIZE = "exceeded_context_size"
+    EXCEEDED_SNAPSHOT_SIZE = "exceeded_snapshot_size"
     EXCEEDED_EVENT_SIZE = "exceeded_event_size"
     INVALID_EVENT = "invalid_event"
     """The event or initial context is not a JSON object of the accepted shape."""
@@ -46,6 +47,7 @@ _LIMIT_OF = {
     Outcome.EXCEEDED_JOBS: "max_jobs",
     Outcome.EXCEEDED_WALL_TIME: "entry_wall_ms",
     Outcome.EXCEEDED_CONTEXT_SIZE: "max_context_bytes",
+    Outcome.EXCEEDED_SNAPSHOT_SIZE: "max_snapshot_bytes",
     Outcome.EXCEEDED_EVENT_SIZE: "max_event_bytes",
 }
 
@@ -90,6 +92,9 @@ class Limits:
     """Size of one response body; larger responses reject the fetch with a TypeError."""
     max_context_bytes: int = 400_000
     """Size of the machine's context as UTF-8 JSON after any transition (State Backed: 400 KB)."""
+    max_snapshot_bytes: int = 2_000_000
+    """Size of the persisted instance and of each transition's event as UTF-8 JSON. XState keeps more
+    than the context in a snapshot (v4: the last event, twice; v5: spawned children's contexts)."""
     max_event_bytes: int = 64 * 1024
     """Size of an incoming event (or initial context) as UTF-8 JSON."""
     max_log_bytes: int = 256 * 1024

@@ -8,6 +8,7 @@ benchmarks and ``statehost run`` (running a machine locally without a server).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Mapping
@@ -43,7 +44,10 @@ class LocalInstance:
     current: Transition | None = None
     history: list[Transition] = field(default_factory=list)
     logs: list[LogLine] = field(default_factory=list)
-    timers: dict[str, TimerRow] = field(default_factory=dict)
+    detached: list[asyncio.Task[Any]] = field(default_factory=list)
+    """Committed effects that outlived their window (see WindowResult.detached)."""
+    timers: dict[int, TimerRow] = field(default_factory=dict)
+    """Pending durable timers by row number; several may share an XState id (``TimerRow.key``)."""
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     # -- the requests a client can make ---------------------------------------------------------------
@@ -83,10 +87,13 @@ class LocalInstance:
             if due is None or due.due_ms > when_ms:
                 break
             clock_set(max(due.due_ms, self.clock.now_ms()))
-            del self.timers[due.key]
+            del self.timers[due.seq]
             results.append(await self.send(dict(due.event), auth_context=None))
         clock_set(when_ms)
         return results
+
+    def timer_keys(self) -> set[str]:
+        return {row.key for row in self.timers.values()}
 
     def next_due(self) -> TimerRow | None:
         return min(self.timers.values(), key=lambda t: (t.due_ms, t.seq), default=None)
@@ -103,6 +110,7 @@ class LocalInstance:
             clock=self.clock,
         )
         self.logs.extend(result.uncommitted_logs)
+        self.detached.extend(result.detached)
         return result
 
     async def _commit(self, round_: Round, tag: object = None) -> None:
@@ -115,9 +123,12 @@ class LocalInstance:
                 assert op.delay_ms is not None and op.event is not None
                 seq = next(self._seq)
                 key = op.id if op.id is not None else f"anonymous:{seq}"
-                self.timers[key] = TimerRow(key, now + op.delay_ms, seq, json.loads(json.dumps(op.event)))
+                self.timers[seq] = TimerRow(key, now + op.delay_ms, seq, json.loads(json.dumps(op.event)))
             elif op.op == "cancel":
-                self.timers.pop(str(op.id), None)
+                # XState's cancel(id) reaches the most recent delayed event with that id only.
+                latest = max((row.seq for row in self.timers.values() if row.key == op.id), default=None)
+                if latest is not None:
+                    del self.timers[latest]
             else:
                 self.timers.clear()
         for transition in round_.transitions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,10 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def pending(self) -> tuple[Delivery, ...]:
+        """The deliveries not taken yet, in order."""
+        return tuple(self._items)
+
     async def wait(self) -> None:
         await self._signal.wait()
 
@@ -89,6 +94,15 @@ class WindowResult:
     """A later round failed; the instance stays at the last committed round."""
     uncommitted_logs: tuple[LogLine, ...] = ()
     """Log lines of failed rounds: the caller stores them although nothing else is committed."""
+    quiescent: bool = False
+    """The window ended with nothing pending and no service running: the sandbox holds exactly the
+    last committed state and nothing else, so it may serve the same instance's next event."""
+    sandbox: SandboxInstance | None = None
+    """With ``keep_sandbox``: the live sandbox of a quiescent window, now owned by the caller."""
+    detached: tuple[asyncio.Task[EffectResult], ...] = ()
+    """Committed effects still running when the instance settled (a fire-and-forget fetch from an
+    action, or one whose service was stopped): nobody reads their results, but a committed effect
+    must happen, so they are handed to the caller to let finish (or cancel at shutdown)."""
 
     @property
     def ok(self) -> bool:
@@ -121,16 +135,29 @@ async def run_window(
     clock: Clock,
     tag: object = None,
     inbox: Inbox | None = None,
+    sandbox: SandboxInstance | None = None,
+    keep_sandbox: bool = False,
 ) -> WindowResult:
-    """Run one settle window in a fresh sandbox. Raises only for host faults (and commit's errors).
+    """Run one settle window. Raises only for host faults (and commit's errors).
 
     ``tag`` is handed to ``commit`` with the request's own round; deliveries put into ``inbox``
-    while the window is open join it.
+    while the window is open join it. ``sandbox`` is a live sandbox a quiescent window of the same
+    instance left behind (its state is the request's persisted state); without one, a fresh
+    sandbox restores the persisted instance. With ``keep_sandbox`` a quiescent window hands its
+    sandbox back in the result instead of discarding it.
     """
-    instance: SandboxInstance = await executor.run(prepared.new_instance)
-    try:
+    instance: SandboxInstance
+    if sandbox is not None:
+        if request.kind != "event" or request.event is None:
+            raise ValueError("a live sandbox only takes events")
+        instance = sandbox
+        first = await executor.run(instance.deliver, request.event, request.auth_context, clock.now_ms())
+    else:
+        instance = await executor.run(prepared.new_instance)
         first = await executor.run(instance.begin, request, clock.now_ms())
-        return await drive(
+    kept = False
+    try:
+        result = await drive(
             instance,
             first,
             executor=executor,
@@ -142,8 +169,13 @@ async def run_window(
             tag=tag,
             inbox=inbox,
         )
+        if keep_sandbox and result.quiescent and result.ok:
+            kept = True
+            return dataclasses.replace(result, sandbox=instance)
+        return result
     finally:
-        instance.close()
+        if not kept:
+            instance.close()
 
 
 async def drive(
@@ -188,7 +220,15 @@ async def drive(
             # progress (nothing pending) are cut off now rather than after the whole window.
             settled = quiescent or (until_children and not current.inflight)
             if delivery is None and settled:
-                return WindowResult(Outcome.OK, None, tuple(committed))
+                detached = tuple(tasks)
+                tasks.clear()
+                return WindowResult(
+                    Outcome.OK,
+                    None,
+                    tuple(committed),
+                    quiescent=quiescent and not current.inflight,
+                    detached=detached,
+                )
             rounds += 1
             now = clock.now_ms()
             if delivery is None and (now >= deadline or rounds >= limits.max_rounds):

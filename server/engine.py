@@ -60,6 +60,7 @@ class DurableEngine:
             self.clock,
             self.settings.limits,
             on_timers_changed=lambda: self._timers.wake() if self._timers else None,
+            parked_sandboxes=self.settings.parked_sandboxes,
         )
         self._timers = TimerService(self.store, self._instances, self.clock)
         self._timer_task = asyncio.create_task(self._timers.run(), name="statehost-timers")

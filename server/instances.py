@@ -32,12 +32,13 @@ from runtime import (
     PreparedMachine,
     ReadRequest,
     Round,
+    SandboxInstance,
     StepRequest,
     Transport,
     Upload,
     run_window,
 )
-from runtime.settle import Delivery, Inbox
+from runtime.settle import Delivery, Inbox, WindowResult
 
 from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
 from .store import InstanceRow, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
@@ -136,8 +137,12 @@ class InstanceService:
         clock: Clock,
         limits: Limits,
         on_timers_changed: Callable[[], None] = lambda: None,
+        parked_sandboxes: int = 0,
     ) -> None:
         self.limits = limits
+        self.parking = parked_sandboxes
+        self._parked: collections.OrderedDict[int, tuple[int, str, SandboxInstance]] = collections.OrderedDict()
+        """instance id -> (seq, version id, the live sandbox of its last quiescent window)."""
         self.store = store
         self.engine = engine
         self.bundler = bundler
@@ -147,6 +152,8 @@ class InstanceService:
         self.on_timers_changed = on_timers_changed
         self._actors: dict[tuple[int, str], tuple[Inbox, asyncio.Task[None]]] = {}
         self._open: dict[tuple[int, str], set[_Request]] = {}
+        self._detached: set[asyncio.Task[Any]] = set()
+        """Committed effects still running after their window settled (runtime WindowResult.detached)."""
         """Requests not answered yet, per instance (so that a cut window can answer them all)."""
         self._prepared: collections.OrderedDict[str, PreparedMachine] = collections.OrderedDict()
         self._preparing: dict[str, asyncio.Lock] = {}
@@ -365,11 +372,36 @@ class InstanceService:
             step = StepRequest("event", row.name, request.auth_context, persisted=row.persisted, event=request.event)
             window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row))
         prepared = await self._prepared_machine(window.version_id)
+        parked = self._unpark(row) if row is not None and step.kind == "event" else None
 
         async def commit(round_: Round, tag: object) -> None:
             await self._commit(window, round_, tag)
 
-        result = await run_window(
+        try:
+            result = await self._run(prepared, step, window, request, inbox, parked)
+        except Exception as exc:
+            # The window failed (a host fault, a lost optimistic lock): everyone who joined it is
+            # told; requests still queued behind it get a window of their own.
+            queued = {delivery.tag for delivery in inbox.pending()}
+            for waiting in list(self._open.get((request.machine_id, request.instance_name), ())):
+                if waiting is not request and waiting not in queued:
+                    waiting.fail(exc)
+            raise
+        await self._finish_window(request, window, result)
+
+    async def _run(
+        self,
+        prepared: PreparedMachine,
+        step: StepRequest,
+        window: _Window,
+        request: _Request,
+        inbox: Inbox,
+        parked: SandboxInstance | None,
+    ) -> WindowResult:
+        async def commit(round_: Round, tag: object) -> None:
+            await self._commit(window, round_, tag)
+
+        return await run_window(
             prepared,
             step,
             executor=self.executor,
@@ -378,7 +410,16 @@ class InstanceService:
             clock=self.clock,
             tag=request,
             inbox=inbox,
+            sandbox=parked,
+            keep_sandbox=self.parking > 0,
         )
+
+    async def _finish_window(self, request: _Request, window: _Window, result: WindowResult) -> None:
+        for task in result.detached:
+            self._detached.add(task)
+            task.add_done_callback(self._detached.discard)
+        if result.sandbox is not None and window.instance_id is not None:
+            self._park(window.instance_id, window.seq, window.version_id, result.sandbox)
         await self._store_logs(
             request.org_id, request.machine_slug, request.instance_name, window.version_id, result.uncommitted_logs
         )
@@ -390,6 +431,23 @@ class InstanceService:
             raise Timeout("the settle window ended before the first transition")
         for participant in (request, *window.participants):
             participant.resolve(window.view)
+
+    def _unpark(self, row: InstanceRow) -> SandboxInstance | None:
+        """The parked sandbox of this instance, if it still holds exactly the committed state."""
+        entry = self._parked.pop(row.id, None)
+        if entry is None:
+            return None
+        seq, version_id, sandbox = entry
+        if seq != row.seq or version_id != row.version_id:
+            sandbox.close()  # another process moved the instance on, or it was upgraded
+            return None
+        return sandbox
+
+    def _park(self, instance_id: int, seq: int, version_id: str, sandbox: SandboxInstance) -> None:
+        self._parked[instance_id] = (seq, version_id, sandbox)
+        while len(self._parked) > self.parking:
+            _, (_, _, evicted) = self._parked.popitem(last=False)
+            evicted.close()
 
     async def _commit(self, window: _Window, round_: Round, tag: object) -> None:
         now = self.clock.now_ms()
@@ -459,7 +517,11 @@ class InstanceService:
         get their error events on the next event after the restart.
         """
         self._closing = True
-        tasks = [task for _, task in self._actors.values()]
+        for _, _, sandbox in self._parked.values():
+            sandbox.close()
+        self._parked.clear()
+        tasks: list[asyncio.Task[Any]] = [task for _, task in self._actors.values()]
+        tasks += list(self._detached)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for task in pending:

@@ -531,14 +531,16 @@ class Store:
             if kind == "set":
                 key = value.key if value.key is not None else f"anonymous:{uuid.uuid4()}"
                 await conn.execute(
-                    "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (instance_id, timer_key) DO UPDATE SET event_json = excluded.event_json,"
-                    " due_ms = excluded.due_ms, attempts = 0, created_ms = excluded.created_ms",
+                    "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     (commit.instance_id, key, _dumps(value.event), value.due_ms, now_ms),
                 )
             elif kind == "cancel":
+                # XState's cancel(id) reaches the most recent delayed event with that id only.
                 await conn.execute(
-                    "DELETE FROM timers WHERE instance_id = ? AND timer_key = ?", (commit.instance_id, value)
+                    "DELETE FROM timers WHERE id = (SELECT id FROM timers WHERE instance_id = ? AND timer_key = ?"
+                    " ORDER BY id DESC LIMIT 1)",
+                    (commit.instance_id, value),
                 )
             else:
                 await conn.execute("DELETE FROM timers WHERE instance_id = ?", (commit.instance_id,))

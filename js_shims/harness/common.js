@@ -87,8 +87,8 @@ const Common = (() => {
 
   function jsonSafe(value, what) {
     try {
-      const text = JSON.stringify(value);
-      return text === undefined ? null : JSON.parse(text);
+      const text = H.stringify(value);
+      return text === undefined ? null : H.parse(text);
     } catch (err) {
       throw new TypeError(`${what} is not JSON-serializable: ${describeFault(err).message}`);
     }

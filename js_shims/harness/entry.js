@@ -110,6 +110,9 @@
     if (!fault && session && !denied) {
       try {
         persisted = { major: M.major, xstate: session.persisted(), inflight: session.inflight() };
+        for (const op of drained.timers) {
+          if (op.event !== undefined) op.event = Common.jsonSafe(op.event, "a delayed event");
+        }
         for (const t of drained.transitions) {
           t.context = Common.jsonSafe(t.context, "the machine's context");
           t.publicContext = Common.jsonSafe(t.publicContext, "the public context");
@@ -166,11 +169,11 @@
     if (!fn) throw new Error(`statehost: unknown entry op ${op}`);
     let reply;
     try {
-      reply = fn(JSON.parse(arg));
+      reply = fn(H.parse(arg));
     } catch (err) {
       reply = { fault: Common.describeFault(err) };
     }
-    return reply === undefined ? "" : JSON.stringify(reply);
+    return reply === undefined ? "" : H.stringify(reply);
   }
 
   Object.defineProperty(globalThis, "__statehost_entry", { value: entry, writable: true, configurable: true, enumerable: false });

@@ -37,7 +37,8 @@ const V4 = (() => {
     let restoring = false;
 
     svc.defer = function (sendAction) {
-      if (sendAction.to) return proto.defer.call(this, sendAction); // aimed at a child: ephemeral
+      // Aimed at a child: ephemeral. "#_internal" is the machine itself: durable like any own timer.
+      if (sendAction.to && sendAction.to !== "#_internal") return proto.defer.call(this, sendAction);
       const event = sendAction._event ? sendAction._event.data : sendAction.event;
       rec.timer({ op: "set", id: sendAction.id === undefined ? null : String(sendAction.id), delayMs: sendAction.delay, event });
       return undefined;

@@ -3,6 +3,10 @@
 
 const H = (() => {
   const RealDate = Date;
+  // Captured before any user code runs: a machine may replace JSON.stringify to forge the replies the
+  // host reads (the host validates them anyway).
+  const stringify = JSON.stringify;
+  const parse = JSON.parse;
   let nowMs = 0;
 
   // ---- errors ----------------------------------------------------------------------------------
@@ -241,6 +245,8 @@ const H = (() => {
   }
 
   self = {
+    stringify,
+    parse,
     lazy,
     NotSupportedError,
     bytesToBase64,

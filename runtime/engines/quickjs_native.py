@@ -20,6 +20,7 @@ Decision log:
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import time
@@ -51,6 +52,10 @@ from ..shims import prelude
 __all__ = ["QuickJSNativeEngine"]
 
 RuntimeApiSource = Callable[[int], str]
+
+# Event types XState (and the host) produce; a client sending one could fire a timer early or fake a
+# service's result. Host-originated deliveries (no authContext) may use them.
+RESERVED_EVENT_PREFIXES = ("xstate.", "done.", "error.")
 
 
 class _LimitHit(Exception):
@@ -102,6 +107,10 @@ def _outcome_of_fault(fault: Mapping[str, Any], limits: Limits) -> tuple[Outcome
     return Outcome.GUEST_ERROR, f"{name}: {message}"
 
 
+class _GuestDataError(Exception):
+    """The guest handed back data of the wrong shape (possible with hostile machines)."""
+
+
 class _Sandbox:
     """One QuickJS context with the prelude and a machine bundle loaded."""
 
@@ -112,6 +121,7 @@ class _Sandbox:
         self.ctx.set_max_stack_size(limits.stack_bytes)
         self.ctx.set_time_limit(limits.cpu_ms / 1000)
         self.jobs = 0
+        self.start_entry()
         self.ctx.eval(prelude())
         self.entry = self.ctx.get("__statehost_entry")
         self.ctx.eval("delete globalThis.__statehost_entry")
@@ -119,25 +129,38 @@ class _Sandbox:
             self.ctx.eval(script)
 
     def call(self, op: str, payload: Mapping[str, Any]) -> Any:
-        reply = self.entry(op, json.dumps(payload, separators=(",", ":")))
+        """Call the guest entry. Anything but a JSON text back is the guest's doing (it can replace
+        JSON.stringify, nest values beyond Python's recursion limit, return numbers Python refuses)."""
+        try:
+            reply = self.entry(op, json.dumps(payload, separators=(",", ":")))
+        except TypeError as exc:  # the binding cannot convert what came back (e.g. a rope string)
+            raise _GuestDataError(f"the sandbox answered {op} with an unreadable value: {exc}") from None
         if not isinstance(reply, str):
-            raise HostError(f"the guest entry returned {type(reply).__name__} for {op}")
-        return json.loads(reply) if reply else None
+            raise _GuestDataError(f"the sandbox answered {op} with {type(reply).__name__}, not JSON text")
+        if not reply:
+            return None
+        try:
+            return json.loads(reply)
+        except (ValueError, RecursionError) as exc:
+            raise _GuestDataError(f"the sandbox answered {op} with malformed JSON: {str(exc)[:200]}") from None
 
-    def pump(self, started: float) -> None:
-        limits = self.limits
-        deadline = started + limits.entry_wall_ms / 1000
-        budget = limits.max_jobs
-        ran = 0
+    def start_entry(self) -> None:
+        """Start the budget of one guest entry: its wall time and promise jobs, however many pumps."""
+        self.deadline = time.monotonic() + self.limits.entry_wall_ms / 1000
+        self.entry_jobs = 0
+
+    def check_wall(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _limit_hit(Outcome.EXCEEDED_WALL_TIME, self.limits)
+
+    def pump(self) -> None:
+        # The CPU limit is re-armed for every job, so the wall clock is checked after every one.
         while self.ctx.execute_pending_job():
-            ran += 1
-            if ran >= budget:
-                self.jobs += ran
-                raise _limit_hit(Outcome.EXCEEDED_JOBS, limits)
-            if ran % 256 == 0 and time.monotonic() > deadline:
-                self.jobs += ran
-                raise _limit_hit(Outcome.EXCEEDED_WALL_TIME, limits)
-        self.jobs += ran
+            self.jobs += 1
+            self.entry_jobs += 1
+            if self.entry_jobs >= self.limits.max_jobs:
+                raise _limit_hit(Outcome.EXCEEDED_JOBS, self.limits)
+            self.check_wall()
 
 
 def _step_context(now_ms: int, seed: bool = True) -> dict[str, Any]:
@@ -162,8 +185,9 @@ class _Accumulated:
     next_timer_ms: int | None = None
 
 
-class _GuestDataError(Exception):
-    """The guest handed back data of the wrong shape (possible with hostile machines)."""
+# Conversion errors of guest-produced data (wrong types, bad base64, numbers Python refuses, values
+# nested beyond the recursion limit): each is a guest fault, reported as GUEST_ERROR.
+_MALFORMED = (KeyError, ValueError, TypeError, AttributeError, OverflowError, RecursionError, binascii.Error)
 
 
 def _transition(raw: Mapping[str, Any]) -> Transition:
@@ -215,9 +239,28 @@ def _fetch_request(raw: Mapping[str, Any]) -> FetchRequest:
 class _NativeGuest(GuestSandbox):
     """The host loop's side of one native sandbox: entries, pumping, pure requests, limits."""
 
-    def __init__(self, scripts: Sequence[str], limits: Limits) -> None:
+    def __init__(self, scripts: Sequence[str], limits: Limits, attach: str | None = None) -> None:
         self.limits = limits
-        self._sandbox: _Sandbox | None = _Sandbox(scripts, limits)
+        self._sandbox: _Sandbox | None = None
+        self._startup_fault: Round | None = None
+        """Loading the machine failed in this sandbox (e.g. the process-wide CPU clock ran out while
+        top-level code ran): every entry answers with this fault."""
+        try:
+            self._sandbox = _Sandbox(scripts, limits)
+            if attach is not None:
+                reply = self._sandbox.call("attach", {"runtimeApi": attach})
+                if isinstance(reply, dict) and "fault" in reply:
+                    outcome, message = _outcome_of_fault(reply["fault"], limits)
+                    raise _LimitHit(outcome, message)
+        except _LimitHit as hit:
+            self._startup_fault = Round(hit.outcome, error=f"the machine failed to load: {hit}")
+        except quickjs.JSException as exc:
+            mapped = _limit_from_exception(exc, limits)
+            self._startup_fault = Round(mapped.outcome, error=f"the machine failed to load: {mapped}")
+        except _GuestDataError as exc:
+            self._startup_fault = Round(Outcome.GUEST_ERROR, error=f"the machine failed to load: {exc}")
+        if self._startup_fault is not None:
+            self._sandbox = None
         self._fetches = 0
         self._log_bytes = 0
         self._log_lines = 0
@@ -242,7 +285,7 @@ class _NativeGuest(GuestSandbox):
             raise HostError("this sandbox was discarded after a fault; start a new instance")
         self._entries += 1
         acc = _Accumulated()
-        started = time.monotonic()
+        sandbox.start_entry()
         jobs_before = sandbox.jobs
         try:
             if script is not None:
@@ -258,8 +301,11 @@ class _NativeGuest(GuestSandbox):
                     self._add_logs(acc, sandbox.call("collect", {}).get("logs") or [])
                     return Round(Outcome.DENIED, logs=tuple(acc.logs), error="allowWrite denied the event")
             while True:
-                sandbox.pump(started)
+                sandbox.pump()
+                sandbox.check_wall()  # host answers (crypto, refused fetches) can loop forever too
                 raw = sandbox.call("collect", {})
+                if not isinstance(raw, dict):
+                    raise _GuestDataError("the sandbox's collect reply is not an object")
                 self._add_logs(acc, raw.get("logs") or [])
                 if raw.get("denied"):
                     return Round(Outcome.DENIED, logs=tuple(acc.logs), error="allowWrite denied the request")
@@ -271,6 +317,7 @@ class _NativeGuest(GuestSandbox):
                     break
                 self._host_calls += len(answers)
                 sandbox.call("settle", {**_step_context(now_ms, seed=False), "results": answers})
+            return self._finish(acc, sandbox.jobs - jobs_before)
         except _LimitHit as hit:
             return self._fail(hit.outcome, str(hit), acc)
         except _GuestDataError as exc:
@@ -278,7 +325,8 @@ class _NativeGuest(GuestSandbox):
         except quickjs.JSException as exc:
             mapped = _limit_from_exception(exc, self.limits)
             return self._fail(mapped.outcome, str(mapped), acc)
-        return self._finish(acc, sandbox.jobs - jobs_before)
+        except _MALFORMED as exc:  # guest data that did not fit the contract (host.d.ts)
+            return self._fail(Outcome.GUEST_ERROR, f"the sandbox's reply does not follow the contract: {exc!r}", acc)
 
     def _absorb(self, raw: Mapping[str, Any], acc: _Accumulated) -> list[dict[str, Any]]:
         """Take one collect into the accumulator; return answers to requests served at once."""
@@ -322,13 +370,31 @@ class _NativeGuest(GuestSandbox):
 
     def _finish(self, acc: _Accumulated, jobs: int) -> Round:
         usage = Usage(jobs=jobs, entries=self._entries, host_calls=self._host_calls)
+        limits = self.limits
         for t in acc.transitions:
             size = _json_size(t.context)
-            if size > self.limits.max_context_bytes:
+            if size > limits.max_context_bytes:
                 return self._fail(
                     Outcome.EXCEEDED_CONTEXT_SIZE,
-                    f"the context would be {size} bytes as JSON; the limit is {self.limits.max_context_bytes} "
+                    f"the context would be {size} bytes as JSON; the limit is {limits.max_context_bytes} "
                     "(max_context_bytes)",
+                    acc,
+                )
+            size = _json_size(t.event)
+            if size > limits.max_snapshot_bytes:
+                return self._fail(
+                    Outcome.EXCEEDED_SNAPSHOT_SIZE,
+                    f"the event {(t.event or {}).get('type')!r} is {size} bytes as JSON; the limit is "
+                    f"{limits.max_snapshot_bytes} (max_snapshot_bytes)",
+                    acc,
+                )
+        if acc.persisted is not None:
+            size = _json_size(acc.persisted)
+            if size > limits.max_snapshot_bytes:
+                return self._fail(
+                    Outcome.EXCEEDED_SNAPSHOT_SIZE,
+                    f"the persisted instance would be {size} bytes as JSON; the limit is "
+                    f"{limits.max_snapshot_bytes} (max_snapshot_bytes)",
                     acc,
                 )
         return Round(
@@ -372,12 +438,12 @@ class _NativeGuest(GuestSandbox):
 
 class _NativeInstance(_NativeGuest, SandboxInstance):
     def __init__(self, prepared: _NativePrepared) -> None:
-        super().__init__(prepared.scripts, prepared.limits)
+        super().__init__(prepared.scripts, prepared.limits, attach=prepared.runtime_api_mode)
         self._instance_name = ""
-        assert self._sandbox is not None
-        self._sandbox.call("attach", {"runtimeApi": prepared.runtime_api_mode})
 
     def begin(self, request: StepRequest, now_ms: int) -> Round:
+        if self._startup_fault is not None:
+            return self._startup_fault
         invalid = self._check_request(request)
         if invalid is not None:
             return invalid
@@ -397,7 +463,9 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         return self._enter("begin", payload, now_ms)
 
     def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
-        invalid = self._check_event(event)
+        if self._startup_fault is not None:
+            return self._startup_fault
+        invalid = self._check_event(event, auth_context is not None)
         if invalid is not None:
             return invalid
         payload = {
@@ -408,9 +476,14 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         }
         return self._enter("send", payload, now_ms)
 
-    def _check_event(self, event: object) -> Round | None:
+    def _check_event(self, event: object, from_client: bool) -> Round | None:
         if not isinstance(event, Mapping) or not isinstance(event.get("type"), str) or not event["type"]:
             return Round(Outcome.INVALID_EVENT, error="an event must be an object with a non-empty string type")
+        if from_client and event["type"].startswith(RESERVED_EVENT_PREFIXES):
+            return Round(
+                Outcome.INVALID_EVENT,
+                error=f"event type {event['type']!r} is reserved for XState (xstate.*, done.*, error.*)",
+            )
         return self._check_size("event", event)
 
     def _check_size(self, what: str, value: object) -> Round | None:
@@ -432,7 +505,7 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         if request.kind == "restore":
             return None
         if request.kind == "event":
-            return self._check_event(request.event)
+            return self._check_event(request.event, request.auth_context is not None)
         context: object = request.context  # from callers that may not have checked it
         if context is not None and not isinstance(context, Mapping):
             return Round(Outcome.INVALID_EVENT, error="the initial context must be a JSON object")
@@ -477,6 +550,8 @@ def _result(result: EffectResult) -> dict[str, Any]:
 
 class _NativeScript(_NativeGuest, ScriptSandbox):
     def run(self, code: str, now_ms: int) -> Round:
+        if self._startup_fault is not None:
+            return self._startup_fault
         return self._enter("script", _step_context(now_ms), now_ms, script=code)
 
     def evaluate_json(self, expression: str) -> Any:
@@ -506,10 +581,23 @@ class _NativePrepared(PreparedMachine):
         return _NativeInstance(self)
 
     def authorize_read(self, request: ReadRequest) -> ReadDecision:
-        started = time.monotonic()
+        return _ReadGuest(self).authorize(request)
+
+
+class _ReadGuest(_NativeGuest):
+    """A fresh sandbox for one allowRead call, with the same limits and log caps as an event."""
+
+    def __init__(self, prepared: _NativePrepared) -> None:
+        super().__init__(prepared.scripts, prepared.limits, attach=prepared.runtime_api_mode)
+
+    def authorize(self, request: ReadRequest) -> ReadDecision:
+        if self._startup_fault is not None or self._sandbox is None:
+            fault = self._startup_fault or Round(Outcome.GUEST_ERROR)
+            return ReadDecision(False, outcome=fault.outcome, error=fault.error)
+        sandbox = self._sandbox
+        acc = _Accumulated()
+        sandbox.start_entry()
         try:
-            sandbox = _Sandbox(self.scripts, self.limits)
-            sandbox.call("attach", {"runtimeApi": self.runtime_api_mode})
             reply = sandbox.call(
                 "authorize_read",
                 {
@@ -520,18 +608,25 @@ class _NativePrepared(PreparedMachine):
                     "authContext": dict(request.auth_context),
                 },
             )
-            sandbox.pump(started)
-        except quickjs.JSException as exc:
-            hit = _limit_from_exception(exc, self.limits)
-            return ReadDecision(False, outcome=hit.outcome, error=str(hit))
+            sandbox.pump()
+            if not isinstance(reply, dict):
+                raise _GuestDataError("the allowRead reply is not an object")
+            self._add_logs(acc, reply.get("logs") or [])
+            if "fault" in reply:
+                outcome, message = _outcome_of_fault(reply["fault"], self.limits)
+                return ReadDecision(False, logs=tuple(acc.logs), outcome=outcome, error=message)
+            return ReadDecision(reply.get("allowed") is True, logs=tuple(acc.logs))
         except _LimitHit as hit:
-            return ReadDecision(False, outcome=hit.outcome, error=str(hit))
-        if not isinstance(reply, dict) or "fault" in reply:
-            fault = reply.get("fault", {}) if isinstance(reply, dict) else {}
-            outcome, message = _outcome_of_fault(fault, self.limits)
-            return ReadDecision(False, outcome=outcome, error=message)
-        logs = tuple(_log_line(x) for x in reply.get("logs") or [])
-        return ReadDecision(reply.get("allowed") is True, logs=logs)
+            outcome, message = hit.outcome, str(hit)
+        except quickjs.JSException as exc:
+            mapped = _limit_from_exception(exc, self.limits)
+            outcome, message = mapped.outcome, str(mapped)
+        except (_GuestDataError, *_MALFORMED) as exc:
+            outcome, message = Outcome.GUEST_ERROR, str(exc)
+        finally:
+            self.close()
+        self._engine_log(acc, f"allowRead failed, treated as a denial: {message}")
+        return ReadDecision(False, logs=tuple(acc.logs), outcome=outcome, error=message)
 
 
 class QuickJSNativeEngine(Engine):

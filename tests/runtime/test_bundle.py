@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import BundleError, Bundler, Upload
+from runtime.bundle import MAX_ARCHIVE_FILES as MAX_MEMBERS
 
 MACHINE = b"""import { createMachine } from "%s";
 export default createMachine({ id: "m", initial: "a", states: { a: {} } });
@@ -281,3 +282,44 @@ export const allowWrite = () => true;
     await inst.send("inc")
     await inst.send("inc")
     assert inst.current is not None and inst.current.public_context == {"n": 2}
+
+
+@pytest.mark.parametrize("loader", ['with { type: "json" }', 'with { type: "text" }', ""])
+def test_failed_builds_never_quote_host_files(bundler, tmp_path: Path, loader):
+    secret = tmp_path / "secret.env"
+    secret.write_text("API_TOKEN=sk-live-supersecret-123\n")
+    for target in (str(secret), "/etc/passwd"):
+        source = f'import s from "{target}" {loader};\nexport default s;\n'.encode()
+        with pytest.raises(BundleError) as info:
+            bundler.bundle(Upload("machine.ts", source))
+        text = str(info.value) + repr(info.value.diagnostics)
+        assert "supersecret" not in text and "root:" not in text
+        assert info.value.code in ("forbidden-import", "build-failed")
+
+
+def test_archives_cannot_expand_beyond_the_member_cap_or_use_other_compressors(bundler):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for n in range(MAX_MEMBERS + 1):
+            info = tarfile.TarInfo(f"d{n}")
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+    with pytest.raises(BundleError, match="more than") as info:
+        bundler.bundle(Upload("p.tar.gz", out.getvalue()))
+    assert info.value.code == "too-large"
+    xz = io.BytesIO()
+    with tarfile.open(fileobj=xz, mode="w:xz") as archive:
+        data = b"export default 1;"
+        member = tarfile.TarInfo("index.ts")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    with pytest.raises(BundleError) as info:
+        bundler.bundle(Upload("p.tar.gz", xz.getvalue()))
+    assert info.value.code == "bad-archive"
+
+
+@pytest.mark.parametrize("files", [{".": b"x"}, {"a": b"x", "a/b.ts": b"y"}, {"a/b.ts": b"y", "a": b"x"}])
+def test_odd_archive_members_are_bundle_errors(bundler, files):
+    with pytest.raises(BundleError) as info:
+        bundler.bundle(Upload("p.zip", _zip(files)))
+    assert info.value.code == "unsafe-archive"

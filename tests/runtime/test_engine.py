@@ -233,15 +233,73 @@ export default createMachine({{
     await inst.create()
     await inst.send("arm")
     after_id = "xstate.after(5000)#alarm.armed" if major == 4 else "xstate.after.5000.alarm.armed"
-    assert set(inst.timers) == {"alarm", after_id}
-    assert inst.timers["alarm"].due_ms == clock.now_ms() + 60000
+    assert inst.timer_keys() == {"alarm", after_id}
+    assert next(r for r in inst.timers.values() if r.key == "alarm").due_ms == clock.now_ms() + 60000
     await inst.send("disarm")
     assert inst.timers == {}
     await inst.send("arm")
     start = clock.now_ms()
     await inst.advance_to(start + 5000, clock.set)
     assert inst.current is not None and inst.current.state == "snoozed"
-    assert set(inst.timers) == {"alarm"}
+    assert inst.timer_keys() == {"alarm"}
     await inst.advance_to(start + 60000, clock.set)
     assert inst.current.state == "ringing"
     assert inst.timers == {}
+
+
+SAME_ID = {
+    4: """
+export default createMachine({ id: "t", predictableActionArguments: true, initial: "on", context: { public: { ticks: 0 } },
+  states: { on: { on: {
+    later: { actions: send("tick", { delay: 1000 }) },
+    again: { actions: send("tick", { delay: 2000, id: "tick" }) },
+    stop: { actions: cancel("tick") },
+    tick: { actions: assign({ public: (c) => ({ ticks: c.public.ticks + 1 }) }) },
+  } } } });
+""",
+    5: """
+export default createMachine({ id: "t", initial: "on", context: { public: { ticks: 0 } },
+  states: { on: { on: {
+    later: { actions: raise({ type: "tick" }, { delay: 1000, id: "tick" }) },
+    again: { actions: raise({ type: "tick" }, { delay: 2000, id: "tick" }) },
+    stop: { actions: cancel("tick") },
+    tick: { actions: assign({ public: ({ context }) => ({ ticks: context.public.ticks + 1 }) }) },
+  } } } });
+""",
+}
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_delayed_events_sharing_an_id_all_fire_and_cancel_reaches_the_latest(
+    bundler, engine, executor, transport, clock, major
+):
+    inst = local(prepare(bundler, engine, SAME_ID[major], major), executor, transport, clock)
+    await inst.create()
+    await inst.send("later")
+    await inst.send("later")
+    assert len(inst.timers) == 2  # XState keeps both pending (only its id map is overwritten)
+    await inst.advance_to(clock.now_ms() + 1000, clock.set)
+    assert inst.current is not None and inst.current.public_context == {"ticks": 2}
+    await inst.send("later")
+    await inst.send("again")
+    await inst.send("stop")  # reaches only the most recent one, as in XState
+    assert [row.due_ms - clock.now_ms() for row in inst.timers.values()] == [1000]
+    await inst.advance_to(clock.now_ms() + 5000, clock.set)
+    assert inst.current.public_context == {"ticks": 3}
+
+
+async def test_v4_delayed_send_to_internal_from_the_initial_state_is_durable(
+    bundler, engine, executor, transport, clock
+):
+    # Real XState 4 (predictableActionArguments) fires a delayed send to "#_internal" only from the
+    # initial state's entry, which start() runs; from later transitions it never fires (checked in
+    # node). statehost matches both: the first is a durable timer, the others do nothing.
+    body = """
+export default createMachine({ id: "t", predictableActionArguments: true, initial: "waiting",
+  states: { waiting: { entry: send("tick", { delay: 3000, to: "#_internal" }), on: { tick: "done" } }, done: {} } });
+"""
+    inst = local(prepare(bundler, engine, body, 4), executor, transport, clock)
+    await inst.create()
+    assert inst.timer_keys() == {"tick"}
+    await inst.advance_to(clock.now_ms() + 3000, clock.set)
+    assert inst.current is not None and inst.current.state == "done"

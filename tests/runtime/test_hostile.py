@@ -3,10 +3,14 @@ its last good state, the test process survives, and a well-behaved machine runs 
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
+
 import pytest
 
-from runtime import Limits, Outcome
-from tests.support import local, prepare
+from runtime import Limits, Outcome, ReadRequest, StepRequest
+from tests.support import HEADER, local, prepare
 
 # A machine whose `go` event runs ACTION (v4 and v5 action signatures both ignore their arguments).
 TEMPLATE = """
@@ -169,3 +173,129 @@ export default setup({{ actors: {{ get: fromPromise({src}) }} }}).createMachine(
     assert inst.current is not None and inst.current.state == "failed"
     error = inst.current.public_context["error"]
     assert "refused" in error or "only http" in error, error
+
+
+# -- guest data and budget attacks (from the runtime review) -------------------------------------
+
+WALL = Limits(cpu_ms=200, entry_wall_ms=400)
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "() => { (async () => { for (;;) await crypto.subtle.digest('SHA-256', new Uint8Array(1)); })(); }",
+        "() => { (async () => { for (;;) { try { await fetch('http://127.0.0.1:9/'); } catch (e) {} } })(); }",
+        "() => { const burn = () => { const t = Date.now(); let i = 0; while (i < 3e6) i++; return Promise.resolve().then(burn); }; burn(); }",
+    ],
+    ids=["host-answered-loop", "refused-fetch-loop", "cpu-per-job"],
+)
+async def test_an_entry_never_outlives_its_wall_time(action, bundler, engine, executor, strict_transport, clock):
+    prepared = prepare(bundler, engine, hostile_machine(action, 4), 4, limits=replace(WALL, max_fetches=0))
+    inst = local(prepared, executor, strict_transport, clock)
+    await inst.create()
+    started = time.monotonic()
+    result = await inst.send("go")
+    assert time.monotonic() - started < 3.0
+    assert result.outcome in (Outcome.EXCEEDED_WALL_TIME, Outcome.EXCEEDED_JOBS, Outcome.EXCEEDED_CPU), result.error
+
+
+@pytest.mark.parametrize("major", [4, 5])
+@pytest.mark.parametrize(
+    "action",
+    [
+        # nested deeper than Python's json module can parse
+        "assign({ deep: () => { let v = 1; for (let i = 0; i < 5000; i++) v = [v]; return v; } })",
+        # the machine replaces JSON.stringify to forge what the host reads
+        '() => { JSON.stringify = () => \'{"transitions": 5, "nextTimerMs": 1e400}\'; }',
+        # an integer Python refuses to parse, inside a delayed event
+        "() => { Object.prototype.toJSON = undefined; }",
+    ],
+    ids=["deep-context", "forged-stringify", "prototype-tojson"],
+)
+async def test_malformed_guest_data_is_a_guest_error_never_a_host_exception(
+    action, major, bundler, engine, executor, transport, clock
+):
+    inst = local(prepare(bundler, engine, hostile_machine(action, major), major), executor, transport, clock)
+    await inst.create()
+    result = await inst.send("go")
+    assert result.outcome in (Outcome.OK, Outcome.GUEST_ERROR, Outcome.EXCEEDED_STACK), result.error
+    if result.ok:  # the forgery did not reach the host: the transition happened as usual
+        assert inst.current is not None and inst.current.state == "busy"
+        await inst.send("back")
+    await _assert_still_healthy(inst, bundler, engine, executor, transport, clock, major)
+
+
+async def test_a_sandbox_that_fails_to_start_answers_with_the_fault(bundler, engine, executor, transport, clock):
+    body = "let spin = 0; for (let i = 0; i < 2e7; i++) spin += i;\n" + hostile_machine("() => {}", 4)
+    prepared = prepare(bundler, engine, body, 4)
+    prepared.limits = replace(prepared.limits, cpu_ms=5)  # the next sandboxes cannot finish loading
+    with prepared.new_instance() as sandbox:
+        round_ = sandbox.begin(StepRequest("create", "x", {}), clock.now_ms())
+    assert round_.outcome is Outcome.EXCEEDED_CPU
+    assert "failed to load" in (round_.error or "")
+    decision = prepared.authorize_read(ReadRequest("x", "idle", {}, {}))
+    assert not decision.allowed and decision.outcome is Outcome.EXCEEDED_CPU
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_clients_cannot_send_xstate_internal_events(major, bundler, engine, executor, transport, clock):
+    after = "xstate.after(60000)#m.armed" if major == 4 else "xstate.after.60000.m.armed"
+    body = f"""
+export default createMachine({{ id: "m", {"predictableActionArguments: true," if major == 4 else ""} initial: "armed",
+  states: {{ armed: {{ after: {{ 60000: "expired" }} }}, expired: {{}} }} }});
+"""
+    inst = local(prepare(bundler, engine, body, major), executor, transport, clock)
+    await inst.create()
+    for forged in (after, "error.platform.x", "xstate.error.actor.x", "done.invoke.x"):
+        result = await inst.send({"type": forged}, {"user": "mallory"})
+        assert result.outcome is Outcome.INVALID_EVENT, forged
+        assert "reserved" in (result.error or "")
+    assert inst.current is not None and inst.current.state == "armed"
+    assert (await inst.send({"type": after}, None)).ok  # the host delivering the timer may
+    assert inst.current.state == "expired"
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_the_persisted_snapshot_is_size_limited_too(major, bundler, engine, executor, transport, clock):
+    # v4 keeps the last event in its snapshot twice (event and _event): 1.5 MB of service output
+    # makes a 3 MB snapshot. v5 keeps none of it; its history row holds the event: 2.1 MB.
+    size = 1_500_000 if major == 4 else 2_100_000
+    big = f"() => Promise.resolve({{ blob: 'x'.repeat({size}) }})"
+    if major == 4:
+        body = f"""
+export default createMachine({{ id: "m", predictableActionArguments: true, initial: "idle", states: {{
+  idle: {{ on: {{ go: "working" }} }},
+  working: {{ invoke: {{ src: {big}, onDone: "done" }} }},
+  done: {{}} }} }});
+"""
+    else:
+        body = f"""
+export default setup({{ actors: {{ big: fromPromise({big}) }} }}).createMachine({{ id: "m", initial: "idle", states: {{
+  idle: {{ on: {{ go: "working" }} }},
+  working: {{ invoke: {{ src: "big", onDone: "done" }} }},
+  done: {{}} }} }});
+"""
+    inst = local(prepare(bundler, engine, body, major), executor, transport, clock)
+    await inst.create()
+    result = await inst.send("go")
+    failed = result.late_fault or result  # the promise may settle inside the first entry or later
+    assert failed.outcome is Outcome.EXCEEDED_SNAPSHOT_SIZE, failed.error
+    assert "max_snapshot_bytes" in (failed.error or "")
+    assert inst.current is not None and inst.current.state in ("idle", "working")
+    assert len(json.dumps(inst.persisted)) < 100_000
+
+
+async def test_authorizer_log_floods_are_capped(bundler, engine, executor, transport, clock):
+    source = (
+        HEADER[4]
+        + hostile_machine("() => {}", 4)
+        + (
+            "export const allowWrite = () => true;\n"
+            "export const allowRead = () => { for (let i = 0; i < 50; i++) console.log('y'.repeat(100000)); return true; };\n"
+        )
+    )
+    prepared = prepare(bundler, engine, source, 4, header=False)
+    decision = prepared.authorize_read(ReadRequest("x", "idle", {}, {}))
+    assert decision.allowed
+    assert sum(len(line.text) for line in decision.logs) <= prepared.limits.max_log_bytes + 1000
+    assert any("log limit reached" in line.text for line in decision.logs)

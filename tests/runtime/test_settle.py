@@ -269,13 +269,13 @@ export default createMachine({{ id: "a", {"predictableActionArguments: true," if
 """
     inst = local(prepare(bundler, engine, body, major), executor, transport, clock)
     await inst.create()
-    (timer_id,) = inst.timers
-    due = inst.timers[timer_id].due_ms
+    (timer_row,) = inst.timers
+    due = inst.timers[timer_row].due_ms
     clock.advance(3000)
     result = await inst.send("ping")  # restores mid-after in a fresh sandbox
     assert result.ok
     assert all(op.op != "set" for r in result.committed for op in r.timers)  # nothing re-armed
-    assert inst.timers[timer_id].due_ms == due  # the original deadline stands
+    assert inst.timers[timer_row].due_ms == due  # the original deadline stands
     await inst.advance_to(due, clock.set)
     assert inst.current is not None and inst.current.state == "fired"
     assert inst.current.public_context == {"pings": 1}
@@ -339,3 +339,22 @@ async def test_events_join_an_open_window_without_waiting_for_its_services(
     assert [t.state for t in inst.history] == ["idle", "loading", "idle"]
     assert tags == ["load", "cancel"]
     assert inst.persisted is not None and inst.persisted["inflight"] == []
+
+
+@pytest.mark.parametrize("major", MAJORS)
+async def test_a_fire_and_forget_fetch_from_an_action_is_performed_after_commit(
+    major, bundler, engine, executor, transport, clock, service
+):
+    signature = "(c)" if major == 4 else "({ context: c })"
+    body = f"""
+export default createMachine({{ id: "n", {"predictableActionArguments: true," if major == 4 else ""} initial: "idle",
+  states: {{ idle: {{ on: {{ notify: {{ target: "notified", actions: {signature} => {{ fetch(c.url + "/fast"); }} }} }} }},
+            notified: {{}} }} }});
+"""
+    inst = local(prepare(bundler, engine, body, major), executor, transport, clock)
+    await inst.create({"url": service.url})
+    result = await inst.send("notify")
+    assert result.ok and not result.cut_off  # settled: no service waits for the request ...
+    assert inst.current is not None and inst.current.state == "notified"
+    await asyncio.gather(*result.detached)  # ... but the committed effect still happens
+    assert service.hits["fast"] == 1

@@ -57,9 +57,11 @@ def db_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-async def durable(db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
-    engine = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
+@pytest.fixture(params=[256, 0], ids=["parked", "fresh"])
+async def durable(request, db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
+    """Every server test runs with sandbox parking on (an instance's next event reuses its live
+    sandbox) and off (every event restores in a fresh sandbox): both paths must behave the same."""
+    engine = DurableEngine(settings_for(db_dir, parked_sandboxes=request.param), clock=clock, bundler=bundler)
     await engine.start()
     try:
         yield engine

@@ -310,3 +310,83 @@ async def test_the_database_uses_wal_and_full_synchronous_and_a_versioned_schema
         "token_providers",
     } <= tables
     assert json.loads("[]") == []
+
+
+MODULE_STATE = """
+let calls = 0;
+export default createMachine({ id: "m", predictableActionArguments: true, initial: "idle", states: {
+  idle: { on: { ping: { actions: () => { calls += 1; console.log("calls " + calls); } }, wait: "waiting" } },
+  waiting: { invoke: { src: () => new Promise(() => {}) }, on: { ping: { actions: () => { calls += 1; console.log("calls " + calls); } } } },
+} });
+"""
+
+
+async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state(db_dir, bundler, clock):
+    engine = DurableEngine(settings_for(db_dir, parked_sandboxes=2), clock=clock, bundler=bundler)
+    await engine.start()
+    try:
+        org = await engine.store.create_org("o", clock.now_ms())
+        await Deployment(engine, org).machine("m", MODULE_STATE)
+        svc = engine.instances
+
+        async def calls(name: str) -> list[str]:
+            return [line["text"] for line in await engine.store.logs(org, instance_name=name)]
+
+        for name in ("a", "b"):
+            await svc.create(org, "m", name)
+        for _ in range(3):
+            await svc.send_event(org, "m", "a", "ping", {})
+        await svc.send_event(org, "m", "b", "ping", {})
+        # a's sandbox was reused (module state is not state: it survives only while parked) and b
+        # never saw a's sandbox.
+        assert await calls("a") == ["calls 1", "calls 2", "calls 3"]
+        assert await calls("b") == ["calls 1"]
+        # A window that ends with a service running (cut off) is never parked.
+        await svc.send_event(org, "m", "a", "wait", {})
+        await svc.send_event(org, "m", "a", "ping", {})
+        assert (await calls("a"))[-1] == "calls 1"
+        # Another process moving the instance on makes the parked sandbox stale: it is not used.
+        other = DurableEngine(settings_for(db_dir, parked_sandboxes=0), clock=clock, bundler=bundler)
+        await other.start()
+        try:
+            await svc.send_event(org, "m", "b", "ping", {})
+            await other.instances.send_event(org, "m", "b", "ping", {})
+        finally:
+            await other.stop()
+        state = await svc.send_event(org, "m", "b", "ping", {})
+        assert (await calls("b"))[-1] == "calls 1"
+        machine_id = await engine.store.machine_id(org, "m")
+        row = await engine.store.find_instance(machine_id, "b")
+        assert row is not None and row.ts == state.ts
+        assert [t.seq for t in await engine.store.transitions(row.id)] == [1, 2, 3, 4, 5]
+        # Capacity: the least recently used parked sandbox is evicted.
+        await svc.create(org, "m", "c")
+        await svc.create(org, "m", "d")
+        assert len(svc._parked) <= 2
+    finally:
+        await engine.stop()
+
+
+async def test_requests_that_joined_a_failing_window_are_answered(
+    durable, deploy: Deployment, slow_server, monkeypatch
+):
+    """A window that raises (here: the store refuses a commit) answers everyone who joined it."""
+    await deploy.machine("f", FETCHER)
+    svc = durable.instances
+    await svc.create(deploy.org_id, "f", "i1", context={"url": slow_server})
+    original = durable.store.commit_round
+    calls = 0
+
+    async def failing_second_commit(commit, now_ms):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Conflict("injected: another process moved the instance on")
+        await original(commit, now_ms)
+
+    monkeypatch.setattr(durable.store, "commit_round", failing_second_commit)
+    first = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", {"type": "load", "path": "/after/5"}, {}))
+    await asyncio.sleep(0.3)  # the window is open, waiting for the fetch
+    joined = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", "cancel", {}))
+    for outcome in await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 5):
+        assert isinstance(outcome, Conflict)

@@ -217,3 +217,32 @@ async def test_a_throwing_timer_delivery_is_retried_with_backoff_then_dropped(
     texts = [line["text"] for line in await durable.store.logs(deploy.org_id, instance_name="i1")]
     assert sum("timer action broke" in t for t in texts) == MAX_RETRIES + 1
     assert [retry_delay_ms(n, paused=False) for n in range(1, 6)] == [1000, 4000, 16000, 30000, 30000]
+
+
+SAME_ID = """
+export default createMachine({ id: "timed", predictableActionArguments: true, initial: "on", context: { public: { ticks: 0 } },
+  states: { on: { on: {
+    later: { actions: send("tick", { delay: 1000 }) },
+    stop: { actions: cancel("tick") },
+    tick: { actions: assign({ public: (c) => ({ ticks: c.public.ticks + 1 }) }) },
+  } } } });
+"""
+
+
+async def test_stored_timers_sharing_an_id_all_fire_and_cancel_reaches_the_latest(
+    durable, deploy: Deployment, clock: FakeClock
+):
+    await deploy.machine("timed", SAME_ID)
+    svc = durable.instances
+    await svc.create(deploy.org_id, "timed", "i1")
+    for _ in range(3):
+        await svc.send_event(deploy.org_id, "timed", "i1", "later", {})
+    await svc.send_event(deploy.org_id, "timed", "i1", "stop", {})
+    assert len(await timers_of(durable, deploy.org_id, "i1")) == 2
+    clock.advance(1000)
+
+    async def ticked_twice() -> bool:
+        return (await state_of(durable, deploy.org_id, "i1")).public_context == {"ticks": 2}
+
+    await eventually(ticked_twice)
+    assert await timers_of(durable, deploy.org_id, "i1") == []
