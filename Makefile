@@ -44,6 +44,7 @@ format: setup
 
 bench: setup
 	$(VPY) -m bench.runtime_steps
+	$(VPY) -m bench.engine_throughput
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
