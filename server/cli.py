@@ -1,12 +1,12 @@
 """The ``statehost`` command.
 
-Today it has the local commands built on the sandbox runtime:
-
+- ``statehost serve``: the server (SQLite in ``--data-dir``; on first start it creates an org and an
+  admin user and writes their credentials to ``<data-dir>/admin.json``);
+- ``statehost login``: writes the smply credential files from an admin token, so that the official
+  ``smply`` CLI works against this server with ``--api-url``;
 - ``statehost check FILE``: bundle and validate a machine module, as an upload would be;
 - ``statehost run FILE --event E ...``: create an instance in memory and send it events, printing
   every transition, timer and log line (``--advance MS`` moves the clock and fires due timers).
-
-The server commands (``serve``, ...) arrive with the durable engine and the HTTP API.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ from runtime.settle import WindowResult
 from .fetch import AiohttpTransport
 
 EXAMPLES = """examples:
+  statehost serve                                   # http://127.0.0.1:8787, data in ./.statehost
+  statehost login --credentials .statehost/admin.json
   statehost check fixtures/machines/toggle/v4/machine.ts
   statehost run fixtures/machines/toggle/v4/machine.ts --event toggle --event toggle
   statehost run fixtures/machines/traffic_light/v5/machine.ts --xstate 5 --advance 30000 --event emergency
@@ -60,6 +63,44 @@ def _parser() -> argparse.ArgumentParser:
             "--xstate", type=int, choices=(4, 5), help="the XState major (default: from the imports, else 4)"
         )
         p.add_argument("--entry", help="entry module inside an archive")
+
+    serve = sub.add_parser(
+        "serve", help="run the server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".statehost"),
+        help="where the database and admin credentials live (default ./.statehost)",
+    )
+    serve.add_argument("--public-url", help="the URL clients reach this server at, if not http://HOST:PORT")
+    serve.add_argument("--workers", type=int, default=0, help="sandbox worker threads (default: one per CPU)")
+    serve.add_argument(
+        "--synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite synchronous mode: NORMAL may lose the last commits on power loss",
+    )
+    serve.add_argument(
+        "--allow-private-fetch",
+        action="store_true",
+        help="let machines fetch loopback and private addresses (trusted tenants only)",
+    )
+    serve.add_argument("--settle-window-ms", type=int, default=90_000, help="settle window per event (default 90000)")
+
+    login = sub.add_parser(
+        "login",
+        help="write smply's credential files for this server",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    login.add_argument("--credentials", type=Path, help="an admin.json written by statehost serve")
+    login.add_argument("--api-url", help="the server's URL (default: from --credentials)")
+    login.add_argument("--token", help="an admin token (default: from --credentials)")
+    login.add_argument("--org", help="the default org (default: from --credentials)")
+    login.add_argument("--home", type=Path, default=Path.home(), help="where ~/.smply lives (default: your home)")
 
     check = sub.add_parser(
         "check",
@@ -193,8 +234,171 @@ async def _run(args: argparse.Namespace, prepared: PreparedMachine) -> int:
     return 0
 
 
+# WHATWG "bad ports": browsers and node's fetch (undici) refuse them (wire-api 6.1).
+BAD_PORTS = frozenset(
+    {
+        1,
+        7,
+        9,
+        11,
+        13,
+        15,
+        17,
+        19,
+        20,
+        21,
+        22,
+        23,
+        25,
+        37,
+        42,
+        43,
+        53,
+        69,
+        77,
+        79,
+        87,
+        95,
+        101,
+        102,
+        103,
+        104,
+        109,
+        110,
+        111,
+        113,
+        115,
+        117,
+        119,
+        123,
+        135,
+        137,
+        139,
+        143,
+        161,
+        179,
+        389,
+        427,
+        465,
+        512,
+        513,
+        514,
+        515,
+        526,
+        530,
+        531,
+        532,
+        540,
+        548,
+        554,
+        556,
+        563,
+        587,
+        601,
+        636,
+        989,
+        990,
+        993,
+        995,
+        1719,
+        1720,
+        1723,
+        2049,
+        3659,
+        4045,
+        4190,
+        5060,
+        5061,
+        6000,
+        6566,
+        6665,
+        6666,
+        6667,
+        6668,
+        6669,
+        6679,
+        6697,
+        10080,
+    }
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .config import Settings
+
+    if args.port in BAD_PORTS:
+        print(
+            f"statehost: port {args.port} is one that browsers and node's fetch refuse; pick another", file=sys.stderr
+        )
+        return 2
+    credentials = args.data_dir / "admin.json"
+    settings = Settings(
+        database=args.data_dir / "statehost.db",
+        synchronous=args.synchronous,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        bootstrap_file=credentials,
+        fetch=FetchPolicy(allow_private=args.allow_private_fetch),
+        limits=Limits(settle_window_ms=args.settle_window_ms),
+    )
+    url = args.public_url or f"http://{args.host}:{args.port}"
+
+    async def ready(_: web.Application) -> None:
+        print(f"statehost is listening on {url}", flush=True)
+        print(f"  database:          {settings.database}", flush=True)
+        print(f"  admin credentials: {credentials} (readable by you only)", flush=True)
+        print(f"  next: statehost login --credentials {credentials}", flush=True)
+        print(f"        then e.g. npx smply --api-url {url} machines list", flush=True)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(settings)
+    app.on_startup.append(ready)
+    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True, shutdown_timeout=15)
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    from .bootstrap import write_private
+
+    saved: dict[str, Any] = {}
+    if args.credentials is not None:
+        saved = json.loads(args.credentials.read_text())
+    url = args.api_url or saved.get("url")
+    token = args.token or saved.get("adminToken")
+    org = args.org or saved.get("orgId")
+    if not url or not token:
+        print("statehost: give --credentials, or --api-url and --token", file=sys.stderr)
+        return 2
+    # The Supabase-session shape smply loads (wire-api 6.4): a far-future expires_at means it never
+    # tries to refresh against the hosted service.
+    session = {
+        "access_token": token,
+        "refresh_token": "unused",
+        "token_type": "bearer",
+        "expires_in": 3_153_600_000,
+        "expires_at": 4_102_444_800,
+        "user": {"id": saved.get("userId", "statehost-admin"), "email": None},
+    }
+    smply = args.home / ".smply"
+    write_private(smply / "credentials", json.dumps(session) + "\n")
+    if org:
+        write_private(smply / "default-org", org)
+    print(f"wrote {smply / 'credentials'}" + (f" and {smply / 'default-org'}" if org else ""))
+    print(f"now: smply --api-url {url} machines list")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "login":
+        return _login(args)
     try:
         _, prepared = _prepare(args)
     except FileNotFoundError as exc:

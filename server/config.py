@@ -33,6 +33,20 @@ class Settings:
     """Live sandboxes kept for the next event of the same instance (skips re-loading the machine,
     ~8 ms of CPU per event). Only quiescent sandboxes are kept, each serves only its own instance,
     and it is used only if the instance is still at the state it committed; 0 disables parking."""
+    host: str = "127.0.0.1"
+    """Address ``statehost serve`` listens on."""
+    port: int = 8787
+    """Port ``statehost serve`` listens on (not one of the WHATWG "bad ports" node's fetch refuses)."""
+    public_url: str | None = None
+    """How clients reach this server (for absolute upload URLs); default: the request's own host."""
+    cors_origins: tuple[str, ...] = ("*",)
+    """Origins allowed by CORS ("*" is safe: no cookies are used)."""
+    billing_url: str | None = None
+    """What GET /billing answers; without it, 404."""
+    admin_token_lifetime_s: int = 365 * 86_400
+    """Lifetime of admin tokens issued by the server (bootstrap, ``statehost login``)."""
+    bootstrap_file: Path | None = None
+    """Where first start writes the admin credentials (``statehost serve`` sets <data-dir>/admin.json)."""
     shutdown_grace_s: float = 10.0
     """On shutdown, how long open settle windows may run before they are cut (nothing committed is
     lost when they are; their running services get error events on the next event)."""

@@ -42,6 +42,12 @@ class DurableEngine:
         return self._instances
 
     @property
+    def transport(self) -> AiohttpTransport:
+        """The guarded HTTP client (machines' fetch; identity providers' JWKS)."""
+        assert self._transport is not None, "the engine is not started"
+        return self._transport
+
+    @property
     def timers(self) -> TimerService:
         assert self._timers is not None, "the engine is not started"
         return self._timers

@@ -4,6 +4,7 @@
 
     ApiError                       status, code, message, parameter
     ├── InvalidParameter           400 invalid-parameter
+    ├── MissingUser                403 missing-user (no, invalid or expired token; failed token exchange)
     ├── Rejected                   403 rejected-by-machine-authorizer
     ├── NotFound                   404 not-found
     ├── Conflict                   409 invalid-state (exists, or moved on meanwhile)
@@ -22,6 +23,7 @@ __all__ = [
     "Conflict",
     "InvalidParameter",
     "MachineError",
+    "MissingUser",
     "NotFound",
     "Paused",
     "Rejected",
@@ -50,6 +52,10 @@ class ApiError(Exception):
 
 class InvalidParameter(ApiError):
     status, code = 400, "invalid-parameter"
+
+
+class MissingUser(ApiError):
+    status, code = 403, "missing-user"
 
 
 class Rejected(ApiError):

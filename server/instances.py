@@ -169,8 +169,7 @@ class InstanceService:
         Raises runtime.BundleError / InvalidMachineError for a bad upload; nothing is stored then.
         """
         machine_id = await self.store.machine_id(org_id, machine_slug)
-        bundle = await self.executor.run(self.bundler.bundle, upload)
-        prepared = await self.executor.run(self.engine.prepare, bundle, self.limits)
+        bundle, prepared = await self.prepare_upload(upload)
         version_id = await self.store.create_version(
             machine_id,
             bundle=bundle.code,
@@ -185,6 +184,19 @@ class InstanceService:
         )
         self._remember(version_id, prepared)
         return version_id
+
+    async def prepare_upload(self, upload: Upload) -> tuple[MachineBundle, PreparedMachine]:
+        """Bundle an upload and load it once in the sandbox (off the event loop).
+
+        Raises runtime.BundleError / InvalidMachineError for an upload that cannot be a version.
+        """
+        bundle = await self.executor.run(self.bundler.bundle, upload)
+        prepared = await self.executor.run(self.engine.prepare, bundle, self.limits)
+        return bundle, prepared
+
+    def remember(self, version_id: str, prepared: PreparedMachine) -> None:
+        """Keep a machine prepared at upload for the version's first instances."""
+        self._remember(version_id, prepared)
 
     async def _prepared_machine(self, version_id: str) -> PreparedMachine:
         cached = self._prepared.get(version_id)

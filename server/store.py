@@ -35,6 +35,7 @@ import aiosqlite
 
 from .errors import Conflict, NotFound
 from .ids import new_id
+from .store_directory import DirectoryMixin
 
 __all__ = [
     "InstanceRow",
@@ -156,7 +157,7 @@ class _Op:
     future: asyncio.Future[Any]
 
 
-class Store:
+class Store(DirectoryMixin):
     def __init__(
         self,
         path: Path | str,

@@ -1,0 +1,194 @@
+"""Who is calling: bearer tokens to principals, scopes, orgs and impersonation (wire-api section 2).
+
+Two kinds of bearer token:
+
+- **key-signed** (``kid`` = ``sbk_…``): HS256 with the key's secret, as ``@statebacked/token`` and
+  token exchange produce them; the key's org and scopes apply; ``act`` becomes the authContext;
+- **statehost admin** (``kid`` = ``statehost-admin``): HS256 with a secret the server keeps in its
+  database; ``sub`` is a user, whose role in the org (chosen with ``x-statebacked-org-id`` when the
+  user has several) decides the scopes; ``gen`` must equal the user's token generation (revocation).
+
+Anything else, expired, forged or from a deleted key is 403 ``missing-user``. ``x-statebacked-act``
+(impersonation) is honoured only for callers with ``org.keys.write`` (org admins).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from .errors import ApiError, InvalidParameter, MissingUser
+from .exchange import KeyRecord, auth_context_of, verify_key_token
+from .store import Store
+
+__all__ = [
+    "ADMIN_AUDIENCE",
+    "ADMIN_KID",
+    "ALL_SCOPES",
+    "USE_PRESETS",
+    "Caller",
+    "MissingOrg",
+    "MissingScope",
+    "SpecifyOrg",
+    "authenticate",
+    "issue_admin_token",
+    "scopes_for_role",
+]
+
+ADMIN_KID = "statehost-admin"
+ADMIN_AUDIENCE = "statehost-admin"
+ADMIN_SECRET = "admin-token-key"
+
+ALL_SCOPES = frozenset(
+    {
+        "events.write",
+        "events.read",
+        "state.read",
+        "instances.read",
+        "instances.write",
+        "instances.admin",
+        "machines.read",
+        "machines.write",
+        "machines.admin",
+        "machine-versions.read",
+        "machine-versions.write",
+        "analytics.read",
+        "org.read",
+        "org.write",
+        "org.keys.write",
+        "org-members.write",
+        "logs.read",
+        "tokens.admin",
+        "indexes.read",
+    }
+)
+USE_PRESETS = {
+    "production": ("events.write", "state.read", "instances.write", "indexes.read"),
+    "ci": ("machines.read", "machines.write", "machine-versions.read", "machine-versions.write"),
+}
+_READ = frozenset(s for s in ALL_SCOPES if s.endswith(".read"))
+_WRITE = _READ | frozenset(
+    s for s in ALL_SCOPES if s.endswith(".write") and s not in ("org.write", "org.keys.write", "org-members.write")
+)
+
+
+def scopes_for_role(role: str) -> frozenset[str]:
+    """The statehost choice of wire-api 2.3: read ⊂ write ⊂ admin (everything)."""
+    return {"read": _READ, "write": _WRITE, "admin": ALL_SCOPES}.get(role, frozenset())
+
+
+class MissingOrg(ApiError):
+    status, code = 403, "missing-org"
+
+
+class MissingScope(ApiError):
+    status, code = 403, "missing-scope"
+
+
+class SpecifyOrg(ApiError):
+    status, code = 400, "specify-org"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified caller. ``org_id`` is None for an admin user who must still pick an org."""
+
+    kind: str  # "key" | "admin"
+    org_id: str | None
+    scopes: frozenset[str]
+    auth_context: Mapping[str, Any]
+    user_id: str | None = None
+    key_id: str | None = None
+    memberships: Mapping[str, str] = field(default_factory=dict)
+
+    def require(self, scope: str) -> str:
+        """Check a scope and return the org the call acts on."""
+        if self.org_id is None:
+            if not self.memberships:
+                raise MissingOrg("the caller belongs to no org; create one first")
+            raise SpecifyOrg("the caller belongs to several orgs: name one with x-statebacked-org-id")
+        if scope not in self.scopes:
+            raise MissingScope(f"this call needs the {scope} scope")
+        return self.org_id
+
+
+def issue_admin_token(secret: str, user_id: str, generation: int, now_s: int, lifetime_s: int) -> str:
+    claims = {
+        "sub": user_id,
+        "gen": generation,
+        "aud": ADMIN_AUDIENCE,
+        "iss": "statehost",
+        "iat": now_s,
+        "exp": now_s + lifetime_s,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": ADMIN_KID})
+
+
+async def authenticate(
+    store: Store,
+    token: str | None,
+    *,
+    org_header: str | None,
+    act_header: str | None,
+    now_s: int,
+    admin_secret: str,
+) -> Caller:
+    if not token:
+        raise MissingUser("no bearer token")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise MissingUser(f"the bearer token is not a JWT: {exc}") from None
+    kid = header.get("kid")
+    if isinstance(kid, str) and kid.startswith("sbk_"):
+        caller = await _key_caller(store, token, kid, org_header, now_s)
+    elif kid == ADMIN_KID:
+        caller = await _admin_caller(store, token, org_header, admin_secret)
+    else:
+        raise MissingUser("the bearer token was not issued by this server or one of its keys")
+    if act_header is None:
+        return caller
+    try:
+        act = json.loads(act_header)
+    except ValueError:
+        raise InvalidParameter("x-statebacked-act is not JSON", parameter="x-statebacked-act") from None
+    if not isinstance(act, dict):
+        raise InvalidParameter("x-statebacked-act must be a JSON object", parameter="x-statebacked-act")
+    if "org.keys.write" not in caller.scopes:
+        raise MissingScope("acting as another user (x-statebacked-act) needs the org.keys.write scope")
+    return Caller(caller.kind, caller.org_id, caller.scopes, act, caller.user_id, caller.key_id, caller.memberships)
+
+
+async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
+    row = await store.key_row(kid)
+    if row is None:
+        raise MissingUser("the token's key does not exist (deleted?)")
+    key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
+    claims = verify_key_token(token, key, now_s)
+    if org_header and org_header != key.org_id:
+        raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
+    return Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)
+
+
+async def _admin_caller(store: Store, token: str, org_header: str | None, secret: str) -> Caller:
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], audience=ADMIN_AUDIENCE, leeway=5)
+    except jwt.PyJWTError as exc:
+        raise MissingUser(f"invalid admin token: {exc}") from None
+    user = await store.user(str(claims.get("sub")))
+    if user is None or claims.get("gen") != user["token_generation"]:
+        raise MissingUser("the admin token was revoked")
+    memberships = await store.memberships(user["id"])
+    org_id: str | None = None
+    if org_header:
+        if org_header not in memberships:
+            raise MissingOrg(f"the caller is not a member of {org_header}")
+        org_id = org_header
+    elif len(memberships) == 1:
+        org_id = next(iter(memberships))
+    scopes = scopes_for_role(memberships[org_id]) if org_id else frozenset()
+    return Caller("admin", org_id, scopes, {"sub": user["id"]}, user_id=user["id"], memberships=memberships)

@@ -1,0 +1,39 @@
+"""First start: an org, an admin user, and their credentials written to a file (never logged)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .auth import issue_admin_token
+from .engine import DurableEngine
+from .orgs import create_org
+
+__all__ = ["bootstrap", "write_private"]
+
+
+def write_private(path: Path, content: str) -> None:
+    """Write a file only its owner can read (credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chmod(path, 0o600)
+
+
+async def bootstrap(engine: DurableEngine, admin_secret: str, url: str, path: Path, lifetime_s: int) -> bool:
+    """On an empty database, create the first org and admin and write their credentials to ``path``.
+
+    Returns True when it did (the database had no user).
+    """
+    if await engine.store.count_users() > 0:
+        return False
+    now = engine.clock.now_ms()
+    user_id = await engine.store.create_user("admin", None, now)
+    org_id = await create_org(engine.store, "default", user_id, now)
+    token = issue_admin_token(admin_secret, user_id, 0, now // 1000, lifetime_s)
+    credentials: dict[str, Any] = {"url": url, "orgId": org_id, "userId": user_id, "adminToken": token}
+    write_private(path, json.dumps(credentials, indent=2) + "\n")
+    return True

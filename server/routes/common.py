@@ -1,0 +1,113 @@
+"""What every route module shares: the app's keys, body parsing, names, callers, responses."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ..auth import Caller, authenticate
+from ..config import Settings
+from ..engine import DurableEngine
+from ..errors import InvalidParameter
+from ..exchange import JwksCache
+
+__all__ = [
+    "ENGINE",
+    "JWKS",
+    "SECRETS",
+    "SETTINGS",
+    "caller",
+    "iso",
+    "json_body",
+    "name",
+    "ok",
+    "page_response",
+    "public_base",
+]
+
+ENGINE = web.AppKey("engine", DurableEngine)
+SETTINGS = web.AppKey("settings", Settings)
+SECRETS = web.AppKey("secrets", dict)
+JWKS = web.AppKey("jwks", JwksCache)
+"""The identity providers' JWKS cache (server.exchange.JwksCache)."""
+"""Server secrets loaded at start: {"admin": ..., "uploads": ...}."""
+
+CALLER = web.RequestKey("caller", Caller)
+
+NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+def iso(ms: int) -> str:
+    """JavaScript ``toISOString()`` form: 2023-08-19T16:05:30.532Z."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def name(value: Any, parameter: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise InvalidParameter(f"{parameter} must match ^[a-zA-Z0-9_-]{{1,128}}$", parameter=parameter)
+    return value
+
+
+async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The JSON object body. An empty body (with or without a JSON content type) is {} when allowed."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise InvalidParameter("the request needs a JSON object body", parameter="body")
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"the body is not valid JSON: {exc}", parameter="body") from None
+    if not isinstance(body, dict):
+        raise InvalidParameter("the body must be a JSON object", parameter="body")
+    return body
+
+
+def only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidParameter(f"unknown field {unknown[0]!r}", parameter=unknown[0])
+
+
+async def caller(request: web.Request) -> Caller:
+    if CALLER in request:
+        return request[CALLER]
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    engine = request.app[ENGINE]
+    found = await authenticate(
+        engine.store,
+        token,
+        org_header=request.headers.get("x-statebacked-org-id") or None,
+        act_header=request.headers.get("x-statebacked-act"),
+        now_s=engine.clock.now_ms() // 1000,
+        admin_secret=request.app[SECRETS]["admin"],
+    )
+    request[CALLER] = found
+    return found
+
+
+def ok(body: Any) -> web.Response:
+    """A 200 always carries JSON (an empty 200 crashes the official client)."""
+    return web.json_response(body, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+
+
+def page_response(key: str, items: list[Any], cursor: str | None) -> web.Response:
+    body: dict[str, Any] = {key: items}
+    if cursor is not None:
+        body["cursor"] = cursor
+    return ok(body)
+
+
+def public_base(request: web.Request) -> str:
+    """The URL clients reach this server at (for absolute upload URLs), without a trailing slash."""
+    configured = request.app[SETTINGS].public_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.scheme}://{request.host}"

@@ -1,0 +1,194 @@
+"""Machines, versions and the code upload (wire-api 3.5-3.6)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from runtime import BundleError, InvalidMachineError, Upload
+
+from ..errors import Conflict, InvalidParameter
+from ..store_directory import VersionInfo
+from ..uploads import read_upload, sign_id, unsign_id, upload_token, verify_upload_token
+from .common import ENGINE, SECRETS, caller, iso, json_body, name, ok, only, page_response, public_base
+
+routes = web.RouteTableDef()
+
+
+def version_info(info: VersionInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"id": info.id, "createdAt": iso(info.created_ms), "clientInfo": info.client_info}
+
+
+def confirmation(key: str, data: str) -> str:
+    """HMAC-SHA256(key, data), base64url without padding: the delete confirmations (wire-api 3.5, 3.9)."""
+    digest = hmac.new(key.encode(), data.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def check_confirmation(body: dict[str, Any], field: str, expected: str) -> None:
+    if body.get("dangerDataWillBeDeletedForever") is not True:
+        raise InvalidParameter("set dangerDataWillBeDeletedForever to true", parameter="dangerDataWillBeDeletedForever")
+    given = body.get(field)
+    if not isinstance(given, str) or not hmac.compare_digest(given, expected):
+        raise InvalidParameter(f"{field} does not match", parameter=field)
+
+
+@routes.get("/machines")
+async def list_machines(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machines.read")
+    page = await request.app[ENGINE].store.machines_page(org, request.query.get("cursor"))
+    machines = []
+    for r in page.rows:
+        item: dict[str, Any] = {"slug": r["slug"], "createdAt": iso(r["created_ms"])}
+        if r["current_version_id"]:
+            item["currentVersion"] = {
+                "id": r["current_version_id"],
+                "createdAt": iso(r["version_created_ms"]),
+                "clientInfo": r["client_info"] or "",
+            }
+        machines.append(item)
+    return page_response("machines", machines, page.cursor)
+
+
+@routes.post("/machines")
+async def create_machine(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machines.write")
+    body = await json_body(request)
+    only(body, {"slug", "indexes"})
+    slug = name(body.get("slug"), "slug")
+    indexes = body.get("indexes", [])
+    if not isinstance(indexes, list):
+        raise InvalidParameter("indexes must be a list of names", parameter="indexes")
+    for index in indexes:
+        name(index, "indexes")
+    engine = request.app[ENGINE]
+    await engine.store.create_machine(org, slug, indexes, engine.clock.now_ms())
+    return web.Response(status=201)
+
+
+@routes.get("/machines/{machine}")
+async def get_machine(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machines.read")
+    store = request.app[ENGINE].store
+    machine = await store.machine(org, request.match_info["machine"])
+    body: dict[str, Any] = {"createdAt": iso(machine.created_ms), "indexes": machine.indexes}
+    current = version_info(await store.version_info(machine.current_version_id))
+    if current is not None:
+        body["currentVersion"] = current
+    result: dict[str, Any] = {"machine": body}
+    if current is not None:
+        result["currentVersion"] = current  # mirrored for an old official example (wire-api 3.5)
+    return ok(result)
+
+
+@routes.delete("/machines/{machine}")
+async def delete_machine(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machines.admin")
+    slug = request.match_info["machine"]
+    body = await json_body(request)
+    store = request.app[ENGINE].store
+    machine = await store.machine(org, slug)
+    check_confirmation(body, "hmacSha256OfMachineNameWithMachineNameKey", confirmation(slug, slug))
+    await store.delete_machine(machine.id)
+    return web.Response(status=204)
+
+
+@routes.get("/machines/{machine}/v")
+async def list_versions(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machine-versions.read")
+    store = request.app[ENGINE].store
+    machine = await store.machine(org, request.match_info["machine"])
+    page = await store.versions_page(machine.id, request.query.get("cursor"))
+    versions = [{"id": r["id"], "createdAt": iso(r["created_ms"]), "clientInfo": r["client_info"]} for r in page.rows]
+    return page_response("versions", versions, page.cursor)
+
+
+@routes.post("/machines/{machine}/v")
+async def provisionally_create_version(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machine-versions.write")
+    engine = request.app[ENGINE]
+    machine = await engine.store.machine(org, request.match_info["machine"])
+    version_id = await engine.store.create_provisional_version(machine.id, engine.clock.now_ms())
+    secret = request.app[SECRETS]["uploads"]
+    token = upload_token(secret, "version", version_id, engine.clock.now_ms() // 1000)
+    return ok(
+        {
+            "machineVersionId": sign_id(secret, "version", version_id),
+            "codeUploadUrl": f"{public_base(request)}/code-uploads/{token}",
+            "codeUploadFields": {"key": version_id},
+        }
+    )
+
+
+@routes.post("/code-uploads/{token}")
+async def upload_code(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    kind, object_id = verify_upload_token(
+        request.app[SECRETS]["uploads"], request.match_info["token"], engine.clock.now_ms() // 1000
+    )
+    data, filename = await read_upload(request)
+    if kind != "version":
+        raise InvalidParameter(f"uploads of {kind} code are not supported yet", parameter="file")
+    await engine.store.store_upload(object_id, data, filename)
+    return web.Response(status=204)
+
+
+@routes.put("/machines/{machine}/v/{signed}")
+async def finalize_version(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("machine-versions.write")
+    engine = request.app[ENGINE]
+    body = await json_body(request, required=False)
+    only(body, {"clientInfo", "makeCurrent", "indexSelectors", "xstateMajor"})
+    machine = await engine.store.machine(org, request.match_info["machine"])
+    version_id = unsign_id(request.app[SECRETS]["uploads"], "version", request.match_info["signed"])
+    row = await engine.store.provisional_version(version_id)
+    if row is None or row["machine_id"] != machine.id:
+        raise InvalidParameter("unknown machine version", parameter="machineVersionId")
+    if row["status"] == "final":
+        raise Conflict("this version is already finalized")
+    if row["source"] is None:
+        raise InvalidParameter("no code was uploaded for this version yet", parameter="file")
+    client_info = body.get("clientInfo", "")
+    make_current = body.get("makeCurrent", False)
+    selectors = body.get("indexSelectors", {})
+    major = body.get("xstateMajor")  # statehost extension; official clients never send it
+    if not isinstance(client_info, str):
+        raise InvalidParameter("clientInfo must be a string", parameter="clientInfo")
+    if not isinstance(make_current, bool):
+        raise InvalidParameter("makeCurrent must be a boolean", parameter="makeCurrent")
+    if not isinstance(selectors, dict) or not all(isinstance(v, str) for v in selectors.values()):
+        raise InvalidParameter("indexSelectors must map index names to JSONPath strings", parameter="indexSelectors")
+    unknown = sorted(set(selectors) - set(machine.indexes))
+    if unknown:
+        raise InvalidParameter(f"{unknown[0]!r} is not an index of this machine", parameter="indexSelectors")
+    if major is not None and major not in (4, 5):
+        raise InvalidParameter("xstateMajor must be 4 or 5", parameter="xstateMajor")
+    upload = Upload(_js_name(row["source_name"]), bytes(row["source"]), xstate_major=major)
+    try:
+        bundle, prepared = await engine.instances.prepare_upload(upload)
+    except (BundleError, InvalidMachineError) as exc:
+        raise InvalidParameter(str(exc), parameter="code") from None
+    await engine.store.finalize_version(
+        version_id,
+        bundle=bundle.code,
+        bundle_hash=bundle.hash,
+        xstate_major=prepared.major,
+        self_contained=bundle.self_contained,
+        client_info=client_info,
+        index_selectors=selectors,
+        make_current=make_current,
+    )
+    engine.instances.remember(version_id, prepared)
+    return ok({"machineVersionId": version_id})
+
+
+def _js_name(filename: str | None) -> str:
+    """Uploads are pre-built ES modules ("<machine>.js"); keep a safe name for diagnostics."""
+    base = (filename or "machine.js").rsplit("/", 1)[-1]
+    return base if base.endswith((".js", ".mjs", ".ts")) else base + ".js"

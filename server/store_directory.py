@@ -1,0 +1,500 @@
+"""Storage of the directory: orgs, users, keys, machines, versions, identity and token providers.
+
+Part of the storage layer (``Store`` inherits this mixin): every SQL statement of statehost lives in
+``server/store.py`` and here. Lists use keyset pagination on ``(created_ms, id)``; a cursor is the
+base64url of the last row's key, so pages stay stable while rows are inserted (wire-api 1.6).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .errors import Conflict, InvalidParameter, NotFound
+from .ids import new_id
+
+__all__ = ["DirectoryMixin", "MachineRow", "Page", "VersionInfo"]
+
+PAGE_SIZE = 100
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[sqlite3.Row]
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: str
+    created_ms: int
+    client_info: str
+
+
+@dataclass(frozen=True)
+class MachineRow:
+    id: int
+    org_id: str
+    slug: str
+    indexes: list[str]
+    current_version_id: str | None
+    created_ms: int
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_cursor(created_ms: int, key: str | int) -> str:
+    return base64.urlsafe_b64encode(_dumps([created_ms, key]).encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None) -> tuple[int, Any] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_ms, key = json.loads(raw)
+        return int(created_ms), key
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter("the cursor is not one this server issued", parameter="cursor") from exc
+
+
+class DirectoryMixin:
+    # Provided by Store.
+    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        raise NotImplementedError
+
+    async def _page(self, sql: str, params: Sequence[Any], cursor: str | None, key_column: str) -> Page:
+        """``sql`` selects rows with ``created_ms`` and ``key_column``; it must end with a WHERE clause."""
+        after = decode_cursor(cursor)
+        extra, extra_params = "", []
+        if after is not None:
+            extra = f" AND (created_ms, {key_column}) > (?, ?)"
+            extra_params = [after[0], after[1]]
+        rows = await self._read(
+            f"SELECT * FROM ({sql}) WHERE 1 = 1{extra} ORDER BY created_ms, {key_column} LIMIT ?",
+            [*params, *extra_params, PAGE_SIZE + 1],
+        )
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        next_cursor = encode_cursor(rows[-1]["created_ms"], rows[-1][key_column]) if more and rows else None
+        return Page(rows, next_cursor)
+
+    # -- secrets ----------------------------------------------------------------------------------------
+
+    async def server_secret(self, name: str, now_ms: int) -> str:
+        """A random secret the server keeps in its database (created on first use)."""
+        row = await self._read_one("SELECT value FROM server_secrets WHERE name = ?", (name,))
+        if row is not None:
+            return str(row["value"])
+        value = secrets.token_urlsafe(48)
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO server_secrets (name, value, created_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, value, now_ms),
+            )
+            async with conn.execute("SELECT value FROM server_secrets WHERE name = ?", (name,)) as cursor:
+                found = await cursor.fetchone()
+            assert found is not None
+            return str(found[0])
+
+        return await self.write(op)
+
+    # -- users and orgs ----------------------------------------------------------------------------------
+
+    async def count_users(self) -> int:
+        row = await self._read_one("SELECT COUNT(*) AS n FROM users")
+        return int(row["n"]) if row else 0
+
+    async def create_user(self, name: str, email: str | None, now_ms: int) -> str:
+        user_id = new_id("usr")
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO users (id, name, email, created_ms) VALUES (?, ?, ?, ?)", (user_id, name, email, now_ms)
+            )
+            return user_id
+
+        return await self.write(op)
+
+    async def user(self, user_id: str) -> sqlite3.Row | None:
+        return await self._read_one("SELECT id, name, email, token_generation FROM users WHERE id = ?", (user_id,))
+
+    async def memberships(self, user_id: str) -> dict[str, str]:
+        rows = await self._read("SELECT org_id, role FROM org_members WHERE user_id = ?", (user_id,))
+        return {r["org_id"]: r["role"] for r in rows}
+
+    async def orgs_page(self, user_id: str, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT o.id, o.name, o.created_ms, o.limits_json, m.role FROM orgs o"
+            " JOIN org_members m ON m.org_id = o.id WHERE m.user_id = ?",
+            [user_id],
+            cursor,
+            "id",
+        )
+
+    async def provision_org(
+        self,
+        name: str,
+        now_ms: int,
+        *,
+        members: Sequence[tuple[str, str]],
+        keys: Sequence[Mapping[str, Any]] = (),
+        identity_providers: Sequence[Mapping[str, Any]] = (),
+        token_providers: Sequence[Mapping[str, Any]] = (),
+        org_id: str | None = None,
+    ) -> str:
+        """Create an org with its members, keys and providers in one transaction."""
+        org = org_id or new_id("org")
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org, name, now_ms))
+            for user_id, role in members:
+                await conn.execute(
+                    "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)",
+                    (org, user_id, role, now_ms),
+                )
+            for key in keys:
+                await conn.execute(
+                    "INSERT INTO api_keys (id, org_id, name, secret, scopes_json, created_by, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key["id"],
+                        org,
+                        key["name"],
+                        key["secret"],
+                        _dumps(list(key["scopes"])),
+                        key.get("created_by"),
+                        now_ms,
+                    ),
+                )
+            for idp in identity_providers:
+                await self._upsert_idp(conn, org, idp, now_ms)
+            for provider in token_providers:
+                await self._upsert_token_provider(conn, org, provider, now_ms)
+            return org
+
+        return await self.write(op)
+
+    # -- keys ------------------------------------------------------------------------------------------
+
+    async def create_key(
+        self, org_id: str, name: str, scopes: Sequence[str], secret: str, created_by: str | None, now_ms: int
+    ) -> str:
+        key_id = new_id("sbk")
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO api_keys (id, org_id, name, secret, scopes_json, created_by, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, org_id, name, secret, _dumps(list(scopes)), created_by, now_ms),
+            )
+            return key_id
+
+        return await self.write(op)
+
+    async def key_row(self, key_id: str) -> sqlite3.Row | None:
+        return await self._read_one(
+            "SELECT id, org_id, name, secret, scopes_json FROM api_keys WHERE id = ?", (key_id,)
+        )
+
+    async def keys_page(self, org_id: str, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT id, name, scopes_json, created_ms FROM api_keys WHERE org_id = ?", [org_id], cursor, "id"
+        )
+
+    async def delete_key(self, org_id: str, key_id: str) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.execute("DELETE FROM api_keys WHERE org_id = ? AND id = ?", (org_id, key_id))
+            if cursor.rowcount != 1:
+                raise NotFound(f"key {key_id!r} not found")
+
+        await self.write(op)
+
+    # -- machines and versions ------------------------------------------------------------------------
+
+    async def machine(self, org_id: str, slug: str) -> MachineRow:
+        row = await self._read_one(
+            "SELECT id, org_id, slug, indexes_json, current_version_id, created_ms FROM machines"
+            " WHERE org_id = ? AND slug = ?",
+            (org_id, slug),
+        )
+        if row is None:
+            raise NotFound(f"machine {slug!r} not found")
+        return MachineRow(
+            row["id"],
+            row["org_id"],
+            row["slug"],
+            json.loads(row["indexes_json"]),
+            row["current_version_id"],
+            row["created_ms"],
+        )
+
+    async def machines_page(self, org_id: str, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT m.id, m.slug, m.created_ms, m.current_version_id, v.created_ms AS version_created_ms,"
+            " v.client_info FROM machines m LEFT JOIN machine_versions v ON v.id = m.current_version_id"
+            " WHERE m.org_id = ?",
+            [org_id],
+            cursor,
+            "id",
+        )
+
+    async def delete_machine(self, machine_id: int) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            async with conn.execute("SELECT 1 FROM instances WHERE machine_id = ? LIMIT 1", (machine_id,)) as cur:
+                if await cur.fetchone() is not None:
+                    raise Conflict("the machine still has instances; delete them first")
+            await conn.execute("UPDATE machines SET current_version_id = NULL WHERE id = ?", (machine_id,))
+            await conn.execute("DELETE FROM machines WHERE id = ?", (machine_id,))
+
+        await self.write(op)
+
+    async def version_info(self, version_id: str | None) -> VersionInfo | None:
+        if version_id is None:
+            return None
+        row = await self._read_one(
+            "SELECT id, created_ms, client_info FROM machine_versions WHERE id = ?", (version_id,)
+        )
+        return None if row is None else VersionInfo(row["id"], row["created_ms"], row["client_info"])
+
+    async def versions_page(self, machine_id: int, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT id, created_ms, client_info FROM machine_versions WHERE machine_id = ? AND status = 'final'",
+            [machine_id],
+            cursor,
+            "id",
+        )
+
+    async def create_provisional_version(self, machine_id: int, now_ms: int) -> str:
+        version_id = new_id("ver")
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO machine_versions (id, machine_id, status, created_ms) VALUES (?, ?, 'provisional', ?)",
+                (version_id, machine_id, now_ms),
+            )
+            return version_id
+
+        return await self.write(op)
+
+    async def store_upload(self, version_id: str, source: bytes, source_name: str) -> None:
+        """Attach uploaded code to a provisional version (once)."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.execute(
+                "UPDATE machine_versions SET source = ?, source_name = ?"
+                " WHERE id = ? AND status = 'provisional' AND source IS NULL",
+                (source, source_name, version_id),
+            )
+            if cursor.rowcount != 1:
+                raise Conflict("this upload URL was already used, or its version is finalized")
+
+        await self.write(op)
+
+    async def provisional_version(self, version_id: str) -> sqlite3.Row | None:
+        return await self._read_one(
+            "SELECT id, machine_id, status, source, source_name FROM machine_versions WHERE id = ?", (version_id,)
+        )
+
+    async def finalize_version(
+        self,
+        version_id: str,
+        *,
+        bundle: str,
+        bundle_hash: str,
+        xstate_major: int,
+        self_contained: bool,
+        client_info: str,
+        index_selectors: Mapping[str, str],
+        make_current: bool,
+    ) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.execute(
+                "UPDATE machine_versions SET status = 'final', bundle = ?, bundle_hash = ?, xstate_major = ?,"
+                " runtime_api = ?, client_info = ?, index_selectors_json = ? WHERE id = ? AND status = 'provisional'",
+                (
+                    bundle,
+                    bundle_hash,
+                    xstate_major,
+                    int(self_contained),
+                    client_info,
+                    _dumps(dict(index_selectors)),
+                    version_id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise Conflict("this version is already finalized")
+            if make_current:
+                await conn.execute(
+                    "UPDATE machines SET current_version_id = ?"
+                    " WHERE id = (SELECT machine_id FROM machine_versions WHERE id = ?)",
+                    (version_id, version_id),
+                )
+
+        await self.write(op)
+
+    # -- instances (directory views) ------------------------------------------------------------------
+
+    async def instances_page(self, machine_id: int, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT i.id, i.name, i.status, i.created_ms, v.id AS version_id, v.created_ms AS version_created_ms,"
+            " v.client_info FROM instances i JOIN machine_versions v ON v.id = i.version_id WHERE i.machine_id = ?",
+            [machine_id],
+            cursor,
+            "id",
+        )
+
+    async def transitions_page(self, instance_id: int, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT seq AS id, created_ms, state_json, event_json FROM transitions WHERE instance_id = ?",
+            [instance_id],
+            cursor,
+            "id",
+        )
+
+    async def set_desired_version(self, instance_id: int, version_id: str | None) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE instances SET desired_version_id = ? WHERE id = ?", (version_id, instance_id))
+
+        await self.write(op)
+
+    async def migration_edges(self, machine_id: int) -> list[tuple[str, str]]:
+        rows = await self._read(
+            "SELECT from_version_id, to_version_id FROM migrations WHERE machine_id = ? AND status = 'final'",
+            (machine_id,),
+        )
+        return [(r["from_version_id"], r["to_version_id"]) for r in rows]
+
+    # -- identity and token providers -----------------------------------------------------------------
+
+    async def _upsert_idp(self, conn: aiosqlite.Connection, org_id: str, idp: Mapping[str, Any], now_ms: int) -> None:
+        await conn.execute(
+            "INSERT INTO identity_providers (org_id, aud, iss, key, jwks_url, algs_json, mapping_json, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, aud, iss) DO UPDATE SET key = excluded.key,"
+            " jwks_url = excluded.jwks_url, algs_json = excluded.algs_json, mapping_json = excluded.mapping_json",
+            (
+                org_id,
+                idp.get("aud") or "",
+                idp.get("iss") or "",
+                idp.get("key"),
+                idp.get("jwks_url"),
+                _dumps(list(idp["algs"])),
+                _dumps(idp["mapping"]),
+                now_ms,
+            ),
+        )
+
+    async def upsert_identity_provider(self, org_id: str, idp: Mapping[str, Any], now_ms: int) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await self._upsert_idp(conn, org_id, idp, now_ms)
+
+        await self.write(op)
+
+    async def delete_identity_provider(self, org_id: str, aud: str | None, iss: str | None) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "DELETE FROM identity_providers WHERE org_id = ? AND aud = ? AND iss = ?",
+                (org_id, aud or "", iss or ""),
+            )
+
+        await self.write(op)
+
+    async def identity_provider_rows(self, org_id: str) -> list[sqlite3.Row]:
+        return await self._read(
+            "SELECT org_id, aud, iss, key, jwks_url, algs_json, mapping_json FROM identity_providers WHERE org_id = ?",
+            (org_id,),
+        )
+
+    async def identity_providers_page(self, org_id: str, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT aud || char(0) || iss AS id, aud, iss, jwks_url, algs_json, mapping_json, created_ms"
+            " FROM identity_providers WHERE org_id = ?",
+            [org_id],
+            cursor,
+            "id",
+        )
+
+    async def _upsert_token_provider(
+        self, conn: aiosqlite.Connection, org_id: str, provider: Mapping[str, Any], now_ms: int
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO token_providers (org_id, service, key_id, mapping_json, created_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (org_id, service) DO UPDATE SET key_id = excluded.key_id,"
+            " mapping_json = excluded.mapping_json",
+            (org_id, provider["service"], provider["key_id"], _dumps(provider["mapping"]), now_ms),
+        )
+
+    async def upsert_token_provider(self, org_id: str, provider: Mapping[str, Any], now_ms: int) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await self._upsert_token_provider(conn, org_id, provider, now_ms)
+
+        await self.write(op)
+
+    async def delete_token_provider(self, org_id: str, service: str) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM token_providers WHERE org_id = ? AND service = ?", (org_id, service))
+
+        await self.write(op)
+
+    async def token_provider_row(self, org_id: str, service: str) -> sqlite3.Row | None:
+        return await self._read_one(
+            "SELECT org_id, service, key_id, mapping_json FROM token_providers WHERE org_id = ? AND service = ?",
+            (org_id, service),
+        )
+
+    async def token_providers_page(self, org_id: str, cursor: str | None) -> Page:
+        return await self._page(
+            "SELECT service AS id, service, key_id, mapping_json, created_ms FROM token_providers WHERE org_id = ?",
+            [org_id],
+            cursor,
+            "id",
+        )
+
+    # -- invitations ----------------------------------------------------------------------------------
+
+    async def create_invitation(self, org_id: str, email: str, role: str, invited_by: str | None, now_ms: int) -> str:
+        code = secrets.token_urlsafe(24)
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO invitations (code, org_id, email, role, invited_by, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (code, org_id, email, role, invited_by, now_ms),
+            )
+            return code
+
+        return await self.write(op)
+
+    async def accept_invitation(self, code: str, user_id: str, now_ms: int) -> str:
+        async def op(conn: aiosqlite.Connection) -> str:
+            async with conn.execute(
+                "SELECT org_id, role FROM invitations WHERE code = ? AND accepted_by IS NULL", (code,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise NotFound("no open invitation with that code")
+            await conn.execute("UPDATE invitations SET accepted_by = ? WHERE code = ?", (user_id, code))
+            await conn.execute(
+                "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
+                (row[0], user_id, row[1], now_ms),
+            )
+            return str(row[0])
+
+        return await self.write(op)

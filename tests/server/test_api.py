@@ -1,0 +1,494 @@
+"""The HTTP API through a real aiohttp server on loopback: every route's statuses and bodies, the
+auth matrix, bad input, CORS. (The official npm packages are exercised in tests/compat.)"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from server.auth import issue_admin_token
+from server.config import Settings
+from server.routes.common import ENGINE, SECRETS
+from server.routes.machines import confirmation
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "machines"
+TOGGLE = (FIXTURES / "toggle" / "v4" / "machine.ts").read_bytes()
+GUARDED = b"""import { createMachine } from "xstate";
+export const allowRead = ({ authContext }) => authContext.sub !== "nobody";
+export const allowWrite = ({ authContext }) => authContext.sub === "u-allowed";
+export default createMachine({ id: "g", initial: "a", states: { a: { on: { go: "b" } }, b: {} } });
+"""
+
+
+class Api:
+    def __init__(self, client: TestClient, admin_token: str, org_id: str) -> None:
+        self.client = client
+        self.admin_token = admin_token
+        self.org_id = org_id
+
+    @property
+    def engine(self):
+        return self.client.app[ENGINE]
+
+    def admin(self, **extra: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.admin_token}", "content-type": "application/json", **extra}
+
+    async def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, body: Any = None, data: Any = None
+    ) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {"headers": self.admin() if headers is None else headers}
+        if body is not None:
+            kwargs["data"] = json.dumps(body)
+        if data is not None:
+            kwargs["data"] = data
+        async with self.client.request(method, path, **kwargs) as response:
+            text = await response.text()
+            return response.status, (json.loads(text) if text else None)
+
+    async def deploy(
+        self,
+        slug: str,
+        source: bytes = TOGGLE,
+        *,
+        filename: str = "machine.ts",
+        gzipped: bool = True,
+        make_current: bool = True,
+    ) -> str:
+        status, _ = await self.call("POST", "/machines", body={"slug": slug})
+        assert status in (201, 409)
+        status, provisional = await self.call("POST", f"/machines/{slug}/v" + ("?gzip" if gzipped else ""))
+        assert status == 200
+        assert await self.upload(provisional, source, filename=filename, gzipped=gzipped) == 204
+        status, body = await self.call(
+            "PUT",
+            f"/machines/{slug}/v/{provisional['machineVersionId']}",
+            body={"clientInfo": "test", "makeCurrent": make_current},
+        )
+        assert status == 200, body
+        return str(body["machineVersionId"])
+
+    async def upload(self, provisional: dict[str, Any], source: bytes, *, filename: str, gzipped: bool) -> int:
+        form = FormData()
+        for key, value in provisional["codeUploadFields"].items():
+            form.add_field(key, value)
+        form.add_field("content-type", "application/javascript")
+        if gzipped:
+            form.add_field("content-encoding", "gzip")
+        form.add_field(
+            "file",
+            gzip.compress(source) if gzipped else source,
+            filename=filename,
+            content_type="application/javascript",
+        )
+        path = "/code-uploads/" + provisional["codeUploadUrl"].rsplit("/code-uploads/", 1)[1]
+        async with self.client.post(path, data=form) as response:  # no authorization header
+            assert "Access-Control-Allow-Origin" in response.headers
+            return response.status
+
+    async def key(self, *, use: str | None = None, scopes: list[str] | None = None) -> tuple[str, str]:
+        body: dict[str, Any] = {"name": "k"}
+        if use:
+            body["use"] = use
+        if scopes:
+            body["scopes"] = scopes
+        status, key = await self.call("POST", "/keys", body=body)
+        assert status == 200, key
+        return key["id"], key["key"]
+
+    async def user_with_role(self, role: str, org_id: str | None = None) -> str:
+        store = self.engine.store
+        now = self.engine.clock.now_ms()
+        user = await store.create_user(role, None, now)
+
+        async def add(conn):
+            await conn.execute(
+                "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)",
+                (org_id or self.org_id, user, role, now),
+            )
+
+        await store.write(add)
+        return issue_admin_token(self.client.app[SECRETS]["admin"], user, 0, int(time.time()), 3600)
+
+
+def key_token(key_id: str, secret: str, act: dict[str, Any], expires_in: int = 3600) -> str:
+    now = int(time.time())
+    return jwt.encode(
+        {
+            "act": act,
+            "aud": "https://api.statebacked.dev/",
+            "exp": now + expires_in,
+            "iat": now,
+            "iss": f"https://{key_id}.client.statebacked.dev/",
+        },
+        secret,
+        algorithm="HS256",
+        headers={"kid": key_id},
+    )
+
+
+def bearer(token: str, **extra: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}", "content-type": "application/json", **extra}
+
+
+@pytest.fixture
+async def api(tmp_path: Path, bundler) -> AsyncIterator[Api]:
+    settings = Settings(database=tmp_path / "statehost.db", bootstrap_file=tmp_path / "admin.json", workers=2)
+    app = create_app(settings, bundler=bundler)
+    async with TestClient(TestServer(app)) as client:
+        credentials = json.loads((tmp_path / "admin.json").read_text())
+        yield Api(client, credentials["adminToken"], credentials["orgId"])
+
+
+async def test_bootstrap_writes_private_credentials(api: Api, tmp_path: Path):
+    path = tmp_path / "admin.json"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    status, orgs = await api.call("GET", "/orgs")
+    assert status == 200
+    assert orgs["orgs"][0]["id"] == api.org_id and orgs["orgs"][0]["role"] == "admin"
+    assert set(orgs["orgs"][0]["limits"]) == {"monthlyEventsLimit", "monthlyReadsLimit"}
+
+
+async def test_machines_versions_and_instances_routes(api: Api):
+    version = await api.deploy("toggle")
+    assert await api.call("POST", "/machines", body={"slug": "toggle"}) == (
+        409,
+        {"error": "machine 'toggle' already exists", "code": "invalid-state"},
+    )
+    status, listed = await api.call("GET", "/machines")
+    assert status == 200 and listed["machines"][0]["slug"] == "toggle"
+    assert listed["machines"][0]["currentVersion"]["id"] == version
+    status, machine = await api.call("GET", "/machines/toggle")
+    assert machine["machine"]["currentVersion"]["clientInfo"] == "test"
+    status, versions = await api.call("GET", "/machines/toggle/v")
+    assert [v["id"] for v in versions["versions"]] == [version] and "cursor" not in versions
+
+    act = {"x-statebacked-act": json.dumps({"sub": "tester"})}
+    status, created = await api.call("POST", "/machines/toggle", headers=api.admin(**act), body={"slug": "i1"})
+    assert status == 200
+    assert created["state"] == "inactive" and created["publicContext"] == {"toggleCount": 0}
+    assert created["tags"] == [] and created["done"] is False and isinstance(created["ts"], int)
+    assert (await api.call("POST", "/machines/toggle", body={"slug": "i1"}))[0] == 409
+    status, sent = await api.call("POST", "/machines/toggle/i/i1/events", body={"event": "toggle"})
+    assert status == 200 and sent["state"] == "active" and sent["ts"] > created["ts"]
+    status, sent = await api.call("POST", "/machines/toggle/i/i1/events", body={"event": {"type": "toggle"}})
+    assert sent["state"] == "inactive"
+    status, got = await api.call("GET", "/machines/toggle/i/i1")
+    assert status == 200 and got == sent
+    status, instances = await api.call("GET", "/machines/toggle/i")
+    assert instances["instances"][0]["slug"] == "i1" and instances["instances"][0]["status"] == "running"
+    assert instances["instances"][0]["machineVersion"]["id"] == version
+    status, history = await api.call("GET", "/machines/toggle/i/i1/events")
+    assert [t["event"]["type"] for t in history["transitions"]] == ["xstate.init", "toggle", "toggle"]
+    status, admin = await api.call("GET", "/machines/toggle/i/i1/admin")
+    assert admin["context"] == {"public": {"toggleCount": 1}} and admin["machineVersion"]["id"] == version
+
+    # desired version: the current one is fine; another one needs a migration path
+    assert (await api.call("PUT", "/machines/toggle/i/i1/v", body={"targetMachineVersionId": version}))[0] == 201
+    other = await api.deploy("toggle", make_current=False)
+    status, error = await api.call("PUT", "/machines/toggle/i/i1/v", body={"targetMachineVersionId": other})
+    assert status == 400 and error["code"] == "no-migration-path"
+
+    # status: paused instances reject events with 409
+    assert (await api.call("PUT", "/machines/toggle/i/i1/status", body={"status": "paused"}))[0] == 204
+    status, error = await api.call("POST", "/machines/toggle/i/i1/events", body={"event": "toggle"})
+    assert status == 409 and error["code"] == "invalid-state"
+    assert (await api.call("PUT", "/machines/toggle/i/i1/status", body={"status": "running"}))[0] == 204
+
+    # deletes need the HMAC confirmation; a machine with instances cannot go
+    status, error = await api.call(
+        "DELETE",
+        "/machines/toggle/i/i1",
+        body={"dangerDataWillBeDeletedForever": True, "hmacSha256OfMachineInstanceNameWithMachineNameKey": "wrong"},
+    )
+    assert status == 400 and error["parameter"] == "hmacSha256OfMachineInstanceNameWithMachineNameKey"
+    status, error = await api.call(
+        "DELETE",
+        "/machines/toggle",
+        body={
+            "dangerDataWillBeDeletedForever": True,
+            "hmacSha256OfMachineNameWithMachineNameKey": confirmation("toggle", "toggle"),
+        },
+    )
+    assert status == 409
+    assert (
+        await api.call(
+            "DELETE",
+            "/machines/toggle/i/i1",
+            body={
+                "dangerDataWillBeDeletedForever": True,
+                "hmacSha256OfMachineInstanceNameWithMachineNameKey": confirmation("toggle", "i1"),
+            },
+        )
+    )[0] == 204
+    assert (await api.call("GET", "/machines/toggle/i/i1"))[0] == 404
+    assert (
+        await api.call(
+            "DELETE",
+            "/machines/toggle",
+            body={
+                "dangerDataWillBeDeletedForever": True,
+                "hmacSha256OfMachineNameWithMachineNameKey": confirmation("toggle", "toggle"),
+            },
+        )
+    )[0] == 204
+    assert (await api.call("GET", "/machines/toggle"))[0] == 404
+
+
+def test_delete_confirmations_match_the_spec_test_vectors():
+    assert confirmation("m1", "m1") == "aUJoR6L6HwMhrz0J1n4FbSxms3PjOWEO-D_7zgRIP9w"
+    assert confirmation("m1", "i1") == "0YXc3drjFKzrlXslHfznpobV-rAe9sM4a4lduUAOl2I"
+
+
+async def test_version_upload_edge_cases(api: Api):
+    await api.call("POST", "/machines", body={"slug": "m"})
+    status, provisional = await api.call("POST", "/machines/m/v")
+    signed = provisional["machineVersionId"]
+    status, error = await api.call("PUT", f"/machines/m/v/{signed}", body={})
+    assert status == 400 and "no code was uploaded" in error["error"]
+    assert await api.upload(provisional, b"export default 1", filename="m.js", gzipped=False) == 204
+    assert await api.upload(provisional, b"again", filename="m.js", gzipped=False) == 409  # single use
+    status, error = await api.call("PUT", f"/machines/m/v/{signed}", body={"makeCurrent": True})
+    assert status == 400 and error["code"] == "invalid-parameter" and "not an XState machine" in error["error"]
+    status, error = await api.call("PUT", f"/machines/m/v/{signed[:-3]}xyz", body={})
+    assert status == 404
+    # a syntax error comes back located
+    status, provisional = await api.call("POST", "/machines/m/v?gzip")
+    await api.upload(provisional, b"const x = ;", filename="m.js", gzipped=True)
+    status, error = await api.call("PUT", f"/machines/m/v/{provisional['machineVersionId']}", body={})
+    assert status == 400 and "m.js:1:" in error["error"]
+    # a finalized version cannot be finalized again
+    version_source = TOGGLE
+    status, provisional = await api.call("POST", "/machines/m/v")
+    await api.upload(provisional, version_source, filename="m.ts", gzipped=False)
+    assert (await api.call("PUT", f"/machines/m/v/{provisional['machineVersionId']}", body={}))[0] == 200
+    assert (await api.call("PUT", f"/machines/m/v/{provisional['machineVersionId']}", body={}))[0] == 409
+    # an upload URL that was tampered with is refused
+    async with api.client.post("/code-uploads/version.ver_x.9999999999.forged", data=FormData()) as response:
+        assert response.status == 404
+
+
+async def test_key_scopes_and_presets(api: Api):
+    await api.deploy("toggle")
+    prod_id, prod_secret = await api.key(use="production")
+    ci_id, ci_secret = await api.key(use="ci")
+    explicit_id, explicit_secret = await api.key(use="production", scopes=["machines.read"])  # scopes win
+    prod = bearer(key_token(prod_id, prod_secret, {"sub": "u1"}))
+    ci = bearer(key_token(ci_id, ci_secret, {"sub": "ci"}))
+    explicit = bearer(key_token(explicit_id, explicit_secret, {"sub": "x"}))
+    assert (await api.call("POST", "/machines/toggle", headers=prod, body={"slug": "p1"}))[0] == 200
+    assert (await api.call("POST", "/machines/toggle/i/p1/events", headers=prod, body={"event": "toggle"}))[0] == 200
+    assert (await api.call("GET", "/machines/toggle/i/p1", headers=prod))[0] == 200
+    status, error = await api.call("GET", "/machines", headers=prod)
+    assert status == 403 and error["code"] == "missing-scope"
+    assert (await api.call("GET", "/machines", headers=ci))[0] == 200
+    assert (await api.call("POST", "/machines", headers=ci, body={"slug": "from-ci"}))[0] == 201
+    assert (await api.call("POST", "/machines/toggle/i/p1/events", headers=ci, body={"event": "toggle"}))[0] == 403
+    assert (await api.call("GET", "/machines", headers=explicit))[0] == 200
+    assert (await api.call("POST", "/machines/toggle", headers=explicit, body={"slug": "e1"}))[0] == 403
+    status, keys = await api.call("GET", "/keys")
+    assert {k["id"] for k in keys["keys"]} >= {prod_id, ci_id, explicit_id}
+    assert all("key" not in k and "secret" not in k for k in keys["keys"])
+    assert next(k for k in keys["keys"] if k["id"] == explicit_id)["scopes"] == ["machines.read"]
+    # a deleted key's tokens stop working at once
+    assert (await api.call("DELETE", f"/keys/{prod_id}"))[0] == 204
+    status, error = await api.call("GET", "/machines/toggle/i/p1", headers=prod)
+    assert status == 403 and error["code"] == "missing-user"
+    assert (await api.call("DELETE", f"/keys/{prod_id}"))[0] == 404
+
+
+async def test_tokens_that_must_be_refused(api: Api):
+    key_id, secret = await api.key(use="production")
+    for token in (
+        key_token(key_id, "sbsec_wrong_secret_of_at_least_32_bytes", {"sub": "u"}),  # forged
+        key_token(key_id, secret, {"sub": "u"}, expires_in=-60),  # expired
+        key_token("sbk_unknown", secret, {"sub": "u"}),  # unknown key
+        jwt.encode({"sub": "x"}, "whatever-secret-of-32-bytes-or-more!!", algorithm="HS256"),  # no kid
+        "not-a-jwt",
+    ):
+        status, error = await api.call("GET", "/machines/x/i/y", headers=bearer(token))
+        assert (status, error["code"]) == (403, "missing-user"), token
+    status, error = await api.call("GET", "/machines", headers={"content-type": "application/json"})
+    assert (status, error["code"]) == (403, "missing-user")
+    # a key of this org used with another org's header
+    status, error = await api.call(
+        "GET", "/machines/x/i/y", headers=bearer(key_token(key_id, secret, {}), **{"x-statebacked-org-id": "org_other"})
+    )
+    assert (status, error["code"]) == (403, "missing-org")
+
+
+async def test_admin_roles_orgs_and_impersonation(api: Api):
+    await api.deploy("guarded", GUARDED)
+    reader = bearer(await api.user_with_role("read"))
+    writer = bearer(await api.user_with_role("write"))
+    assert (await api.call("GET", "/machines", headers=reader))[0] == 200
+    assert (await api.call("POST", "/machines", headers=reader, body={"slug": "r"}))[0] == 403
+    assert (await api.call("POST", "/machines", headers=writer, body={"slug": "w"}))[0] == 201
+    assert (await api.call("POST", "/keys", headers=writer, body={"name": "k", "use": "ci"}))[0] == 403
+    # impersonation: only org admins may set x-statebacked-act, and it is the authContext
+    allowed = {"x-statebacked-act": json.dumps({"sub": "u-allowed"})}
+    status, error = await api.call("POST", "/machines/guarded", headers={**writer, **allowed}, body={"slug": "g1"})
+    assert (status, error["code"]) == (403, "missing-scope")
+    status, error = await api.call(
+        "POST",
+        "/machines/guarded",
+        headers=api.admin(**{"x-statebacked-act": '{"sub": "u-other"}'}),
+        body={"slug": "g1"},
+    )
+    assert (status, error["code"]) == (403, "rejected-by-machine-authorizer")
+    assert (await api.call("POST", "/machines/guarded", headers=api.admin(**allowed), body={"slug": "g1"}))[0] == 200
+    status, error = await api.call(
+        "GET", "/machines/guarded/i/g1", headers=api.admin(**{"x-statebacked-act": '{"sub": "nobody"}'})
+    )
+    assert (status, error["code"]) == (403, "rejected-by-machine-authorizer")
+    status, error = await api.call(
+        "POST", "/machines/guarded", headers=api.admin(**{"x-statebacked-act": "[1]"}), body={"slug": "g2"}
+    )
+    assert (status, error["parameter"]) == (400, "x-statebacked-act")
+    # an admin in several orgs must name one
+    status, created = await api.call("POST", "/orgs", body={"name": "second"})
+    assert status == 200 and created["id"].startswith("org_")
+    status, error = await api.call("GET", "/machines")
+    assert (status, error["code"]) == (400, "specify-org")
+    status, listed = await api.call("GET", "/machines", headers=api.admin(**{"x-statebacked-org-id": created["id"]}))
+    assert status == 200 and listed["machines"] == []
+    status, error = await api.call("GET", "/machines", headers=api.admin(**{"x-statebacked-org-id": "org_nope"}))
+    assert (status, error["code"]) == (403, "missing-org")
+
+    # an admin token of a user whose tokens were revoked
+    async def revoke(conn):
+        await conn.execute("UPDATE users SET token_generation = token_generation + 1")
+
+    await api.engine.store.write(revoke)
+    status, error = await api.call("GET", "/orgs")
+    assert (status, error["code"]) == (403, "missing-user")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "parameter"),
+    [
+        ("POST", "/machines", b"{not json", "body"),
+        ("POST", "/machines", b"[1, 2]", "body"),
+        ("POST", "/machines", b'{"slug": "has space"}', "slug"),
+        ("POST", "/machines", b'{"slug": "' + b"x" * 129 + b'"}', "slug"),
+        ("POST", "/machines", b'{"slug": "ok", "extra": 1}', "extra"),
+        ("POST", "/machines", b'{"slug": 5}', "slug"),
+        ("POST", "/keys", b'{"name": "k", "scopes": ["nope.read"]}', "scopes"),
+        ("POST", "/keys", b'{"name": "k"}', "use"),
+        ("POST", "/orgs", b'{"name": ""}', "name"),
+    ],
+)
+async def test_bad_input_gets_400_with_the_parameter_and_changes_nothing(api: Api, method, path, raw, parameter):
+    status, before = await api.call("GET", "/machines")
+    status, error = await api.call(method, path, data=raw)
+    assert status == 400 and error["code"] == "invalid-parameter" and error["parameter"] == parameter
+    assert isinstance(error["error"], str) and error["error"]
+    assert (await api.call("GET", "/machines"))[1] == before
+
+
+async def test_instance_bad_input(api: Api):
+    await api.deploy("toggle")
+    await api.call("POST", "/machines/toggle", body={"slug": "i1"})
+    cases = [
+        ("POST", "/machines/toggle/i/i1/events", {"event": 5}, "event"),
+        ("POST", "/machines/toggle/i/i1/events", {"event": {"no": "type"}}, "event"),
+        ("POST", "/machines/toggle/i/i1/events", {"event": {"type": "xstate.after(1)#x"}}, "event"),
+        ("POST", "/machines/toggle/i/i1/events", {"event": {"type": "big", "blob": "x" * 70_000}}, "event"),
+        ("POST", "/machines/toggle", {"slug": "i2", "context": [1]}, "context"),
+        ("PUT", "/machines/toggle/i/i1/status", {"status": "sleeping"}, "status"),
+    ]
+    for method, path, body, parameter in cases:
+        status, error = await api.call(method, path, body=body)
+        assert (status, error["code"], error.get("parameter")) == (400, "invalid-parameter", parameter), body
+    status, history = await api.call("GET", "/machines/toggle/i/i1/events")
+    assert len(history["transitions"]) == 1
+
+
+async def test_oversized_bodies_are_refused(api: Api):
+    status, error = await api.call("POST", "/machines", data=io.BytesIO(b'{"slug": "' + b"x" * 12_000_000 + b'"}'))
+    assert status == 413 and error["code"] == "invalid-parameter"
+
+
+async def test_cors_on_every_route_and_preflight(api: Api):
+    for path in ("/machines", "/machines/x/i/y/events", "/tokens", "/code-uploads/anything", "/nowhere"):
+        async with api.client.options(
+            path, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        ) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            assert "x-statebacked-act" in response.headers["Access-Control-Allow-Headers"]
+    async with api.client.get("/machines", headers={"Origin": "https://app.example"}) as response:
+        assert response.status == 403 and response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_no_request_gets_a_traceback(api: Api):
+    for method, path, raw in [
+        ("GET", "/machines/%ff", b""),
+        ("PUT", "/nothing-here", b"{}"),
+        ("POST", "/tokens", b"\x00\x01"),
+        ("GET", "/machines?cursor=@@@", b""),
+    ]:
+        async with api.client.request(method, path, data=raw, headers=api.admin()) as response:
+            text = await response.text()
+            assert response.status < 500, (path, text)
+            assert "Traceback" not in text
+            assert "code" in json.loads(text)
+
+
+async def test_anonymous_sessions_are_provisioned_with_new_orgs(api: Api):
+    status, org = await api.call("POST", "/orgs", body={"name": "public"})
+    org_id = org["id"]
+    admin = api.admin(**{"x-statebacked-org-id": org_id})
+    status, _ = await api.call("POST", "/machines", headers=admin, body={"slug": "toggle"})
+    status, provisional = await api.call("POST", "/machines/toggle/v", headers=admin)
+    await api.upload(provisional, TOGGLE, filename="t.ts", gzipped=False)
+    await api.call(
+        "PUT", f"/machines/toggle/v/{provisional['machineVersionId']}", headers=admin, body={"makeCurrent": True}
+    )
+    issuer = f"https://{org_id}.anonymous.auth.statebacked.dev"
+    now = int(time.time())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the key is the 26-byte org id, as the official client does
+        subject = jwt.encode(
+            {"aud": issuer, "iss": issuer, "iat": now, "exp": now + 86400, "sid": "s1", "did": "d1"},
+            org_id,
+            algorithm="HS256",
+        )
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "audience": f"https://tokens.statebacked.dev/{org_id}/anonymous-statebacked-dev",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token": subject,
+    }
+    async with api.client.post("/tokens", data=form) as response:
+        assert response.status == 200
+        exchanged = await response.json()
+    assert exchanged["token_type"] == "Bearer"
+    token = exchanged["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["act"] == {
+        "sid": "s1",
+        "did": "d1",
+        "auth": "anonymous",
+    }
+    status, state = await api.call("POST", "/machines/toggle", headers=bearer(token), body={"slug": "anon"})
+    assert status == 200 and state["state"] == "inactive"
+    form["audience"] = f"https://tokens.statebacked.dev/{org_id}/unknown-service"
+    async with api.client.post("/tokens", data=form) as response:
+        assert response.status == 403 and (await response.json())["code"] == "missing-user"
+
+
+async def test_billing_answers_with_the_configured_portal(api: Api):
+    status, error = await api.call("GET", "/billing")
+    assert status == 404 and error["code"] == "not-found"
