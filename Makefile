@@ -6,10 +6,11 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
+COMPATSTAMP := tests/compat/node_modules/.installed
 
 .PHONY: setup run test test-fast lint typecheck format bench clean
 
-setup: $(STAMP) $(NPMSTAMP)
+setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,8 +23,14 @@ $(NPMSTAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NPMSTAMP)
 
+# The official State Backed packages (smply, @statebacked/client, @statebacked/token), pinned, for
+# the interoperability tests in tests/compat.
+$(COMPATSTAMP): tests/compat/package.json tests/compat/package-lock.json
+	cd tests/compat && npm ci --no-audit --no-fund --loglevel=error
+	touch $(COMPATSTAMP)
+
 run: setup
-	$(VENV)/bin/statehost run fixtures/machines/toggle/v4/machine.ts --event toggle --event toggle --event toggle
+	$(VENV)/bin/statehost serve
 
 test: setup
 	$(VPY) -m pytest -q

@@ -19,6 +19,7 @@ from .config import Settings
 from .engine import DurableEngine
 from .errors import ApiError
 from .exchange import JwksCache
+from .openapi import document
 from .routes import instances, machines, orgs, providers
 from .routes.common import ENGINE, JWKS, SECRETS, SETTINGS
 
@@ -108,6 +109,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
     app.cleanup_ctx.append(lifecycle)
     for module in (orgs, machines, instances, providers):
         app.router.add_routes(module.routes)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document(settings.public_url))
+
+    app.router.add_get("/openapi.json", openapi)
     # smply's `invitations accept` sends PUT /{code} (wire-api 3.15): registered last, so that it
     # never shadows a real route.
     app.router.add_put("/invitations/{code}", orgs.accept_invitation)

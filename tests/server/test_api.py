@@ -492,3 +492,24 @@ async def test_anonymous_sessions_are_provisioned_with_new_orgs(api: Api):
 async def test_billing_answers_with_the_configured_portal(api: Api):
     status, error = await api.call("GET", "/billing")
     assert status == 404 and error["code"] == "not-found"
+
+
+async def test_the_openapi_document_describes_every_registered_route(api: Api):
+    async with api.client.get("/openapi.json") as response:
+        assert response.status == 200
+        doc = await response.json()
+    assert doc["openapi"].startswith("3.")
+    registered = set()
+    for route in api.client.app.router.routes():
+        if route.method in ("HEAD", "OPTIONS"):
+            continue
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("formatter") or info.get("path")
+        registered.add((route.method.lower(), path))
+    described = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+
+    # the document names path parameters as the wire spec does; compare on the path's shape
+    def shape(path: str) -> str:
+        return "/".join("{}" if part.startswith("{") else part for part in path.split("/"))
+
+    assert {(m, shape(p)) for m, p in registered} == {(m, shape(p)) for m, p in described}
