@@ -284,9 +284,11 @@ class Store(DirectoryMixin):
                     op.future.set_result(result)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        # One job on the connection's thread: execute and fetch everything at once. With separate
+        # execute and fetch jobs, a concurrent query's open statement keeps the connection's WAL read
+        # transaction alive, and reads keep seeing an old snapshot (stale instance seq numbers).
         assert self._reader is not None, "the store is not open"
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self._read(sql, params)
