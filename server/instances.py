@@ -16,7 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from runtime.settle import Delivery, Inbox, WindowResult
 from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
 from .store import InstanceRow, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
 
-__all__ = ["InstanceService", "InstanceState", "TimerDelivery"]
+__all__ = ["Committed", "InstanceService", "InstanceState", "TimerDelivery"]
 
 log = logging.getLogger("statehost.instances")
 
@@ -76,6 +76,18 @@ class InstanceState:
 
 
 TimerDelivery = Literal["delivered", "retry", "retry-paused", "gone"]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """One transition, after its commit: what subscribers are told."""
+
+    org_id: str
+    machine_id: int
+    machine_slug: str
+    instance_name: str
+    version_id: str
+    state: InstanceState
 
 
 @dataclass(eq=False)
@@ -153,6 +165,10 @@ class InstanceService:
         self._actors: dict[tuple[int, str], tuple[Inbox, asyncio.Task[None]]] = {}
         self._open: dict[tuple[int, str], set[_Request]] = {}
         self._detached: set[asyncio.Task[Any]] = set()
+        self.index_values: Callable[[str, Any], Awaitable[dict[str, list[str]]]] | None = None
+        """(version id, context) -> index entries, computed for every round with transitions."""
+        self.on_commit: Callable[[Committed], None] | None = None
+        """Told of every committed transition, in order, after its commit (real-time fan-out)."""
         """Committed effects still running after their window settled (runtime WindowResult.detached)."""
         """Requests not answered yet, per instance (so that a cut window can answer them all)."""
         self._prepared: collections.OrderedDict[str, PreparedMachine] = collections.OrderedDict()
@@ -483,8 +499,12 @@ class InstanceService:
         request = window.request
         timer = tag.timer if isinstance(tag, _Request) else None
         context = round_.transitions[-1].context if round_.transitions else (window.view.context if window.view else {})
+        index_values = None
+        if transitions and self.index_values is not None:
+            index_values = await self.index_values(window.version_id, context)
         commit = RoundCommit(
             instance_id=window.instance_id or 0,
+            index_values=index_values,
             expected_seq=window.seq - len(transitions),
             persisted=round_.persisted,
             version_id=window.version_id,
@@ -506,6 +526,26 @@ class InstanceService:
         if transitions:
             last = transitions[-1]
             window.view = InstanceState(last.ts, last.state, last.public_context, tuple(last.tags), last.done, context)
+            if self.on_commit is not None:
+                for record, transition in zip(transitions, round_.transitions, strict=True):
+                    view = InstanceState(
+                        record.ts,
+                        record.state,
+                        record.public_context,
+                        tuple(record.tags),
+                        record.done,
+                        transition.context,
+                    )
+                    self.on_commit(
+                        Committed(
+                            request.org_id,
+                            request.machine_id,
+                            request.machine_slug,
+                            request.instance_name,
+                            window.version_id,
+                            view,
+                        )
+                    )
         if isinstance(tag, _Request) and tag is not request:
             window.participants.append(tag)
         if timer_ops:

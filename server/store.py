@@ -129,6 +129,8 @@ class RoundCommit:
     """The full context after the last transition (the admin view)."""
     timer_ops: Sequence[tuple[Literal["set", "cancel", "cancel_all"], Any]] = ()
     """In the order they happened: ("set", TimerSet) | ("cancel", key) | ("cancel_all", None)."""
+    index_values: Mapping[str, Sequence[str]] | None = None
+    """The instance's index entries after this round (name -> values); None leaves them as they are."""
     delete_timer_id: int | None = None
     """The timer whose delivery produced this round: removed with its transition."""
     logs: Sequence[LogRecord] = ()
@@ -549,6 +551,12 @@ class Store(DirectoryMixin):
                 await conn.execute("DELETE FROM timers WHERE instance_id = ?", (commit.instance_id,))
         if commit.delete_timer_id is not None:
             await conn.execute("DELETE FROM timers WHERE id = ?", (commit.delete_timer_id,))
+        if commit.index_values is not None:
+            await conn.execute("DELETE FROM index_entries WHERE instance_id = ?", (commit.instance_id,))
+            await conn.executemany(
+                "INSERT OR IGNORE INTO index_entries (instance_id, index_name, value) VALUES (?, ?, ?)",
+                [(commit.instance_id, name, value) for name, values in commit.index_values.items() for value in values],
+            )
         if commit.logs:
             await self._insert_logs(
                 conn, commit.org_id, commit.machine_slug, commit.instance_name, commit.version_id, commit.logs
