@@ -14,14 +14,16 @@ from aiohttp import web
 
 from runtime import Bundler, Clock
 
+from . import indexes as instance_indexes
 from .bootstrap import bootstrap
 from .config import Settings
 from .engine import DurableEngine
 from .errors import ApiError
 from .exchange import JwksCache
 from .openapi import document
-from .routes import instances, machines, orgs, providers
-from .routes.common import ENGINE, JWKS, SECRETS, SETTINGS
+from .routes import indexes, instances, logs, machines, orgs, providers, realtime
+from .routes.common import ENGINE, HUB, JWKS, SECRETS, SETTINGS
+from .subscriptions import Hub
 
 __all__ = ["create_app"]
 
@@ -92,22 +94,27 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await engine.start()
+        instance_indexes.attach(engine)  # before any await: no round may commit without its index entries
         now = engine.clock.now_ms()
         app[SECRETS] = {
             "admin": await engine.store.server_secret("admin-token-key", now),
             "uploads": await engine.store.server_secret("upload-signing-key", now),
         }
         app[JWKS] = JwksCache(engine.transport, clock=lambda: engine.clock.now_ms() / 1000)
+        hub = Hub(engine.instances)
+        app[HUB] = hub
+        engine.instances.on_commit = hub.publish
         if settings.bootstrap_file is not None:
             url = settings.public_url or f"http://{settings.host}:{settings.port}"
             await bootstrap(
                 engine, app[SECRETS]["admin"], url, settings.bootstrap_file, settings.admin_token_lifetime_s
             )
         yield
+        await hub.close()
         await engine.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    for module in (orgs, machines, instances, providers):
+    for module in (orgs, machines, instances, providers, realtime, logs, indexes):
         app.router.add_routes(module.routes)
 
     async def openapi(request: web.Request) -> web.Response:

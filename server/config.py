@@ -45,6 +45,9 @@ class Settings:
     """What GET /billing answers; without it, 404."""
     admin_token_lifetime_s: int = 365 * 86_400
     """Lifetime of admin tokens issued by the server (bootstrap, ``statehost login``)."""
+    rt_idle_timeout_s: float = 900.0
+    """A real-time socket that sends nothing (not even the client's 5-minute ping) for this long is
+    closed (wire-api 4.4: at least 10 minutes)."""
     bootstrap_file: Path | None = None
     """Where first start writes the admin credentials (``statehost serve`` sets <data-dir>/admin.json)."""
     shutdown_grace_s: float = 10.0

@@ -14,11 +14,11 @@ and re-signed with the token provider's key. Every failure is 403 ``missing-user
 
 Mapping language (2.8): a key ending in ``.$`` takes the value at a JSONPath of the input; other keys
 are constants, except objects, which are mapped recursively (arrays are constants, never mapped).
-The JSONPath subset is ``$``, ``.name``, ``[0]``, ``['name']`` and ``["name"]``; wildcards, slices,
-filters and recursive descent are refused. Steps follow JavaScript property access: ``[0]`` on an
-object reads key ``"0"``, ``.0`` on an array reads index 0. **A path that matches nothing omits the
-key** from the output (as JavaScript's ``JSON.stringify`` drops an ``undefined`` value); a JSON
-``null`` in the input is a match and is copied.
+The JSONPath subset (server/jsonpath.py) is ``$``, ``.name``, ``[0]``, ``['name']`` and
+``["name"]``; wildcards, slices, filters and recursive descent are refused. Steps follow JavaScript
+property access: ``[0]`` on an object reads key ``"0"``, ``.0`` on an array reads index 0. **A path
+that matches nothing omits the key** from the output (as JavaScript's ``JSON.stringify`` drops an
+``undefined`` value); a JSON ``null`` in the input is a match and is copied.
 
 Choices where the spec is silent:
 
@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from runtime import FetchError, FetchRequest, Limits, Transport
 
+from . import jsonpath
 from .errors import InvalidParameter, MissingUser
 
 if TYPE_CHECKING:
@@ -151,80 +152,7 @@ class ExchangeDirectory(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Mapping language
-
-_MISSING = object()
-_DOT_NAME = re.compile(r"[^.\[\]'\"\s*]+")
-_INDEX = re.compile(r"\[\s*(\d+)\s*\]")
-_QUOTED = re.compile(r"""\[\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*\]""")
-_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-
-@functools.lru_cache(maxsize=1024)
-def _parse_path(path: str) -> tuple[str | int, ...]:
-    """The steps of a JSONPath of the supported subset; ValueError says why a path is not one."""
-    if not path.startswith("$"):
-        raise ValueError("a JSONPath starts with $")
-    steps: list[str | int] = []
-    i = 1
-    while i < len(path):
-        if path.startswith("..", i):
-            raise ValueError("recursive descent (..) is not supported")
-        if path[i] == ".":
-            match = _DOT_NAME.match(path, i + 1)
-            if match is None:
-                raise ValueError(f"expected a property name at offset {i + 1}")
-            steps.append(match.group())
-            i = match.end()
-        elif path[i] == "[":
-            index = _INDEX.match(path, i)
-            quoted = _QUOTED.match(path, i) if index is None else None
-            if index is not None:
-                steps.append(int(index.group(1)))
-                i = index.end()
-            elif quoted is not None:
-                raw = quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
-                steps.append(_unescape(raw))
-                i = quoted.end()
-            else:
-                raise ValueError(f"only [<index>], ['name'] and [\"name\"] are supported (offset {i})")
-        else:
-            raise ValueError(f"unexpected {path[i]!r} at offset {i}")
-    return tuple(steps)
-
-
-def _unescape(raw: str) -> str:
-    out: list[str] = []
-    chars = iter(raw)
-    for ch in chars:
-        if ch != "\\":
-            out.append(ch)
-            continue
-        nxt = next(chars)  # the regex guarantees a character after each backslash
-        if nxt not in _ESCAPES:
-            raise ValueError(f"unsupported escape \\{nxt}")
-        out.append(_ESCAPES[nxt])
-    return "".join(out)
-
-
-def _lookup(value: Any, steps: Sequence[str | int]) -> Any:
-    for step in steps:
-        if isinstance(value, Mapping):
-            key = str(step)
-            if key not in value:
-                return _MISSING
-            value = value[key]
-        elif isinstance(value, list):
-            if isinstance(step, str):
-                if not (step.isascii() and step.isdigit() and (step == "0" or not step.startswith("0"))):
-                    return _MISSING
-                step = int(step)
-            if step >= len(value):
-                return _MISSING
-            value = value[step]
-        else:
-            return _MISSING
-    return value
+# Mapping language (the JSONPath subset lives in server/jsonpath.py)
 
 
 def _check_mapping(mapping: object, where: str, depth: int) -> None:
@@ -243,7 +171,7 @@ def _check_mapping(mapping: object, where: str, depth: int) -> None:
             if not isinstance(value, str):
                 raise InvalidParameter(f"{where}.{key} must be a JSONPath string", parameter="mapping")
             try:
-                _parse_path(value)
+                jsonpath.parse(value)
             except ValueError as exc:
                 raise InvalidParameter(f"{where}.{key}: invalid JSONPath {value}: {exc}", parameter="mapping") from None
         elif isinstance(value, Mapping):
@@ -271,11 +199,11 @@ def apply_mapping(mapping: Mapping[str, Any], claims: Mapping[str, Any]) -> dict
             if not isinstance(value, str):
                 raise InvalidParameter(f"mapping key {key!r} must have a JSONPath string", parameter="mapping")
             try:
-                steps = _parse_path(value)
+                steps = jsonpath.parse(value)
             except ValueError as exc:
                 raise InvalidParameter(f"invalid JSONPath {value} at {key!r}: {exc}", parameter="mapping") from None
-            found = _lookup(claims, steps)
-            if found is not _MISSING:
+            found = jsonpath.select(claims, steps)
+            if found is not jsonpath.MISSING:
                 out[key[:-2]] = copy.deepcopy(found)
         elif isinstance(value, Mapping):
             out[key] = apply_mapping(value, claims)

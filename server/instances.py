@@ -302,15 +302,29 @@ class InstanceService:
         row = await self.store.find_instance(machine_id, instance_name)
         if row is None:
             raise NotFound(f"instance {instance_name!r} not found")
-        if auth_context is not None:
-            prepared = await self._prepared_machine(row.version_id)
-            decision = await self.executor.run(
-                prepared.authorize_read, ReadRequest(row.name, row.state, row.context, auth_context)
-            )
-            await self._store_logs(row.org_id, row.machine_slug, row.name, row.version_id, decision.logs)
-            if not decision.allowed:
-                raise Rejected("the machine's authorizer rejected the request")
+        if auth_context is not None and not await self.may_read(
+            row.version_id, row.org_id, row.machine_slug, row.name, row.state, row.context, auth_context
+        ):
+            raise Rejected("the machine's authorizer rejected the request")
         return InstanceState.of(row)
+
+    async def may_read(
+        self,
+        version_id: str,
+        org_id: str,
+        machine_slug: str,
+        instance_name: str,
+        state: Any,
+        context: Any,
+        auth_context: Mapping[str, Any],
+    ) -> bool:
+        """The machine's allowRead for this state (a throw or a limit is a logged denial)."""
+        prepared = await self._prepared_machine(version_id)
+        decision = await self.executor.run(
+            prepared.authorize_read, ReadRequest(instance_name, state, context, auth_context)
+        )
+        await self._store_logs(org_id, machine_slug, instance_name, version_id, decision.logs)
+        return decision.allowed
 
     async def _submit(self, request: _Request) -> InstanceState:
         if self._closing:
@@ -588,4 +602,6 @@ async def _never() -> bool:
 
 
 def _record(line: LogLine, now: int) -> LogRecord:
-    return LogRecord(line.time_ms or now, line.stream, line.level, line.text)
+    """Log lines are stamped with their commit time (the guest's clock is frozen at the step's start,
+    and readers page through logs by time: wire-api 5)."""
+    return LogRecord(now, line.stream, line.level, line.text)

@@ -112,6 +112,14 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
         204,
         "DeleteInstance",
     ),
+    (
+        "GET",
+        "/machines/{machine}/indexes/{index}/query",
+        "Instances by index value (query: op+value, dir asc|desc, limit 1-1000, cursor)",
+        "indexes.read",
+        200,
+        None,
+    ),
     ("GET", "/idps", "List identity providers (keys are never listed)", "tokens.admin", 200, None),
     ("POST", "/idps", "Upsert an identity provider (by aud and iss)", "tokens.admin", 204, "IdentityProvider"),
     ("DELETE", "/idps", "Delete an identity provider", "tokens.admin", 204, "IdentityProviderId"),
@@ -129,6 +137,15 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
     ),
     ("PUT", "/invitations/{code}", "Accept an invitation", "admin token", 200, None),
     ("PUT", "/{code}", "Accept an invitation (the path smply 0.1.18 sends)", "admin token", 200, None),
+    (
+        "GET",
+        "/logs",
+        "Log lines after `from` (exclusive), at most 100, never splitting a millisecond",
+        "logs.read",
+        200,
+        None,
+    ),
+    ("GET", "/rt", "Real-time subscriptions (WebSocket; token in the query)", "state.read", 101, None),
     ("GET", "/openapi.json", "This document", None, 200, None),
 ]
 

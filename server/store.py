@@ -178,6 +178,7 @@ class Store(DirectoryMixin):
         self._writer_task: asyncio.Task[None] | None = None
         self.batches = 0
         """Transactions committed by the writer (bench/ reads it to show batching)."""
+        self._last_log_ms = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -187,6 +188,8 @@ class Store(DirectoryMixin):
         await self._migrate(self._writer)
         self._reader = await self._connect()
         await self._reader.execute("PRAGMA query_only = ON")
+        newest = await self._read_one("SELECT MAX(ts_ms) AS ts FROM logs")
+        self._last_log_ms = int(newest["ts"]) if newest is not None and newest["ts"] is not None else 0
         self._writer_task = asyncio.create_task(self._write_loop(), name="statehost-store-writer")
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -660,13 +663,18 @@ class Store(DirectoryMixin):
         version_id: str | None,
         lines: Sequence[LogRecord],
     ) -> None:
+        # Log timestamps never go backwards in insertion (= commit) order, so a reader that has seen
+        # up to time T can never later find a committed line before T (GET /logs, wire-api 5).
+        rows = []
+        for line in lines:
+            self._last_log_ms = max(self._last_log_ms, line.ts_ms)
+            rows.append(
+                (org_id, machine_slug, instance_name, version_id, self._last_log_ms, line.stream, line.level, line.text)
+            )
         await conn.executemany(
             "INSERT INTO logs (org_id, machine_slug, instance_name, version_id, ts_ms, stream, level, text)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (org_id, machine_slug, instance_name, version_id, line.ts_ms, line.stream, line.level, line.text)
-                for line in lines
-            ],
+            rows,
         )
 
     async def insert_logs(
@@ -684,6 +692,44 @@ class Store(DirectoryMixin):
             await self._insert_logs(conn, org_id, machine_slug, instance_name, version_id, lines)
 
         await self.write(op)
+
+    async def logs_after(
+        self,
+        org_id: str,
+        after_ms: int,
+        *,
+        to_ms: int | None = None,
+        machine_slug: str | None = None,
+        instance_name: str | None = None,
+        version_id: str | None = None,
+        limit: int = 100,
+    ) -> list[sqlite3.Row]:
+        """Log lines strictly after ``after_ms`` (at most ``limit``, never splitting a millisecond)."""
+        where, params = ["org_id = ?", "ts_ms > ?"], [org_id, after_ms]
+        for column, value in (
+            ("machine_slug", machine_slug),
+            ("instance_name", instance_name),
+            ("version_id", version_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if to_ms is not None:
+            where.append("ts_ms <= ?")
+            params.append(to_ms)
+        sql = (
+            "SELECT id, org_id, machine_slug, instance_name, version_id, ts_ms, stream, text FROM logs"
+            f" WHERE {' AND '.join(where)} ORDER BY ts_ms, id"
+        )
+        rows = await self._read(f"{sql} LIMIT ?", [*params, limit + 1])
+        if len(rows) <= limit:
+            return rows
+        cut = rows[limit]["ts_ms"]
+        kept = [r for r in rows[:limit] if r["ts_ms"] < cut]
+        if kept:
+            return kept
+        # One millisecond holds more than a page: return that whole millisecond.
+        return await self._read(f"SELECT * FROM ({sql}) WHERE ts_ms = ?", [*params, cut])
 
     async def logs(self, org_id: str, *, instance_name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         extra, params = "", [org_id]

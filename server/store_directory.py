@@ -20,7 +20,7 @@ import aiosqlite
 from .errors import Conflict, InvalidParameter, NotFound
 from .ids import new_id
 
-__all__ = ["DirectoryMixin", "MachineRow", "Page", "VersionInfo"]
+__all__ = ["INDEX_OPERATORS", "DirectoryMixin", "MachineRow", "Page", "VersionInfo"]
 
 PAGE_SIZE = 100
 T = TypeVar("T")
@@ -55,6 +55,27 @@ def _dumps(value: Any) -> str:
 
 def encode_cursor(created_ms: int, key: str | int) -> str:
     return base64.urlsafe_b64encode(_dumps([created_ms, key]).encode()).rstrip(b"=").decode()
+
+
+INDEX_OPERATORS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+"""The index query's ``op`` values and their SQL operators (wire-api 3.10)."""
+
+
+def encode_index_cursor(value: str, name: str) -> str:
+    return base64.urlsafe_b64encode(_dumps([value, name]).encode()).rstrip(b"=").decode()
+
+
+def decode_index_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value, name = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter("the cursor is not one this server issued", parameter="cursor") from exc
+    if not isinstance(value, str) or not isinstance(name, str):
+        raise InvalidParameter("the cursor is not one this server issued", parameter="cursor")
+    return value, name
 
 
 def decode_cursor(cursor: str | None) -> tuple[int, Any] | None:
@@ -381,6 +402,57 @@ class DirectoryMixin:
             (machine_id,),
         )
         return [(r["from_version_id"], r["to_version_id"]) for r in rows]
+
+    # -- indexes (wire-api 3.10) ----------------------------------------------------------------------
+    # The entries themselves are written by Store.commit_round (RoundCommit.index_values), in the
+    # transaction of the round that produced them.
+
+    async def version_selectors(self, version_id: str | None) -> dict[str, str]:
+        """A version's index selectors (index name -> JSONPath); {} for no or an unknown version."""
+        if version_id is None:
+            return {}
+        row = await self._read_one("SELECT index_selectors_json FROM machine_versions WHERE id = ?", (version_id,))
+        if row is None:
+            return {}
+        selectors = json.loads(row["index_selectors_json"])
+        return {str(k): v for k, v in selectors.items() if isinstance(v, str)} if isinstance(selectors, dict) else {}
+
+    async def index_query(
+        self,
+        machine_id: int,
+        index: str,
+        op: str | None,
+        value: str | None,
+        descending: bool,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[tuple[str, str]], str | None]:
+        """One page of ``index`` of a machine: (index value, instance name) pairs, in (value, name) order.
+
+        ``op`` (a key of :data:`INDEX_OPERATORS`) compares each entry's value with ``value``; None
+        selects every entry. Values compare as SQLite's BINARY collation does, i.e. by Unicode code
+        point. Keyset pagination on (value, name), which is unique within an index: the cursor is
+        the base64url of the page's last pair, so paging neither repeats nor skips an entry that
+        did not change in between. The next cursor is None on the last page.
+        """
+        after = decode_index_cursor(cursor)
+        where = ["i.machine_id = ?", "e.index_name = ?"]
+        params: list[Any] = [machine_id, index]
+        if op is not None:
+            where.append(f"e.value {INDEX_OPERATORS[op]} ?")
+            params.append(value)
+        if after is not None:
+            where.append(f"(e.value, i.name) {'<' if descending else '>'} (?, ?)")
+            params.extend(after)
+        order = "DESC" if descending else "ASC"
+        rows = await self._read(
+            "SELECT e.value AS value, i.name AS name FROM index_entries e JOIN instances i ON i.id = e.instance_id"
+            f" WHERE {' AND '.join(where)} ORDER BY e.value {order}, i.name {order} LIMIT ?",
+            [*params, limit + 1],
+        )
+        pairs = [(str(r["value"]), str(r["name"])) for r in rows[:limit]]
+        more = len(rows) > limit
+        return pairs, (encode_index_cursor(*pairs[-1]) if more and pairs else None)
 
     # -- identity and token providers -----------------------------------------------------------------
 

@@ -14,9 +14,11 @@ from ..config import Settings
 from ..engine import DurableEngine
 from ..errors import InvalidParameter
 from ..exchange import JwksCache
+from ..subscriptions import Hub
 
 __all__ = [
     "ENGINE",
+    "HUB",
     "JWKS",
     "SECRETS",
     "SETTINGS",
@@ -33,6 +35,8 @@ ENGINE = web.AppKey("engine", DurableEngine)
 SETTINGS = web.AppKey("settings", Settings)
 SECRETS = web.AppKey("secrets", dict)
 JWKS = web.AppKey("jwks", JwksCache)
+HUB = web.AppKey("hub", Hub)
+"""Real-time subscriptions (server.subscriptions.Hub)."""
 """The identity providers' JWKS cache (server.exchange.JwksCache)."""
 """Server secrets loaded at start: {"admin": ..., "uploads": ...}."""
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from runtime import BundleError, InvalidMachineError, Upload
 
 from ..errors import Conflict, InvalidParameter
+from ..indexes import check_selectors, inherit_selectors
 from ..store_directory import VersionInfo
 from ..uploads import read_upload, sign_id, unsign_id, upload_token, verify_upload_token
 from .common import ENGINE, SECRETS, caller, iso, json_body, name, ok, only, page_response, public_base
@@ -167,6 +168,7 @@ async def finalize_version(request: web.Request) -> web.Response:
     unknown = sorted(set(selectors) - set(machine.indexes))
     if unknown:
         raise InvalidParameter(f"{unknown[0]!r} is not an index of this machine", parameter="indexSelectors")
+    check_selectors(selectors)
     if major is not None and major not in (4, 5):
         raise InvalidParameter("xstateMajor must be 4 or 5", parameter="xstateMajor")
     upload = Upload(_js_name(row["source_name"]), bytes(row["source"]), xstate_major=major)
@@ -174,6 +176,9 @@ async def finalize_version(request: web.Request) -> web.Response:
         bundle, prepared = await engine.instances.prepare_upload(upload)
     except (BundleError, InvalidMachineError) as exc:
         raise InvalidParameter(str(exc), parameter="code") from None
+    # omitted selectors inherit the current version's (read now: bundling may have taken a while)
+    current = await engine.store.version_selectors(await engine.store.current_version_id(machine.id))
+    selectors = inherit_selectors(selectors, current, machine.indexes)
     await engine.store.finalize_version(
         version_id,
         bundle=bundle.code,

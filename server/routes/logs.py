@@ -1,0 +1,60 @@
+"""``GET /logs`` (wire-api section 5): pages of log lines that ``logs.watch`` and ``smply logs
+watch`` can poll without busy-looping or repeating lines.
+
+``from`` is exclusive, so the next call continues with ``from = maxTimestamp``; a page never splits
+a millisecond; when nothing is new, ``maxTimestamp`` echoes ``from`` in ``toISOString()`` form (the
+client then sleeps instead of polling again at once).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from aiohttp import web
+
+from ..errors import InvalidParameter
+from .common import ENGINE, caller, iso, ok
+
+routes = web.RouteTableDef()
+
+
+def _instant(request: web.Request, parameter: str) -> int | None:
+    raw = request.query.get(parameter)
+    if raw is None or raw == "":
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidParameter(f"{parameter} must be an ISO-8601 instant", parameter=parameter) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@routes.get("/logs")
+async def logs(request: web.Request) -> web.Response:
+    org = (await caller(request)).require("logs.read")
+    from_ms = _instant(request, "from")
+    if from_ms is None:
+        raise InvalidParameter("from is required", parameter="from")
+    rows = await request.app[ENGINE].store.logs_after(
+        org,
+        from_ms,
+        to_ms=_instant(request, "to"),
+        machine_slug=request.query.get("machine") or None,
+        instance_name=request.query.get("instance") or None,
+        version_id=request.query.get("version") or None,
+    )
+    entries = [
+        {
+            "timestamp": iso(r["ts_ms"]),
+            "orgId": r["org_id"],
+            "machineName": r["machine_slug"],
+            "instanceName": r["instance_name"],
+            "machineVersionId": r["version_id"],
+            "outputType": r["stream"],
+            "log": r["text"],
+        }
+        for r in rows
+    ]
+    return ok({"maxTimestamp": iso(rows[-1]["ts_ms"]) if rows else iso(from_ms), "logs": entries})

@@ -1,0 +1,117 @@
+"""``GET /rt``: the real-time WebSocket (wire-api section 4).
+
+The upgrade is never refused: a bad or expired token is answered per subscribe with an ``error``
+(403 missing-user), because the official client reconnects in a tight loop when an upgrade fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..auth import authenticate
+from ..errors import ApiError, NotFound, Rejected
+from ..instances import InstanceState
+from ..subscriptions import Connection, Hub, Subscription, update_message
+from .common import ENGINE, HUB, SECRETS, SETTINGS
+
+routes = web.RouteTableDef()
+
+
+def _error(request_id: Any, exc: ApiError) -> str:
+    return json.dumps({"type": "error", "requestId": request_id, "status": exc.status, "code": exc.code})
+
+
+@routes.get("/rt")
+async def realtime(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    hub = request.app[HUB]
+    ws = web.WebSocketResponse(max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    caller, auth_error = None, None
+    try:
+        caller = await authenticate(
+            engine.store,
+            request.query.get("token"),
+            org_header=request.query.get("x-statebacked-org-id") or None,
+            act_header=None,
+            now_s=engine.clock.now_ms() // 1000,
+            admin_secret=request.app[SECRETS]["admin"],
+        )
+    except ApiError as exc:
+        auth_error = exc
+    connection = Connection(ws, caller, auth_error)
+    hub.connections.add(connection)
+    writer = asyncio.create_task(connection.writer())
+    idle = request.app[SETTINGS].rt_idle_timeout_s
+    try:
+        while True:
+            try:
+                message = await ws.receive(timeout=idle)
+            except TimeoutError:
+                await ws.close(code=1000, message=b"idle")
+                break
+            if message.type != WSMsgType.TEXT:
+                break
+            try:
+                data = json.loads(message.data)
+            except ValueError:
+                continue  # like the client: frames that cannot be parsed are ignored
+            if isinstance(data, dict):
+                await _handle(request, hub, connection, data)
+    finally:
+        hub.drop(connection)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            await writer
+    return ws
+
+
+async def _handle(request: web.Request, hub: Hub, connection: Connection, data: dict[str, Any]) -> None:
+    kind, request_id = data.get("type"), data.get("requestId")
+    if kind == "unsubscribe-from-instance":
+        subscription = connection.subscriptions.get(str(request_id))
+        if subscription is not None:
+            hub.remove(subscription)
+        return
+    if kind != "subscribe-to-instance" or str(request_id) in connection.subscriptions:
+        return  # pings, unknown types, and repeated subscribes are no-ops
+    try:
+        await _subscribe(request, hub, connection, str(request_id), data)
+    except ApiError as exc:
+        connection.send(_error(request_id, exc))
+
+
+async def _subscribe(
+    request: web.Request, hub: Hub, connection: Connection, request_id: str, data: dict[str, Any]
+) -> None:
+    if connection.caller is None:
+        raise connection.auth_error if isinstance(connection.auth_error, ApiError) else NotFound("no caller")
+    org = connection.caller.require("state.read")
+    machine_slug, instance_name = data.get("machineName"), data.get("machineInstanceName")
+    if not isinstance(machine_slug, str) or not isinstance(instance_name, str):
+        raise NotFound("subscribe needs machineName and machineInstanceName")
+    engine = request.app[ENGINE]
+    machine = await engine.store.machine(org, machine_slug)
+    subscription = Subscription(
+        connection, request_id, machine.id, machine_slug, instance_name, connection.caller.auth_context
+    )
+    # Registered before the current state is read, so no committed update can fall in between.
+    hub.add(subscription)
+    try:
+        row = await engine.store.find_instance(machine.id, instance_name)
+        if row is None:
+            raise NotFound(f"instance {instance_name!r} not found")
+        if not await engine.instances.may_read(
+            row.version_id, org, machine_slug, instance_name, row.state, row.context, subscription.auth_context
+        ):
+            raise Rejected("the machine's authorizer rejected the subscription")
+    except ApiError:
+        hub.remove(subscription)
+        raise
+    state = InstanceState.of(row)
+    subscription.offer(state.ts, update_message(machine_slug, instance_name, state))
