@@ -48,8 +48,16 @@ class Server:
             with log_path.open("w") as log:
                 self.process = subprocess.Popen(
                     [
-                        sys.executable, "-m", "server", "serve",
-                        "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data),
+                        sys.executable,
+                        "-m",
+                        "server",
+                        "serve",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.port),
+                        "--data-dir",
+                        str(self.data),
                     ],
                     cwd=ROOT,
                     stdout=log,
@@ -132,7 +140,7 @@ def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
     data.mkdir()
     server = Server(_free_port(), data, tmp_path)
     server.start()
-    try:
+    try:  # on failure the server is killed; on success it must stop cleanly
         credentials = json.loads((data / "admin.json").read_text())
         home = tmp_path / "home"
         home.mkdir()
@@ -209,8 +217,16 @@ def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
         with watch_out.open("w") as out:
             watch = subprocess.Popen(
                 [
-                    str(SMPLY), "--api-url", srv["url"],
-                    "logs", "watch", "--machine", MACHINE, "--instance", INSTANCE, "--from=-1h",
+                    str(SMPLY),
+                    "--api-url",
+                    srv["url"],
+                    "logs",
+                    "watch",
+                    "--machine",
+                    MACHINE,
+                    "--instance",
+                    INSTANCE,
+                    "--from=-1h",
                 ],
                 cwd=HERE,
                 env={**os.environ, "HOME": str(home)},
@@ -241,9 +257,7 @@ def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
         got = seen()
         for line in lines:
             assert got.count(line) == 1, f"smply logs watch printed {line!r} {got.count(line)} times: {got}"
-    finally:
-        try:
-            if server.process is not None:
-                server.stop()
-        finally:
-            server.kill()
+    except BaseException:
+        server.kill()
+        raise
+    server.stop()
