@@ -52,6 +52,7 @@ format: setup
 bench: setup
 	$(VPY) -m bench.runtime_steps
 	$(VPY) -m bench.engine_throughput
+	$(VPY) -m bench.realtime_fanout
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

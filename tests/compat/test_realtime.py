@@ -154,7 +154,19 @@ def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
 
         created = first_json(smply(srv, "machines", "create", "--machine", MACHINE, "--node", "realtime.ts"))
         assert created["currentVersion"]["machineVersionId"].startswith("ver_"), created
-        instance = first_json(smply(srv, "instances", "create", "--machine", MACHINE, "--instance", INSTANCE))
+        instance = first_json(
+            smply(
+                srv,
+                "instances",
+                "create",
+                "--machine",
+                MACHINE,
+                "--instance",
+                INSTANCE,
+                "--auth-context",
+                '{"sub":"cli"}',
+            )
+        )
         assert instance["state"] == "idle" and instance["publicContext"] == {"count": 0, "ticks": 0}, instance
         key = first_json(smply(srv, "keys", "create", "--use", "production", "--name", "rt"))
         assert key["id"].startswith("sbk_") and key["key"].startswith("sbsec_"), key
