@@ -47,8 +47,9 @@ async def _deploy(session: aiohttp.ClientSession, url: str, headers: dict[str, s
     form.add_field("file", gzip.compress(TOGGLE), filename="toggle.ts")
     async with session.post(provisional["codeUploadUrl"], data=form) as response:
         assert response.status == 204
-    async with session.put(f"{url}/machines/toggle/v/{provisional['machineVersionId']}",
-                           json={"makeCurrent": True}, headers=headers) as response:
+    async with session.put(
+        f"{url}/machines/toggle/v/{provisional['machineVersionId']}", json={"makeCurrent": True}, headers=headers
+    ) as response:
         assert response.status == 200, await response.text()
 
 
@@ -61,8 +62,14 @@ async def _run(url: str, token: str, subscribers: int, events: int) -> dict[str,
         sockets = []
         for n in range(subscribers):
             ws = await session.ws_connect(f"{url}/rt?token={token}")
-            await ws.send_json({"type": "subscribe-to-instance", "requestId": f"r{n}", "machineName": "toggle",
-                                "machineInstanceName": instance})
+            await ws.send_json(
+                {
+                    "type": "subscribe-to-instance",
+                    "requestId": f"r{n}",
+                    "machineName": "toggle",
+                    "machineInstanceName": instance,
+                }
+            )
             sockets.append(ws)
         for ws in sockets:
             await ws.receive(timeout=30)  # the current state
@@ -75,24 +82,39 @@ async def _run(url: str, token: str, subscribers: int, events: int) -> dict[str,
         listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
         started = time.perf_counter()
         for _ in range(events):
-            async with session.post(f"{url}/machines/toggle/i/{instance}/events", json={"event": "toggle"},
-                                    headers=headers) as response:
+            async with session.post(
+                f"{url}/machines/toggle/i/{instance}/events", json={"event": "toggle"}, headers=headers
+            ) as response:
                 assert response.status == 200
         await asyncio.gather(*listeners)
         elapsed = time.perf_counter() - started
         for ws in sockets:
             await ws.close()
     ordered = sorted(latencies)
-    return {"subscribers": subscribers, "events": events, "median_ms": statistics.median(ordered),
-            "p99_ms": ordered[int(len(ordered) * 0.99) - 1], "messages_per_s": len(ordered) / elapsed}
+    return {
+        "subscribers": subscribers,
+        "events": events,
+        "median_ms": statistics.median(ordered),
+        "p99_ms": ordered[int(len(ordered) * 0.99) - 1],
+        "messages_per_s": len(ordered) / elapsed,
+    }
 
 
 async def main_async(quick: bool) -> list[dict[str, Any]]:
     data = Path(tempfile.mkdtemp(prefix="statehost-fanout-"))
     port = _port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port), "--data-dir", str(data)], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(300):
@@ -109,7 +131,7 @@ async def main_async(quick: bool) -> list[dict[str, Any]]:
         return [await _run(url, token, n, 5 if quick else 20) for n in sizes]
     finally:
         server.terminate()
-        server.wait(30)
+        await asyncio.wait_for(server.wait(), 30)
 
 
 def main() -> None:

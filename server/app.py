@@ -114,6 +114,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         await engine.stop()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def close_sockets(app: web.Application) -> None:
+        if HUB in app:
+            await app[HUB].close_connections()
+
+    app.on_shutdown.append(close_sockets)
     for module in (orgs, machines, instances, providers, realtime, logs, indexes):
         app.router.add_routes(module.routes)
 

@@ -109,6 +109,7 @@ class Hub:
         self._pending: dict[tuple[int, str], asyncio.Queue[Committed]] = {}
         self._publishers: dict[tuple[int, str], asyncio.Task[None]] = {}
         self.pushed = 0
+        self.closing = False
 
     # -- subscriptions ------------------------------------------------------------------------------
 
@@ -183,10 +184,20 @@ class Hub:
         )
         return dict(zip(contexts, decisions, strict=True))
 
+    async def close_connections(self) -> None:
+        """On shutdown: close every socket with 1001 (the official client reconnects elsewhere).
+
+        Runs in ``on_shutdown``: aiohttp waits for open handlers before its cleanup, and a socket's
+        handler only returns once the socket is closed.
+        """
+        self.closing = True
+        for connection in list(self.connections):
+            with contextlib.suppress(Exception):
+                await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
     async def close(self) -> None:
         for task in list(self._publishers.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for connection in list(self.connections):
-            await connection.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        await self.close_connections()

@@ -11,7 +11,7 @@ import contextlib
 import json
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..auth import authenticate
 from ..errors import ApiError, NotFound, Rejected
@@ -32,9 +32,15 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     ws = web.WebSocketResponse(max_msg_size=64 * 1024)
     await ws.prepare(request)
-    caller, auth_error = None, None
+    # Registered before anything awaits, so that a shutdown starting now closes this socket too.
+    connection = Connection(ws, None, None)
+    hub.connections.add(connection)
+    if hub.closing:
+        hub.connections.discard(connection)
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        return ws
     try:
-        caller = await authenticate(
+        connection.caller = await authenticate(
             engine.store,
             request.query.get("token"),
             org_header=request.query.get("x-statebacked-org-id") or None,
@@ -43,9 +49,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             admin_secret=request.app[SECRETS]["admin"],
         )
     except ApiError as exc:
-        auth_error = exc
-    connection = Connection(ws, caller, auth_error)
-    hub.connections.add(connection)
+        connection.auth_error = exc
     writer = asyncio.create_task(connection.writer())
     idle = request.app[SETTINGS].rt_idle_timeout_s
     try:

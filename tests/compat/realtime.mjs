@@ -159,7 +159,7 @@ const brief = (s) => ({ ts: s.ts, state: s.state, publicContext: s.publicContext
 // WebSocket implementation handed to the client: `ws`, plus an error listener, plus recording.
 
 function recordingWebSocket(label) {
-  const rec = { label, attempts: 0, opened: 0, closes: 0, lastError: undefined, urls: [], frames: [], sent: [], current: undefined };
+  const rec = { label, attempts: 0, opened: 0, closes: 0, closeCodes: [], lastError: undefined, urls: [], frames: [], sent: [], current: undefined };
   class RecordingWebSocket extends WebSocket {
     constructor(url, ...rest) {
       super(url, ...rest);
@@ -177,8 +177,9 @@ function recordingWebSocket(label) {
         rec.lastOpenConn = conn;
         rec.current = this;
       });
-      this.on("close", () => {
+      this.on("close", (code) => {
         rec.closes += 1;
+        rec.closeCodes.push(code);
       });
       this.on("message", (data, isBinary) => {
         const text = isBinary ? null : data.toString("utf8");
@@ -403,7 +404,7 @@ async function bumpReaches(sender, subs) {
 }
 
 const mark = (pairs) =>
-  Object.fromEntries(pairs.map(([s, who]) => [s.who, { attempts: who.rec.attempts, opened: who.rec.opened, conn: who.rec.lastOpenConn, updates: s.updates.length }]));
+  Object.fromEntries(pairs.map(([s, who]) => [s.who, { attempts: who.rec.attempts, opened: who.rec.opened, closes: who.rec.closes, conn: who.rec.lastOpenConn, updates: s.updates.length }]));
 
 await check("reconnect-after-drop", async () => {
   // The connection drops while the server stays up (the client-side socket is terminated, as a
@@ -459,8 +460,11 @@ if (RESTART_SIGNAL_FILE) {
       for (const [s, who] of pairs) {
         const b = before[s.who];
         const reopened = who.rec.opened > b.opened;
-        old[s.who] = { closed: who.rec.closes > 0, reopened, connectionAttempts: who.rec.attempts - b.attempts, lastError: who.rec.lastError };
-        assert(who.rec.closes > 0, `${s.who}: the server restart must have closed the socket`, old[s.who]);
+        const closeCode = who.rec.closeCodes[b.closes]; // the live socket's close (later ones: refused reconnects)
+        old[s.who] = { closeCode, reopened, connectionAttempts: who.rec.attempts - b.attempts, lastError: who.rec.lastError };
+        assert(closeCode !== undefined, `${s.who}: the server restart must have closed the socket`, old[s.who]);
+        // wire-api 4.5: on shutdown the server closes its sockets with a code (1006 = no close frame).
+        assert(closeCode !== 1006, `${s.who}: the stopping server must close the socket with a close frame (got 1006)`, old[s.who]);
         if (reopened) await awaitResubscribed(s, who, b); // a client that does retry must be served
       }
       // HTTP on the restarted server (retry: a stale keep-alive connection to the old process).

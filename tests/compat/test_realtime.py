@@ -85,7 +85,9 @@ class Server:
             code = self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("the server did not stop within 30 s of SIGTERM") from None
+            raise AssertionError(
+                "the server did not stop within 30 s of SIGTERM (open /rt WebSockets must be closed on shutdown, wire-api 4.5)"
+            ) from None
         self.process = None
         assert code == 0, f"the server did not stop cleanly on SIGTERM (exit {code})"
         return time.monotonic() - began

@@ -176,3 +176,28 @@ async def _fan_out(api: Api, token: str, session: aiohttp.ClientSession) -> None
         for ws in group:
             assert (await _next(ws, within=30))["publicContext"] == {"n": 1}
             await ws.close()
+
+
+async def test_shutdown_closes_sockets_with_going_away(tmp_path, bundler):
+    """aiohttp waits for open handlers before cleanup: sockets must be closed in on_shutdown, or a
+    stop hangs and clients see 1006 instead of a close frame (found by the interop tests)."""
+    from aiohttp.test_utils import TestServer
+
+    from server.app import create_app
+    from server.config import Settings
+
+    app = create_app(
+        Settings(database=tmp_path / "db", bootstrap_file=tmp_path / "admin.json", workers=2), bundler=bundler
+    )
+    server = TestServer(app)
+    await server.start_server()
+    token = json.loads((tmp_path / "admin.json").read_text())["adminToken"]
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.make_url(f"/rt?token={token}"))
+        started = time.monotonic()
+        closing = asyncio.ensure_future(server.close())
+        message = await ws.receive(timeout=10)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.GOING_AWAY
+        await ws.close()
+        await asyncio.wait_for(closing, 10)
+        assert time.monotonic() - started < 5
