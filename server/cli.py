@@ -353,7 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  database:          {settings.database}", flush=True)
         print(f"  admin credentials: {credentials} (readable by you only)", flush=True)
         print(f"  next: statehost login --credentials {credentials}", flush=True)
-        print(f"        then e.g. npx smply --api-url {url} machines list", flush=True)
+        print("        then point smply or @statebacked/client at it: docs/compatibility.md", flush=True)
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)

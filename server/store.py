@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -143,6 +144,23 @@ class RoundCommit:
         return self.transitions[-1].seq if self.transitions else self.expected_seq
 
 
+def _state_columns(commit: RoundCommit) -> tuple[Any, ...]:
+    """The instance row's state after a round with transitions, in the column order of
+    ``seq, ts, persisted_json, inflight_json, state_json, context_json, public_json, tags_json, done``."""
+    last = commit.transitions[-1]
+    return (
+        last.seq,
+        last.ts,
+        _dumps(commit.persisted),
+        _dumps(commit.persisted.get("inflight", [])),
+        _dumps(last.state),
+        _dumps(commit.context),
+        _dumps(last.public_context),
+        _dumps(list(last.tags)),
+        int(last.done),
+    )
+
+
 @dataclass(frozen=True)
 class TimerRow:
     id: int
@@ -183,7 +201,12 @@ class Store(DirectoryMixin):
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The database holds key secrets and the server's signing keys: owner-only, like the folder.
+        # (SQLite gives its -wal and -shm files the database file's permissions.)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+        self.path.touch(mode=0o600, exist_ok=True)
+        os.chmod(self.path, 0o600)
         self._writer = await self._connect()
         await self._migrate(self._writer)
         self._reader = await self._connect()
@@ -442,27 +465,12 @@ class Store(DirectoryMixin):
         """Create an instance with its first round, in one transaction. Conflict if it exists."""
 
         async def op(conn: aiosqlite.Connection) -> int:
-            last = commit.transitions[-1]
             try:
                 cursor = await conn.execute(
                     "INSERT INTO instances (machine_id, name, version_id, seq, ts, persisted_json, inflight_json,"
                     " state_json, context_json, public_json, tags_json, done, created_ms)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        machine_id,
-                        name,
-                        commit.version_id,
-                        last.seq,
-                        last.ts,
-                        _dumps(commit.persisted),
-                        _dumps(commit.persisted.get("inflight", [])),
-                        _dumps(last.state),
-                        _dumps(commit.context),
-                        _dumps(last.public_context),
-                        _dumps(list(last.tags)),
-                        int(last.done),
-                        now_ms,
-                    ),
+                    (machine_id, name, commit.version_id, *_state_columns(commit), now_ms),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"instance {name!r} already exists") from exc
@@ -478,25 +486,11 @@ class Store(DirectoryMixin):
 
         async def op(conn: aiosqlite.Connection) -> None:
             if commit.transitions:
-                last = commit.transitions[-1]
                 cursor = await conn.execute(
                     "UPDATE instances SET seq = ?, ts = ?, persisted_json = ?, inflight_json = ?, state_json = ?,"
                     " context_json = ?, public_json = ?, tags_json = ?, done = ?, version_id = ?"
                     " WHERE id = ? AND seq = ?",
-                    (
-                        last.seq,
-                        last.ts,
-                        _dumps(commit.persisted),
-                        _dumps(commit.persisted.get("inflight", [])),
-                        _dumps(last.state),
-                        _dumps(commit.context),
-                        _dumps(last.public_context),
-                        _dumps(list(last.tags)),
-                        int(last.done),
-                        commit.version_id,
-                        commit.instance_id,
-                        commit.expected_seq,
-                    ),
+                    (*_state_columns(commit), commit.version_id, commit.instance_id, commit.expected_seq),
                 )
             else:
                 cursor = await conn.execute(

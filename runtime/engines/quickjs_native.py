@@ -371,32 +371,22 @@ class _NativeGuest(GuestSandbox):
     def _finish(self, acc: _Accumulated, jobs: int) -> Round:
         usage = Usage(jobs=jobs, entries=self._entries, host_calls=self._host_calls)
         limits = self.limits
+        checks: list[tuple[Any, int, Outcome, str]] = []
         for t in acc.transitions:
-            size = _json_size(t.context)
-            if size > limits.max_context_bytes:
-                return self._fail(
-                    Outcome.EXCEEDED_CONTEXT_SIZE,
-                    f"the context would be {size} bytes as JSON; the limit is {limits.max_context_bytes} "
-                    "(max_context_bytes)",
-                    acc,
-                )
-            size = _json_size(t.event)
-            if size > limits.max_snapshot_bytes:
-                return self._fail(
-                    Outcome.EXCEEDED_SNAPSHOT_SIZE,
-                    f"the event {(t.event or {}).get('type')!r} is {size} bytes as JSON; the limit is "
-                    f"{limits.max_snapshot_bytes} (max_snapshot_bytes)",
-                    acc,
-                )
+            checks.append((t.context, limits.max_context_bytes, Outcome.EXCEEDED_CONTEXT_SIZE, "the context"))
+            event_type = (t.event or {}).get("type")
+            checks.append(
+                (t.event, limits.max_snapshot_bytes, Outcome.EXCEEDED_SNAPSHOT_SIZE, f"the event {event_type!r}")
+            )
         if acc.persisted is not None:
-            size = _json_size(acc.persisted)
-            if size > limits.max_snapshot_bytes:
-                return self._fail(
-                    Outcome.EXCEEDED_SNAPSHOT_SIZE,
-                    f"the persisted instance would be {size} bytes as JSON; the limit is "
-                    f"{limits.max_snapshot_bytes} (max_snapshot_bytes)",
-                    acc,
-                )
+            checks.append(
+                (acc.persisted, limits.max_snapshot_bytes, Outcome.EXCEEDED_SNAPSHOT_SIZE, "the persisted instance")
+            )
+        for value, limit, outcome, what in checks:
+            size = _json_size(value)
+            if size > limit:
+                field = outcome.limit
+                return self._fail(outcome, f"{what} would be {size} bytes as JSON; the limit is {limit} ({field})", acc)
         return Round(
             Outcome.OK,
             transitions=tuple(acc.transitions),

@@ -90,3 +90,10 @@ async def test_many_writers_share_transactions_only_with_group_commit(tmp_path, 
         await asyncio.gather(*(store.create_org(f"o{n}", 0) for n in range(50)))
         batches = store.batches - orgs_before
         assert batches == 50 if not group_commit else batches < 50
+
+
+async def test_the_database_is_readable_by_its_owner_only(tmp_path):
+    async with Store(tmp_path / "data" / "s.db") as store:
+        await store.create_org("o", 0)
+    assert oct((tmp_path / "data").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "data" / "s.db").stat().st_mode & 0o777) == "0o600"
