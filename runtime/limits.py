@@ -102,3 +102,4 @@ class Limits:
     max_log_lines: int = 1_000
     """Log lines per settle window; further lines are dropped and one line says so (a soft limit)."""
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    """Which addresses the guest's fetch may reach (FetchPolicy below)."""
