@@ -4,12 +4,14 @@ stub HTTP server, an aiohttp transport, and a fake clock."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from runtime import Bundler, Executor, FakeClock, FetchPolicy, QuickJSNativeEngine
 from server.fetch import AiohttpTransport
 from tests.node.stub import start_stub
+from tests.server.api_support import Api, api_client
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,10 @@ async def strict_transport() -> AsyncIterator[AiohttpTransport]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+async def api(tmp_path: Path, bundler: Bundler) -> AsyncIterator[Api]:
+    """The real app on loopback, with the org and admin that first start creates."""
+    async for client in api_client(tmp_path, bundler):
+        yield client

@@ -12,7 +12,6 @@ import pytest
 from runtime import FakeClock, FetchPolicy, Limits, Upload
 from server.config import Settings
 from server.engine import DurableEngine
-from tests.server.api_support import Api, api_client
 from tests.support import ALLOW_ALL, HEADER
 
 ORG_NAME = "test-org"
@@ -51,13 +50,6 @@ def settings_for(path: Path, **overrides) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)
-
-
-@pytest.fixture
-async def api(tmp_path: Path, bundler) -> AsyncIterator[Api]:
-    """The real app on loopback, with the org and admin that first start creates."""
-    async for client in api_client(tmp_path, bundler):
-        yield client
 
 
 @pytest.fixture

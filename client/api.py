@@ -1,0 +1,357 @@
+"""The statehost Python client: async, speaking only the State Backed wire contract.
+
+It mirrors ``@statebacked/client`` (snake_case), so that statehost's own tests exercise the wire
+contract from the outside, independently of the server's code::
+
+    async with StatehostClient("http://127.0.0.1:8787", token) as client:
+        await client.machines.create("toggle")
+        await client.versions.create("toggle", source, filename="toggle.ts", make_current=True)
+        state = await client.instances.get_or_create("toggle", "i1")
+        state = await client.instances.send_event("toggle", "i1", "toggle")
+        async for update in client.instances.subscribe("toggle", "i1"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import gzip as gzip_module
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from .errors import ConflictError, NotFoundError, error_for
+
+__all__ = ["StatehostClient"]
+
+JSON = Any
+Items = list[Any]
+"""A list result (named so that methods called ``list`` do not shadow the builtin in annotations)."""
+TokenSource = str | Callable[[], Awaitable[str]]
+
+
+def _confirmation(key: str, data: str) -> str:
+    digest = hmac.new(key.encode(), data.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def iso(moment: datetime.datetime) -> str:
+    """JavaScript toISOString() form."""
+    utc = moment.astimezone(datetime.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+class StatehostClient:
+    def __init__(
+        self,
+        api_host: str,
+        token: TokenSource | None = None,
+        *,
+        org_id: str | None = None,
+        act_as: dict[str, Any] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.api_host = api_host.rstrip("/")
+        self._token = token
+        self.org_id = org_id
+        self.act_as = act_as
+        self._session = session
+        self._own_session = session is None
+        self.machines = _Machines(self)
+        self.versions = _Versions(self)
+        self.instances = _Instances(self)
+        self.keys = _Keys(self)
+        self.orgs = _Orgs(self)
+        self.logs = _Logs(self)
+
+    async def __aenter__(self) -> StatehostClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def token(self) -> str | None:
+        if self._token is None or isinstance(self._token, str):
+            return self._token
+        return await self._token()
+
+    async def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        token = await self.token()
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if self.org_id:
+            headers["x-statebacked-org-id"] = self.org_id
+        if self.act_as is not None:
+            headers["x-statebacked-act"] = json.dumps(self.act_as)
+        return headers
+
+    async def request(self, method: str, path: str, body: JSON = None, params: dict[str, str] | None = None) -> JSON:
+        """One API call: JSON in, JSON out; errors raised as the official client's error classes."""
+        data = None if body is None else json.dumps(body)
+        async with self.session.request(
+            method, self.api_host + path, data=data, params=params, headers=await self.headers()
+        ) as response:
+            text = await response.text()
+            if response.status in (201, 204):
+                return None
+            parsed: Any = None
+            if text:
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    parsed = None
+            if 200 <= response.status < 300:
+                return parsed
+            info = parsed if isinstance(parsed, dict) else {}
+            raise error_for(response.status, info.get("code"), info.get("error"), info.get("parameter"))
+
+    async def pages(self, path: str, key: str) -> AsyncIterator[JSON]:
+        """Every item of a paginated list, following cursors."""
+        cursor: str | None = None
+        while True:
+            page = await self.request("GET", path, params={"cursor": cursor} if cursor else None)
+            for item in page[key]:
+                yield item
+            cursor = page.get("cursor")
+            if not cursor:
+                return
+
+
+class _Group:
+    def __init__(self, client: StatehostClient) -> None:
+        self.client = client
+
+
+class _Orgs(_Group):
+    async def list(self) -> Items:
+        return [org async for org in self.client.pages("/orgs", "orgs")]
+
+    async def create(self, name: str, allow_anonymous_access: bool = True) -> str:
+        body = await self.client.request(
+            "POST", "/orgs", {"name": name, "allowAnonymousAccess": allow_anonymous_access}
+        )
+        return str(body["id"])
+
+
+class _Keys(_Group):
+    async def create(self, name: str, *, use: str | None = None, scopes: list[str] | None = None) -> JSON:
+        body: dict[str, Any] = {"name": name}
+        if use is not None:
+            body["use"] = use
+        if scopes is not None:
+            body["scopes"] = scopes
+        return await self.client.request("POST", "/keys", body)
+
+    async def list(self) -> Items:
+        return [key async for key in self.client.pages("/keys", "keys")]
+
+    async def delete(self, key_id: str) -> None:
+        await self.client.request("DELETE", f"/keys/{key_id}")
+
+
+class _Machines(_Group):
+    async def create(self, slug: str, indexes: list[str] | None = None) -> None:
+        body: dict[str, Any] = {"slug": slug}
+        if indexes:
+            body["indexes"] = indexes
+        await self.client.request("POST", "/machines", body)
+
+    async def get(self, slug: str) -> JSON:
+        return (await self.client.request("GET", f"/machines/{slug}"))["machine"]
+
+    async def list(self) -> Items:
+        return [machine async for machine in self.client.pages("/machines", "machines")]
+
+    async def delete(self, slug: str) -> None:
+        await self.client.request(
+            "DELETE",
+            f"/machines/{slug}",
+            {
+                "dangerDataWillBeDeletedForever": True,
+                "hmacSha256OfMachineNameWithMachineNameKey": _confirmation(slug, slug),
+            },
+        )
+
+
+class _Versions(_Group):
+    async def create(
+        self,
+        machine: str,
+        code: bytes | str,
+        *,
+        filename: str | None = None,
+        client_info: str = "",
+        make_current: bool = False,
+        xstate_major: int | None = None,
+        gzip: bool = True,
+    ) -> str:
+        """The three-step create: provisional version, upload to its URL (no auth), finalize."""
+        data = code.encode() if isinstance(code, str) else code
+        provisional = await self.client.request("POST", f"/machines/{machine}/v" + ("?gzip" if gzip else ""))
+        form = aiohttp.FormData()
+        for key, value in provisional["codeUploadFields"].items():
+            form.add_field(key, value)
+        form.add_field("content-type", "application/javascript")
+        if gzip:
+            form.add_field("content-encoding", "gzip")
+        form.add_field(
+            "file",
+            gzip_module.compress(data) if gzip else data,
+            filename=filename or f"{machine}.js",
+            content_type="application/javascript",
+        )
+        async with self.client.session.post(provisional["codeUploadUrl"], data=form) as response:
+            if not 200 <= response.status < 300:
+                raise error_for(response.status, None, "error uploading code")
+        body: dict[str, Any] = {"clientInfo": client_info, "makeCurrent": make_current}
+        if xstate_major is not None:
+            body["xstateMajor"] = xstate_major
+        finalized = await self.client.request("PUT", f"/machines/{machine}/v/{provisional['machineVersionId']}", body)
+        return str(finalized["machineVersionId"])
+
+    async def list(self, machine: str) -> Items:
+        return [version async for version in self.client.pages(f"/machines/{machine}/v", "versions")]
+
+
+class _Instances(_Group):
+    async def create(self, machine: str, slug: str, *, context: JSON = None, version_id: str | None = None) -> JSON:
+        body: dict[str, Any] = {"slug": slug}
+        if context is not None:
+            body["context"] = context
+        if version_id is not None:
+            body["machineVersionId"] = version_id
+        return await self.client.request("POST", f"/machines/{machine}", body)
+
+    async def get(self, machine: str, instance: str) -> JSON:
+        return await self.client.request("GET", f"/machines/{machine}/i/{instance}")
+
+    async def get_or_create(self, machine: str, instance: str, *, context: JSON = None) -> JSON:
+        """As the official client: GET; on 404 create; on 409 (created meanwhile) GET again."""
+        try:
+            return await self.get(machine, instance)
+        except NotFoundError:
+            pass
+        try:
+            return await self.create(machine, instance, context=context)
+        except ConflictError:
+            return await self.get(machine, instance)
+
+    async def send_event(self, machine: str, instance: str, event: str | dict[str, Any]) -> JSON:
+        return await self.client.request("POST", f"/machines/{machine}/i/{instance}/events", {"event": event})
+
+    async def list(self, machine: str) -> Items:
+        return [item async for item in self.client.pages(f"/machines/{machine}/i", "instances")]
+
+    async def transitions(self, machine: str, instance: str) -> Items:
+        path = f"/machines/{machine}/i/{instance}/events"
+        return [item async for item in self.client.pages(path, "transitions")]
+
+    async def admin(self, machine: str, instance: str) -> JSON:
+        return await self.client.request("GET", f"/machines/{machine}/i/{instance}/admin")
+
+    async def set_status(self, machine: str, instance: str, status: str) -> None:
+        await self.client.request("PUT", f"/machines/{machine}/i/{instance}/status", {"status": status})
+
+    async def set_desired_version(self, machine: str, instance: str, version_id: str) -> None:
+        await self.client.request("PUT", f"/machines/{machine}/i/{instance}/v", {"targetMachineVersionId": version_id})
+
+    async def delete(self, machine: str, instance: str) -> None:
+        await self.client.request(
+            "DELETE",
+            f"/machines/{machine}/i/{instance}",
+            {
+                "dangerDataWillBeDeletedForever": True,
+                "hmacSha256OfMachineInstanceNameWithMachineNameKey": _confirmation(machine, instance),
+            },
+        )
+
+    async def subscribe(self, machine: str, instance: str, *, reconnect_delay_s: float = 0.5) -> AsyncIterator[JSON]:
+        """Every state of the instance from now on: the current one first, then one per transition.
+
+        Reconnects when the socket closes and re-subscribes (updates committed meanwhile are not
+        replayed; the current state comes again, as with the official client).
+        """
+        url = self.client.api_host.replace("http", "ws", 1) + "/rt"
+        params = {"token": await self.client.token() or ""}
+        if self.client.org_id:
+            params["x-statebacked-org-id"] = self.client.org_id
+        request_id = secrets.token_hex(6)
+        newest = -1
+        while True:
+            try:
+                async with self.client.session.ws_connect(url, params=params) as ws:
+                    await ws.send_json(
+                        {
+                            "type": "subscribe-to-instance",
+                            "requestId": request_id,
+                            "machineName": machine,
+                            "machineInstanceName": instance,
+                        }
+                    )
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        data = json.loads(message.data)
+                        if data.get("type") == "error" and data.get("requestId") == request_id:
+                            raise error_for(int(data.get("status", 500)), data.get("code"), "subscription refused")
+                        if data.get("type") == "instance-update" and data["ts"] > newest:
+                            newest = data["ts"]
+                            yield data
+            except (aiohttp.ClientError, ConnectionError):
+                pass
+            await asyncio.sleep(reconnect_delay_s)
+
+
+class _Logs(_Group):
+    async def retrieve(
+        self,
+        since: datetime.datetime | str,
+        *,
+        to: datetime.datetime | None = None,
+        machine: str | None = None,
+        instance: str | None = None,
+        version: str | None = None,
+    ) -> JSON:
+        params = {"from": since if isinstance(since, str) else iso(since)}
+        for key, value in (
+            ("to", iso(to) if to else None),
+            ("machine", machine),
+            ("instance", instance),
+            ("version", version),
+        ):
+            if value:
+                params[key] = value
+        return await self.client.request("GET", "/logs", params=params)
+
+    async def watch(
+        self, since: datetime.datetime, *, machine: str | None = None, instance: str | None = None, idle_s: float = 30.0
+    ) -> AsyncIterator[JSON]:
+        """Every log line from ``since`` on, as it comes: continues from ``maxTimestamp``, and sleeps
+        ``idle_s`` when nothing is new (the server then echoes ``from``)."""
+        cursor = iso(since)
+        while True:
+            page = await self.retrieve(cursor, machine=machine, instance=instance)
+            for entry in page["logs"]:
+                yield entry
+            if not page["logs"] and page["maxTimestamp"] == cursor:
+                await asyncio.sleep(idle_s)
+            cursor = page["maxTimestamp"]
