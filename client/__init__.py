@@ -1,6 +1,6 @@
 """statehost's Python client: the State Backed wire contract from Python (speaks only that contract)."""
 
-from .api import StatehostClient
+from .api import ExchangedToken, StatehostClient, exchange_token
 from .errors import (
     ApiError,
     ClientError,
@@ -15,12 +15,13 @@ from .errors import (
     StatehostError,
     UnauthorizedError,
 )
-from .tokens import sign_token
+from .tokens import anonymous_subject_token, sign_token
 
 __all__ = [
     "ApiError",
     "ClientError",
     "ConflictError",
+    "ExchangedToken",
     "MissingOrgError",
     "MissingScopeError",
     "MissingUserError",
@@ -31,5 +32,7 @@ __all__ = [
     "StatehostClient",
     "StatehostError",
     "UnauthorizedError",
+    "anonymous_subject_token",
+    "exchange_token",
     "sign_token",
 ]

@@ -22,14 +22,17 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
 from .errors import ConflictError, NotFoundError, error_for
+from .tokens import ANONYMOUS_SERVICE, anonymous_subject_token
 
-__all__ = ["StatehostClient"]
+__all__ = ["ExchangedToken", "StatehostClient", "exchange_token"]
 
 JSON = Any
 Items = list[Any]
@@ -48,7 +51,94 @@ def iso(moment: datetime.datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
+async def exchange_token(
+    session: aiohttp.ClientSession, api_host: str, org_id: str, service: str, subject_token: str
+) -> str:
+    """Trade an identity provider's token for a statehost token through the org's token provider
+    ``service`` (``POST /tokens``, RFC 8693 form, no authorization header)."""
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "audience": f"https://tokens.statebacked.dev/{org_id}/{service}",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token": subject_token,
+    }
+    async with session.post(api_host.rstrip("/") + "/tokens", data=form) as response:
+        text = await response.text()
+        try:
+            parsed: Any = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        info = parsed if isinstance(parsed, dict) else {}
+        if response.status != 200 or not isinstance(info.get("access_token"), str):
+            raise error_for(response.status, info.get("code"), info.get("error"), info.get("parameter"))
+        return str(info["access_token"])
+
+
+class ExchangedToken:
+    """A token source that exchanges a fresh subject token when the last access token is within
+    ``refresh_margin_s`` of expiring (the exchanged token never outlives its subject token)."""
+
+    def __init__(
+        self,
+        client: StatehostClient,
+        org_id: str,
+        service: str,
+        subject_token: Callable[[], Awaitable[str]],
+        *,
+        refresh_margin_s: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._org_id = org_id
+        self._service = service
+        self._subject_token = subject_token
+        self._margin_s = refresh_margin_s
+        self._token: str | None = None
+        self._expires_s = 0.0
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> str:
+        async with self._lock:
+            if self._token is None or time.time() >= self._expires_s - self._margin_s:
+                subject = await self._subject_token()
+                self._token = await exchange_token(
+                    self._client.session, self._client.api_host, self._org_id, self._service, subject
+                )
+                claims = json.loads(base64.urlsafe_b64decode(_padded(self._token.split(".")[1])))
+                self._expires_s = float(claims.get("exp", 0))
+            return self._token
+
+
+def _padded(segment: str) -> str:
+    return segment + "=" * (-len(segment) % 4)
+
+
 class StatehostClient:
+    @classmethod
+    def exchanging(
+        cls, api_host: str, org_id: str, service: str, subject_token: Callable[[], Awaitable[str]]
+    ) -> StatehostClient:
+        """A client authenticated by exchanging your identity provider's tokens (``subject_token``
+        returns a current one) at the org's token provider ``service``."""
+        client = cls(api_host)
+        client._token = ExchangedToken(client, org_id, service, subject_token)
+        return client
+
+    @classmethod
+    def anonymous(
+        cls, api_host: str, org_id: str, *, session_id: str | None = None, device_id: str | None = None
+    ) -> StatehostClient:
+        """An anonymous session, as ``new StateBackedClient({ anonymous: { orgId } })``: the
+        machine's authorizers see ``{sid, did, auth: "anonymous"}``; ``session_id`` defaults to one
+        random UUID per client."""
+        sid = session_id or str(uuid.uuid4())
+
+        async def subject() -> str:
+            return anonymous_subject_token(org_id, sid, device_id)
+
+        client = cls.exchanging(api_host, org_id, ANONYMOUS_SERVICE, subject)
+        client.session_id = sid
+        return client
+
     def __init__(
         self,
         api_host: str,
@@ -64,12 +154,16 @@ class StatehostClient:
         self.act_as = act_as
         self._session = session
         self._own_session = session is None
+        self.session_id: str | None = None
+        """The anonymous session's ID (see ``anonymous``), else None."""
         self.machines = _Machines(self)
         self.versions = _Versions(self)
         self.instances = _Instances(self)
         self.keys = _Keys(self)
         self.orgs = _Orgs(self)
         self.logs = _Logs(self)
+        self.identity_providers = _IdentityProviders(self)
+        self.token_providers = _TokenProviders(self)
 
     async def __aenter__(self) -> StatehostClient:
         return self
@@ -166,6 +260,44 @@ class _Keys(_Group):
 
     async def delete(self, key_id: str) -> None:
         await self.client.request("DELETE", f"/keys/{key_id}")
+
+
+class _IdentityProviders(_Group):
+    async def upsert(
+        self,
+        *,
+        algs: list[str],
+        mapping: dict[str, Any],
+        aud: str | None = None,
+        iss: str | None = None,
+        key: str | None = None,
+        jwks_url: str | None = None,
+    ) -> None:
+        """Create or replace the identity provider identified by ``aud`` and ``iss``; ``key`` is
+        base64url (for HS* the raw secret's bytes), or give ``jwks_url`` instead."""
+        body: dict[str, Any] = {"algs": algs, "mapping": mapping}
+        for field, value in (("aud", aud), ("iss", iss), ("key", key), ("jwksUrl", jwks_url)):
+            if value is not None:
+                body[field] = value
+        await self.client.request("POST", "/idps", body)
+
+    async def list(self) -> Items:
+        return [idp async for idp in self.client.pages("/idps", "idps")]
+
+    async def delete(self, *, aud: str | None = None, iss: str | None = None) -> None:
+        body = {field: value for field, value in (("aud", aud), ("iss", iss)) if value is not None}
+        await self.client.request("DELETE", "/idps", body)
+
+
+class _TokenProviders(_Group):
+    async def upsert(self, service: str, key_id: str, mapping: dict[str, Any]) -> None:
+        await self.client.request("POST", "/token-providers", {"service": service, "keyId": key_id, "mapping": mapping})
+
+    async def list(self) -> Items:
+        return [provider async for provider in self.client.pages("/token-providers", "tokenProviders")]
+
+    async def delete(self, service: str) -> None:
+        await self.client.request("DELETE", f"/token-providers/{service}")
 
 
 class _Machines(_Group):

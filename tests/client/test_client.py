@@ -4,18 +4,26 @@ subscriptions."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import time
+import warnings
 
 import jwt
 import pytest
 
 from client import (
     ConflictError,
+    ExchangedToken,
+    MissingUserError,
     NotFoundError,
     RejectedByMachineAuthorizerError,
     StatehostClient,
+    UnauthorizedError,
+    anonymous_subject_token,
     sign_token,
 )
+from client.tokens import SHORT_KEY_WARNING
 from tests.server.api_support import GUARDED, TOGGLE, Api
 
 
@@ -101,3 +109,85 @@ async def test_logs_and_subscriptions(admin: StatehostClient):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(watched) == len(page["logs"])
+
+
+async def test_anonymous_sessions(api: Api, admin: StatehostClient):
+    await admin.machines.create("toggle")
+    await admin.versions.create("toggle", TOGGLE, filename="toggle.ts", make_current=True)
+    async with StatehostClient.anonymous(admin.api_host, api.org_id, session_id="sess-1") as anon:
+        assert (await anon.instances.get_or_create("toggle", "a1"))["state"] == "inactive"
+        assert (await anon.instances.send_event("toggle", "a1", "toggle"))["state"] == "active"
+        token = await anon.token()
+        assert token is not None and await anon.token() == token  # cached until close to expiry
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["act"] == {"sid": "sess-1", "did": "sess-1", "auth": "anonymous"}
+    # The subject token is exactly what @statebacked/client signs (wire-api 2.9).
+    subject = anonymous_subject_token(api.org_id, "s", now_s=1_000)
+    issuer = f"https://{api.org_id}.anonymous.auth.statebacked.dev"
+    assert jwt.get_unverified_header(subject) == {"alg": "HS256", "typ": "JWT"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SHORT_KEY_WARNING)  # the org ID is the key, by design
+        claims = jwt.decode(
+            subject, api.org_id.encode(), algorithms=["HS256"], audience=issuer, options={"verify_exp": False}
+        )
+    assert claims == {"aud": issuer, "iss": issuer, "iat": 1_000, "exp": 87_400, "sid": "s", "did": "s"}
+    # An org that does not exist: the exchange is refused with the server's code, not a crash.
+    async with StatehostClient.anonymous(admin.api_host, "org_doesnotexist") as stranger:
+        with pytest.raises(MissingUserError):
+            await stranger.instances.get("toggle", "a1")
+
+
+async def test_token_exchange_with_own_identity_provider(api: Api, admin: StatehostClient):
+    await admin.machines.create("guarded")
+    await admin.versions.create("guarded", GUARDED, filename="g.ts", make_current=True)
+    key = await admin.keys.create("exchange", use="production")
+    secret = b"idp-secret-of-at-least-32-bytes!!"
+    await admin.identity_providers.upsert(
+        aud="my-app",
+        iss="https://idp.example",
+        algs=["HS256"],
+        key=base64.urlsafe_b64encode(secret).rstrip(b"=").decode(),
+        mapping={"sub.$": "$.sub"},
+    )
+    await admin.token_providers.upsert("app", key["id"], {"sub.$": "$.sub", "via": "exchange"})
+    assert "app" in {p["service"] for p in await admin.token_providers.list()}
+    assert any(i.get("aud") == "my-app" for i in await admin.identity_providers.list())
+    minted = 0
+
+    async def subject() -> str:
+        nonlocal minted
+        minted += 1
+        now = int(time.time())
+        return jwt.encode(
+            {"aud": "my-app", "iss": "https://idp.example", "sub": "u-allowed", "iat": now, "exp": now + 600},
+            secret,
+            algorithm="HS256",
+        )
+
+    async with StatehostClient.exchanging(admin.api_host, api.org_id, "app", subject) as user:
+        assert (await user.instances.create("guarded", "g1"))["state"] == "a"
+        assert (await user.instances.send_event("guarded", "g1", "go"))["state"] == "b"
+        act = jwt.decode(await user.token() or "", options={"verify_signature": False})["act"]
+        assert act == {"sub": "u-allowed", "via": "exchange"}
+    assert minted == 1  # one exchange served every call
+    # A token inside the refresh margin of its expiry is exchanged afresh.
+    async with StatehostClient(admin.api_host) as plain:
+        expiring = ExchangedToken(plain, api.org_id, "app", subject, refresh_margin_s=10**9)
+        await expiring()
+        await expiring()
+    assert minted == 3
+
+    # A subject token signed with the wrong secret is refused by the exchange.
+    async def forged() -> str:
+        return jwt.encode(
+            {"aud": "my-app", "iss": "https://idp.example", "sub": "u-allowed", "exp": int(time.time()) + 600},
+            b"not-the-secret-not-the-secret-!!",
+            algorithm="HS256",
+        )
+
+    async with StatehostClient.exchanging(admin.api_host, api.org_id, "app", forged) as intruder:
+        with pytest.raises(UnauthorizedError):
+            await intruder.instances.get("guarded", "g1")
+    await admin.token_providers.delete("app")
+    await admin.identity_providers.delete(aud="my-app", iss="https://idp.example")
+    assert "app" not in {p["service"] for p in await admin.token_providers.list()}
