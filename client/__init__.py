@@ -15,6 +15,7 @@ from .errors import (
     StatehostError,
     UnauthorizedError,
 )
+from .sync import SyncStatehostClient
 from .tokens import anonymous_subject_token, sign_token
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "RejectedByMachineAuthorizerError",
     "StatehostClient",
     "StatehostError",
+    "SyncStatehostClient",
     "UnauthorizedError",
     "anonymous_subject_token",
     "exchange_token",

@@ -19,6 +19,7 @@ from client import (
     NotFoundError,
     RejectedByMachineAuthorizerError,
     StatehostClient,
+    SyncStatehostClient,
     UnauthorizedError,
     anonymous_subject_token,
     sign_token,
@@ -191,3 +192,28 @@ async def test_token_exchange_with_own_identity_provider(api: Api, admin: Stateh
     await admin.token_providers.delete("app")
     await admin.identity_providers.delete(aud="my-app", iss="https://idp.example")
     assert "app" not in {p["service"] for p in await admin.token_providers.list()}
+
+
+async def test_sync_client(api: Api, admin: StatehostClient):
+    """The blocking façade, used from a plain thread while the server runs on the test's loop."""
+    await admin.machines.create("toggle")
+    await admin.versions.create("toggle", TOGGLE, filename="toggle.ts", make_current=True)
+
+    def script() -> list[str]:
+        seen = []
+        with SyncStatehostClient(admin.api_host, lambda: api.admin_token) as client:
+            assert client.instances.get_or_create("toggle", "s1")["state"] == "inactive"
+            updates = client.instances.subscribe("toggle", "s1")
+            seen.append(next(updates)["state"])
+            client.instances.send_event("toggle", "s1", "toggle")
+            seen.append(next(updates)["state"])
+            updates.close()
+            with pytest.raises(NotFoundError):
+                client.instances.get("toggle", "missing")
+            assert [i["slug"] for i in client.instances.list("toggle")] == ["s1"]
+        with SyncStatehostClient.anonymous(admin.api_host, api.org_id, session_id="sync") as anon:
+            seen.append(anon.instances.send_event("toggle", "s1", "toggle")["state"])
+            assert anon.session_id == "sync"
+        return seen
+
+    assert await asyncio.to_thread(script) == ["inactive", "active", "inactive"]
