@@ -2,8 +2,10 @@
 
 - ``statehost serve``: the server (SQLite in ``--data-dir``; on first start it creates an org and an
   admin user and writes their credentials to ``<data-dir>/admin.json``);
-- ``statehost login``: writes the smply credential files from an admin token, so that the official
+- ``statehost login``: stores the API URL and an admin token for the client commands
+  (``~/.statehost/config.json``) and writes the smply credential files, so that the official
   ``smply`` CLI works against this server with ``--api-url``;
+- ``statehost machines|machine-versions|instances ...``: the client commands (``client/cli.py``);
 - ``statehost check FILE``: bundle and validate a machine module, as an upload would be;
 - ``statehost run FILE --event E ...``: create an instance in memory and send it events, printing
   every transition, timer and log line (``--advance MS`` moves the clock and fires due timers).
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from client.cli import CLIENT_COMMANDS, add_client_commands, config_path, run_client_command
 from runtime import (
     BundleError,
     Bundler,
@@ -41,6 +44,8 @@ from .fetch import AiohttpTransport
 EXAMPLES = """examples:
   statehost serve                                   # http://127.0.0.1:8787, data in ./.statehost
   statehost login --credentials .statehost/admin.json
+  statehost machines create --machine toggle --node fixtures/machines/toggle/v4/machine.ts
+  statehost instances send-event --machine toggle --instance i1 --event toggle --auth-context '{"sub": "u1"}'
   statehost check fixtures/machines/toggle/v4/machine.ts
   statehost run fixtures/machines/toggle/v4/machine.ts --event toggle --event toggle
   statehost run fixtures/machines/traffic_light/v5/machine.ts --xstate 5 --advance 30000 --event emergency
@@ -92,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     login = sub.add_parser(
         "login",
-        help="write smply's credential files for this server",
+        help="store credentials for the client commands and for smply",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -109,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     machine_args(check)
+    add_client_commands(sub)
 
     run = sub.add_parser(
         "run",
@@ -384,12 +390,14 @@ def _login(args: argparse.Namespace) -> int:
         "expires_at": 4_102_444_800,
         "user": {"id": saved.get("userId", "statehost-admin"), "email": None},
     }
+    config = config_path(args.home)
+    write_private(config, json.dumps({"apiUrl": url, "token": token, "orgId": org}, indent=2) + "\n")
     smply = args.home / ".smply"
     write_private(smply / "credentials", json.dumps(session) + "\n")
     if org:
         write_private(smply / "default-org", org)
-    print(f"wrote {smply / 'credentials'}" + (f" and {smply / 'default-org'}" if org else ""))
-    print(f"now: smply --api-url {url} machines list")
+    print(f"wrote {config}, {smply / 'credentials'}" + (f" and {smply / 'default-org'}" if org else ""))
+    print(f"now: statehost machines list   (or: smply --api-url {url} machines list)")
     return 0
 
 
@@ -399,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "login":
         return _login(args)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     try:
         _, prepared = _prepare(args)
     except FileNotFoundError as exc:

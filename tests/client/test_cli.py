@@ -1,0 +1,104 @@
+"""The statehost CLI's client commands against a real server on loopback: success, --json shapes,
+bad flags, missing credentials and server errors (exit code and one-line message)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+from tests.server.api_support import GUARDED, TOGGLE, Api
+
+
+class Cli:
+    def __init__(self, api: Api, capsys: pytest.CaptureFixture[str], config: Path) -> None:
+        self.url = str(api.client.make_url("")).rstrip("/")
+        self.api = api
+        self.capsys = capsys
+        self.config = config
+
+    async def __call__(self, *argv: str, login: bool = True) -> tuple[int, str, str]:
+        """Run one command in a thread (the server runs on this loop); exit code, stdout, stderr."""
+        extra = ["--config", str(self.config)]
+        self.capsys.readouterr()
+        try:
+            code = await asyncio.to_thread(main, [*argv, *extra] if login else list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+async def cli(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Cli:
+    runner = Cli(api, capsys, tmp_path / "home" / ".statehost" / "config.json")
+    credentials = tmp_path / "admin.json"
+    credentials.write_text(json.dumps({"url": runner.url, "adminToken": api.admin_token, "orgId": api.org_id}))
+    code, out, _ = await runner(
+        "login", "--credentials", str(credentials), "--home", str(tmp_path / "home"), login=False
+    )
+    assert code == 0 and str(runner.config) in out
+    assert os.stat(runner.config).st_mode & 0o777 == 0o600
+    return runner
+
+
+async def test_quickstart_flow(cli: Cli, tmp_path: Path):
+    source = tmp_path / "toggle.ts"
+    source.write_bytes(TOGGLE)
+    code, out, err = await cli("machines", "create", "--machine", "toggle", "--node", str(source), "--json")
+    assert code == 0, err
+    assert json.loads(out)["slug"] == "toggle" and json.loads(out)["machineVersionId"]
+    code, out, _ = await cli("instances", "create", "-m", "toggle", "-i", "i1", "--json")
+    assert code == 0 and json.loads(out)["state"] == "inactive"
+    code, out, _ = await cli("instances", "send-event", "-m", "toggle", "-i", "i1", "--event", "toggle")
+    assert code == 0 and "state: active" in out.splitlines() and 'publicContext: {"toggleCount":1}' in out
+    code, out, _ = await cli(
+        "instances", "send-event", "-m", "toggle", "-i", "i1", "-e", '{"type": "toggle"}', "--json"
+    )
+    assert code == 0 and json.loads(out)["state"] == "inactive"
+    code, out, _ = await cli("instances", "list-transitions", "-m", "toggle", "-i", "i1", "--json")
+    assert [t["event"]["type"] for t in json.loads(out)] == ["xstate.init", "toggle", "toggle"]
+    code, out, _ = await cli("machines", "list")
+    header, row = out.splitlines()
+    assert header.split()[0] == "slug" and row.split()[0] == "toggle"
+    code, out, _ = await cli("machine-versions", "list", "-m", "toggle", "--json")
+    assert code == 0 and len(json.loads(out)) == 1
+    code, out, _ = await cli("instances", "delete", "-m", "toggle", "-i", "i1")
+    assert (code, out.strip()) == (0, "ok")
+
+
+async def test_auth_context_reaches_the_authorizers(cli: Cli, tmp_path: Path):
+    source = tmp_path / "guarded.js"
+    source.write_bytes(GUARDED)
+    assert (await cli("machines", "create", "-m", "guarded", "--js", str(source)))[0] == 0
+    code, _, err = await cli("instances", "create", "-m", "guarded", "-i", "g1", "--auth-context", '{"sub": "someone"}')
+    assert code == 1 and "rejected-by-machine-authorizer" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = await cli(
+        "instances", "create", "-m", "guarded", "-i", "g1", "--auth-context", '{"sub": "u-allowed"}'
+    )
+    assert code == 0 and "state: a" in out.splitlines()
+
+
+async def test_errors(cli: Cli, tmp_path: Path):
+    code, _, err = await cli("machines", "get", "-m", "nope")
+    assert code == 1 and err.startswith("statehost: ") and "404" in err
+    code, _, err = await cli("instances", "send-event", "-m", "toggle", "-i", "x", "--event", "{not json")
+    assert code == 2 and "not JSON" in err
+    code, _, err = await cli("machines", "create", "-m", "m", "--node", str(tmp_path / "missing.ts"))
+    assert code == 2 and "missing.ts" in err
+    assert (await cli("machines", "get", "-m", "m"))[0] == 1  # nothing was created
+    code, _, err = await cli("machines", "create")
+    assert code == 2 and "--machine" in err
+    # No credentials anywhere: a usage error that says how to log in.
+    code, _, err = await cli("machines", "list", "--config", str(tmp_path / "none.json"), login=False)
+    assert code == 2 and "statehost login" in err
+    # A server that is not there.
+    code, _, err = await cli("machines", "list", "--api-url", "http://127.0.0.1:9", "--token", "t", login=False)
+    assert code == 2 and "cannot reach the API" in err
+    # A bad token is the server's refusal, named.
+    code, _, err = await cli("machines", "list", "--token", "not-a-jwt")
+    assert code == 1 and "missing-user" in err
