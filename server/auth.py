@@ -154,7 +154,7 @@ async def authenticate(
         return caller
     try:
         act = json.loads(act_header)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidParameter("x-statebacked-act is not JSON", parameter="x-statebacked-act") from None
     if not isinstance(act, dict):
         raise InvalidParameter("x-statebacked-act must be a JSON object", parameter="x-statebacked-act")

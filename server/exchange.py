@@ -402,7 +402,7 @@ def _static_keys(key: str, alg: str, kid: str | None) -> tuple[Any, ...]:
     if text.startswith(b"{"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError("the key looks like a JWK but is not JSON") from None
         if not isinstance(data, dict):
             raise ValueError("the key is not a JWK object")

@@ -71,7 +71,7 @@ def decode_index_cursor(cursor: str | None) -> tuple[str, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value, name = json.loads(raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidParameter("the cursor is not one this server issued", parameter="cursor") from exc
     if not isinstance(value, str) or not isinstance(name, str):
         raise InvalidParameter("the cursor is not one this server issued", parameter="cursor")
@@ -84,9 +84,19 @@ def decode_cursor(cursor: str | None) -> tuple[int, Any] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_ms, key = json.loads(raw)
-        return int(created_ms), key
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidParameter("the cursor is not one this server issued", parameter="cursor") from exc
+    # Only what this server issues: an int64 creation time and a string or integer key.
+    if (
+        not isinstance(created_ms, int)
+        or isinstance(created_ms, bool)
+        or not -(2**63) <= created_ms < 2**63
+        or not isinstance(key, str | int)
+        or isinstance(key, bool)
+        or (isinstance(key, int) and not -(2**63) <= key < 2**63)
+    ):
+        raise InvalidParameter("the cursor is not one this server issued", parameter="cursor")
+    return created_ms, key
 
 
 class DirectoryMixin:

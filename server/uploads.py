@@ -37,7 +37,7 @@ def sign_id(secret: str, kind: str, object_id: str) -> str:
 
 def unsign_id(secret: str, kind: str, signed: str) -> str:
     object_id, _, mac = signed.rpartition(".")
-    if not object_id or not hmac.compare_digest(mac, _mac(secret, f"finalize:{kind}:{object_id}")):
+    if not object_id or not hmac.compare_digest(mac.encode(), _mac(secret, f"finalize:{kind}:{object_id}").encode()):
         raise NotFound("unknown signed id")
     return object_id
 
@@ -52,7 +52,7 @@ def verify_upload_token(secret: str, token: str, now_s: int | None = None) -> tu
     """(kind, object id) of a valid, unexpired upload token."""
     body, _, mac = token.rpartition(".")
     parts = body.split(".")
-    if len(parts) != 3 or not hmac.compare_digest(mac, _mac(secret, "upload:" + body)):
+    if len(parts) != 3 or not hmac.compare_digest(mac.encode(), _mac(secret, "upload:" + body).encode()):
         raise NotFound("unknown upload URL")
     kind, object_id, expires = parts
     if int(expires) < (now_s if now_s is not None else int(time.time())):

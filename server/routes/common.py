@@ -66,7 +66,7 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         return {}
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InvalidParameter(f"the body is not valid JSON: {exc}", parameter="body") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the body must be a JSON object", parameter="body")

@@ -18,6 +18,10 @@ from .common import ENGINE, caller, iso, ok
 routes = web.RouteTableDef()
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_YEAR_10000 = datetime.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=datetime.UTC)
+
+
 def _instant(request: web.Request, parameter: str) -> int | None:
     raw = request.query.get(parameter)
     if raw is None or raw == "":
@@ -28,6 +32,8 @@ def _instant(request: web.Request, parameter: str) -> int | None:
         raise InvalidParameter(f"{parameter} must be an ISO-8601 instant", parameter=parameter) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
+    if not _EPOCH <= moment < _YEAR_10000:
+        raise InvalidParameter(f"{parameter} must be between 1970 and 9999 (UTC)", parameter=parameter)
     return int(moment.timestamp() * 1000)
 
 

@@ -36,7 +36,7 @@ def check_confirmation(body: dict[str, Any], field: str, expected: str) -> None:
     if body.get("dangerDataWillBeDeletedForever") is not True:
         raise InvalidParameter("set dangerDataWillBeDeletedForever to true", parameter="dangerDataWillBeDeletedForever")
     given = body.get(field)
-    if not isinstance(given, str) or not hmac.compare_digest(given, expected):
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
         raise InvalidParameter(f"{field} does not match", parameter=field)
 
 

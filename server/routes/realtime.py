@@ -63,7 +63,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 break
             try:
                 data = json.loads(message.data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # like the client: frames that cannot be parsed are ignored
             if isinstance(data, dict):
                 await _handle(request, hub, connection, data)

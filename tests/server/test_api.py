@@ -3,6 +3,7 @@ auth matrix, bad input, CORS. (The official npm packages are exercised in tests/
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -379,3 +380,39 @@ async def test_the_openapi_document_describes_every_registered_route(api: Api):
         return "/".join("{}" if part.startswith("{") else part for part in path.split("/"))
 
     assert {(m, shape(p)) for m, p in registered} == {(m, shape(p)) for m, p in described}
+
+
+async def test_hostile_inputs_get_4xx_not_500(api: Api):
+    """From a review: inputs that used to reach an unhandled exception (500)."""
+    await api.deploy("toggle")
+    await api.call("POST", "/machines/toggle", body={"slug": "i1"})
+    # Non-ASCII in signed values: compare_digest refuses non-ASCII str, so comparisons are on bytes.
+    status, body = await api.call("POST", "/code-uploads/version.ver_x.99999999999.\u00e9", data=b"x")
+    assert status == 404, body
+    assert (await api.call("PUT", "/machines/toggle/v/ver_x.\u00e9", body={"clientInfo": ""}))[0] == 404
+    for path, field in (
+        ("/machines/toggle", "hmacSha256OfMachineNameWithMachineNameKey"),
+        ("/machines/toggle/i/i1", "hmacSha256OfMachineInstanceNameWithMachineNameKey"),
+    ):
+        status, body = await api.call("DELETE", path, body={"dangerDataWillBeDeletedForever": True, field: "\u00e9"})
+        assert (status, body["parameter"]) == (400, field), body
+    # Nesting deeper than the JSON parser recurses, in a body and in the act header.
+    status, body = await api.call("POST", "/machines", data="[" * 5000)
+    assert (status, body["code"]) == (400, "invalid-parameter") and body["parameter"] == "body"
+    status, body = await api.call("GET", "/machines", headers=api.admin(**{"x-statebacked-act": "[" * 3000}))
+    assert status == 400 and body["parameter"] == "x-statebacked-act"
+
+    # Forged cursors, on every kind of list.
+    def b64(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    for forged in ([1, {"a": 1}], [1, [1, 2]], [10**30, "x"], [1, 10**30], [True, "x"], ["1", "x"]):
+        for path in ("/machines", "/keys", "/orgs", "/machines/toggle/v", "/machines/toggle/i"):
+            status, body = await api.call("GET", f"{path}?cursor={b64(forged)}")
+            assert (status, body["parameter"]) == (400, "cursor"), (path, forged, body)
+    # /logs instants outside what can be printed back as ISO-8601.
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z"):
+        status, body = await api.call("GET", f"/logs?from={moment}")
+        assert (status, body["parameter"]) == (400, "from"), (moment, body)
+    # Nothing stored was touched.
+    assert (await api.call("GET", "/machines/toggle/i/i1"))[0] == 200

@@ -115,6 +115,7 @@ async def test_errors_are_messages_and_bad_tokens_do_not_refuse_the_upgrade(api:
     }
     await ws.send_json("not json at all")
     await ws.send_str("{broken")
+    await ws.send_str("[" * 30_000)  # nesting deeper than the JSON parser recurses
     await ws.send_json(_subscribe("ok"))
     assert (await _next(ws))["type"] == "instance-update"  # the socket survived the garbage
     await ws.close()
