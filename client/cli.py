@@ -25,6 +25,7 @@ import aiohttp
 
 from .api import StatehostClient
 from .errors import StatehostError
+from .tokens import sign_token
 
 __all__ = ["CLIENT_COMMANDS", "add_client_commands", "config_path", "run_client_command"]
 
@@ -132,6 +133,18 @@ async def _send_event(c: StatehostClient, a: argparse.Namespace) -> Any:
     return await c.instances.send_event(a.machine, a.instance, a.event)
 
 
+async def _generate_token(c: StatehostClient, a: argparse.Namespace) -> Any:
+    """Local signing, as smply's tokens generate: 24 hours, issuer https://cli.statebacked.dev/."""
+    if not isinstance(a.claims, dict):
+        raise UsageError("--claims must be a JSON object (it becomes the authContext)")
+    return {"token": sign_token(a.key, a.secret, a.claims, issuer="https://cli.statebacked.dev/")}
+
+
+async def _logs_get(c: StatehostClient, a: argparse.Namespace) -> Any:
+    page = await c.logs.retrieve(a.since, machine=a.machine, instance=a.instance)
+    return page if a.json else page["logs"]
+
+
 async def _deleted(what: Awaitable[None]) -> Any:
     await what
     return None
@@ -143,6 +156,7 @@ async def _deleted(what: Awaitable[None]) -> Any:
 _M = "statehost machines"
 _V = "statehost machine-versions"
 _I = "statehost instances"
+_K = "statehost keys"
 _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
     ("machines", "create", "create a machine, and with --node/--js its first version",
      f"{_M} create --machine toggle --node toggle.ts", _machines_create, ("machine", "index", "source?")),
@@ -167,17 +181,35 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
      lambda c, a: c.instances.transitions(a.machine, a.instance), ("machine", "instance")),
     ("instances", "delete", "delete an instance", f"{_I} delete -m toggle -i user-1",
      lambda c, a: _deleted(c.instances.delete(a.machine, a.instance)), ("machine", "instance")),
+    ("instances", "set-desired-version", "move an instance to another version",
+     f"{_I} set-desired-version -m toggle -i user-1 -v ver_x",
+     lambda c, a: _deleted(c.instances.set_desired_version(a.machine, a.instance, a.version)),
+     ("machine", "instance", "version!")),
+    ("instances", "set-status", "pause or resume an instance", f"{_I} set-status -m toggle -i user-1 --status paused",
+     lambda c, a: _deleted(c.instances.set_status(a.machine, a.instance, a.status)), ("machine", "instance", "status")),
+    ("keys", "create", "create an API key (its secret is shown once)", f"{_K} create --name backend --use production",
+     lambda c, a: c.keys.create(a.name, use=a.use, scopes=a.scopes), ("name", "use", "scopes")),
+    ("keys", "list", "list API keys", f"{_K} list", lambda c, a: c.keys.list(), ()),
+    ("keys", "delete", "delete an API key", f"{_K} delete --key sbk_x",
+     lambda c, a: _deleted(c.keys.delete(a.key)), ("key",)),
+    ("tokens", "generate", "sign an end-user token with a key, locally",
+     "statehost tokens generate --key sbk_x --secret sbsec_y --claims '{\"sub\": \"u1\"}'",
+     _generate_token, ("key", "secret", "claims", "local")),
+    ("logs", "get", "machine logs since an instant", "statehost logs get --from 2026-01-01T00:00:00Z -m toggle",
+     _logs_get, ("from", "machine?", "instance?")),
+    ("orgs", "list", "the orgs you belong to", "statehost orgs list", lambda c, a: c.orgs.list(), ()),
 )  # fmt: skip
 _GROUPS = {"machines": "machine definitions", "machine-versions": "versions of a machine's code",
-           "instances": "machine instances"}  # fmt: skip
+           "instances": "machine instances", "keys": "API keys (for signing end-user tokens)",
+           "tokens": "end-user tokens", "logs": "machine logs", "orgs": "organizations"}  # fmt: skip
 CLIENT_COMMANDS = frozenset(_GROUPS)
 
 
 def _flags(p: argparse.ArgumentParser, flag: str) -> None:
-    if flag == "machine":
-        p.add_argument("--machine", "-m", required=True, help="the machine's slug")
-    elif flag == "instance":
-        p.add_argument("--instance", "-i", required=True, help="the instance's name")
+    if flag in ("machine", "machine?"):
+        p.add_argument("--machine", "-m", required=flag == "machine", help="the machine's slug")
+    elif flag in ("instance", "instance?"):
+        p.add_argument("--instance", "-i", required=flag == "instance", help="the instance's name")
     elif flag == "index":
         p.add_argument("--index", action="append", help="an index name (repeatable)")
     elif flag in ("source", "source?"):
@@ -192,6 +224,26 @@ def _flags(p: argparse.ArgumentParser, flag: str) -> None:
         p.add_argument("--context", type=_json_arg, help="initial context (JSON)")
     elif flag == "version":
         p.add_argument("--version", help="a machine version ID (default: the current version)")
+    elif flag == "version!":
+        p.add_argument("--version", "-v", required=True, help="a machine version ID")
+    elif flag == "status":
+        p.add_argument("--status", "-s", required=True, choices=("running", "paused"))
+    elif flag == "name":
+        p.add_argument("--name", "-n", required=True, help="a name to recognise the key by")
+    elif flag == "use":
+        p.add_argument("--use", choices=("production", "ci"), help="production: instances; ci: deploys")
+    elif flag == "scopes":
+        p.add_argument("--scopes", nargs="+", help="explicit scopes instead of --use's")
+    elif flag == "key":
+        p.add_argument("--key", "-k", required=True, help="the key ID (sbk_...)")
+    elif flag == "secret":
+        p.add_argument("--secret", "-s", required=True, help="the key's secret (sbsec_...)")
+    elif flag == "claims":
+        p.add_argument("--claims", "-c", required=True, type=_json_arg, help="the authContext (JSON object)")
+    elif flag == "local":
+        p.set_defaults(local_only=True)
+    elif flag == "from":
+        p.add_argument("--from", "-f", dest="since", required=True, help="an ISO-8601 instant (exclusive)")
     elif flag == "event":
         p.add_argument("--event", "-e", required=True, type=_event_arg, help="an event type, or a JSON event object")
     elif flag == "auth":
@@ -256,6 +308,8 @@ def _cell(value: Any) -> str:
 
 async def _call(args: argparse.Namespace) -> Any:
     url, token, org = _settings(args)
+    if getattr(args, "local_only", False):
+        return await args.client_handler(StatehostClient(url), args)
     if not token:
         raise UsageError("no credentials: run `statehost login`, or pass --token or set STATEHOST_TOKEN")
     act_as = getattr(args, "auth_context", None)

@@ -102,3 +102,40 @@ async def test_errors(cli: Cli, tmp_path: Path):
     # A bad token is the server's refusal, named.
     code, _, err = await cli("machines", "list", "--token", "not-a-jwt")
     assert code == 1 and "missing-user" in err
+
+
+async def test_keys_tokens_logs_orgs_and_instance_admin(cli: Cli, tmp_path: Path):
+    source = tmp_path / "guarded.js"
+    source.write_bytes(GUARDED)
+    code, out, _ = await cli("machines", "create", "-m", "guarded", "--js", str(source), "--json")
+    version = json.loads(out)["machineVersionId"]
+    code, out, err = await cli("keys", "create", "--name", "backend", "--use", "production", "--json")
+    assert code == 0, err
+    key = json.loads(out)
+    code, out, _ = await cli("keys", "list")
+    assert key["id"] in out and out.splitlines()[0].split()[0] == "id"
+    # A locally signed token, used as the CLI's own credential: the authorizer sees its claims.
+    code, out, _ = await cli(
+        "tokens", "generate", "-k", key["id"], "-s", key["key"], "-c", '{"sub": "u-allowed"}', "--json"
+    )
+    token = json.loads(out)["token"]
+    code, out, err = await cli("instances", "create", "-m", "guarded", "-i", "g1", "--token", token, "--json")
+    assert code == 0 and json.loads(out)["state"] == "a", err
+    code, _, err = await cli("tokens", "generate", "-k", key["id"], "-s", key["key"], "-c", "[1]")
+    assert code == 2 and "JSON object" in err
+    code, out, _ = await cli("instances", "set-status", "-m", "guarded", "-i", "g1", "--status", "paused")
+    assert (code, out.strip()) == (0, "ok")
+    code, _, err = await cli("instances", "send-event", "-m", "guarded", "-i", "g1", "-e", "go", "--token", token)
+    assert code == 1 and "409" in err
+    assert (await cli("instances", "set-status", "-m", "guarded", "-i", "g1", "-s", "running"))[0] == 0
+    assert (await cli("instances", "set-desired-version", "-m", "guarded", "-i", "g1", "-v", version))[0] == 0
+    code, _, err = await cli("instances", "set-status", "-m", "guarded", "-i", "g1", "-s", "stopped")
+    assert code == 2 and "invalid choice" in err
+    code, out, _ = await cli("logs", "get", "--from", "2020-01-01T00:00:00Z", "-m", "guarded", "--json")
+    assert code == 0 and "maxTimestamp" in json.loads(out)
+    code, _, err = await cli("logs", "get", "--from", "yesterday")
+    assert code == 1 and "from" in err
+    code, out, _ = await cli("orgs", "list", "--json")
+    assert code == 0 and cli.api.org_id in {o["id"] for o in json.loads(out)}
+    assert (await cli("keys", "delete", "-k", key["id"]))[0] == 0
+    assert key["id"] not in (await cli("keys", "list"))[1]
