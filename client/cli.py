@@ -17,7 +17,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,11 @@ async def _logs_get(c: StatehostClient, a: argparse.Namespace) -> Any:
     return page if a.json else page["logs"]
 
 
+async def _watch(c: StatehostClient, a: argparse.Namespace) -> Any:
+    """Live updates: the current state, then one line per committed transition (reconnecting)."""
+    return c.instances.subscribe(a.machine, a.instance)
+
+
 async def _deleted(what: Awaitable[None]) -> Any:
     await what
     return None
@@ -179,6 +184,8 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
      _send_event, ("machine", "instance", "event", "auth")),
     ("instances", "list-transitions", "an instance's history", f"{_I} list-transitions -m toggle -i user-1",
      lambda c, a: c.instances.transitions(a.machine, a.instance), ("machine", "instance")),
+    ("instances", "watch", "live updates: the current state, then each transition as it commits",
+     f"{_I} watch -m toggle -i user-1", _watch, ("machine", "instance", "auth", "count")),
     ("instances", "delete", "delete an instance", f"{_I} delete -m toggle -i user-1",
      lambda c, a: _deleted(c.instances.delete(a.machine, a.instance)), ("machine", "instance")),
     ("instances", "set-desired-version", "move an instance to another version",
@@ -240,6 +247,8 @@ def _flags(p: argparse.ArgumentParser, flag: str) -> None:
         p.add_argument("--secret", "-s", required=True, help="the key's secret (sbsec_...)")
     elif flag == "claims":
         p.add_argument("--claims", "-c", required=True, type=_json_arg, help="the authContext (JSON object)")
+    elif flag == "count":
+        p.add_argument("--count", type=int, help="stop after this many updates (default: until interrupted)")
     elif flag == "local":
         p.set_defaults(local_only=True)
     elif flag == "from":
@@ -315,21 +324,44 @@ async def _call(args: argparse.Namespace) -> Any:
     act_as = getattr(args, "auth_context", None)
     async with StatehostClient(url, token, org_id=org, act_as=act_as) as client:
         try:
-            return await args.client_handler(client, args)
+            result = await args.client_handler(client, args)
+            if hasattr(result, "__aiter__"):
+                return await _stream(result, args)
+            return result
         except aiohttp.ClientConnectionError as exc:
             raise UsageError(f"cannot reach the API at {url}: {exc}") from None
+
+
+_STREAMED = object()
+
+
+async def _stream(items: AsyncIterator[Any], args: argparse.Namespace) -> object:
+    """Print each item as it arrives: one JSON line each with --json, else ``key: value`` blocks."""
+    seen = 0
+    try:
+        async for item in items:
+            print(json.dumps(item) if args.json else _render(item) + "\n", flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    return _STREAMED
 
 
 def run_client_command(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_call(args))
+    except KeyboardInterrupt:
+        return 130
     except UsageError as exc:
         print(f"statehost: {exc}", file=sys.stderr)
         return 2
     except StatehostError as exc:
         print(f"statehost: {exc}", file=sys.stderr)  # names the status and the server's code
         return 1
-    print(json.dumps(result, indent=2) if args.json else _render(result))
+    if result is not _STREAMED:
+        print(json.dumps(result, indent=2) if args.json else _render(result))
     return 0
 
 

@@ -139,3 +139,21 @@ async def test_keys_tokens_logs_orgs_and_instance_admin(cli: Cli, tmp_path: Path
     assert code == 0 and cli.api.org_id in {o["id"] for o in json.loads(out)}
     assert (await cli("keys", "delete", "-k", key["id"]))[0] == 0
     assert key["id"] not in (await cli("keys", "list"))[1]
+
+
+async def test_instances_watch_streams_each_committed_transition(cli: Cli, tmp_path: Path):
+    source = tmp_path / "toggle.ts"
+    source.write_bytes(TOGGLE)
+    assert (await cli("machines", "create", "-m", "toggle", "--node", str(source)))[0] == 0
+    assert (await cli("instances", "create", "-m", "toggle", "-i", "w1"))[0] == 0
+    watch = asyncio.create_task(cli("instances", "watch", "-m", "toggle", "-i", "w1", "--count", "3", "--json"))
+    for _ in range(200):  # toggle until the watcher has seen its three updates
+        if watch.done():
+            break
+        await cli.api.call("POST", "/machines/toggle/i/w1/events", body={"event": "toggle"})
+        await asyncio.sleep(0.05)
+    code, out, err = await asyncio.wait_for(watch, 10)
+    assert code == 0, err
+    states = [json.loads(line)["state"] for line in out.splitlines()]
+    # The current state, then one line per transition: a toggle alternates, never repeats.
+    assert len(states) == 3 and states[0] != states[1] != states[2]
