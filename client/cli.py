@@ -150,7 +150,8 @@ async def _watch(c: StatehostClient, a: argparse.Namespace) -> Any:
     return c.instances.subscribe(a.machine, a.instance)
 
 
-async def _deleted(what: Awaitable[None]) -> Any:
+async def _done(what: Awaitable[None]) -> Any:
+    """For calls that answer nothing (204): the command prints ``ok``."""
     await what
     return None
 
@@ -169,7 +170,7 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
     ("machines", "get", "show a machine", f"{_M} get --machine toggle",
      lambda c, a: c.machines.get(a.machine), ("machine",)),
     ("machines", "delete", "delete a machine with its versions and instances", f"{_M} delete --machine toggle",
-     lambda c, a: _deleted(c.machines.delete(a.machine)), ("machine",)),
+     lambda c, a: _done(c.machines.delete(a.machine)), ("machine",)),
     ("machine-versions", "create", "upload a new version", f"{_V} create -m toggle --node toggle.ts --make-current",
      _versions_create, ("machine", "make-current", "source")),
     ("machine-versions", "list", "list a machine's versions", f"{_V} list -m toggle",
@@ -187,18 +188,18 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
     ("instances", "watch", "live updates: the current state, then each transition as it commits",
      f"{_I} watch -m toggle -i user-1", _watch, ("machine", "instance", "auth", "count")),
     ("instances", "delete", "delete an instance", f"{_I} delete -m toggle -i user-1",
-     lambda c, a: _deleted(c.instances.delete(a.machine, a.instance)), ("machine", "instance")),
+     lambda c, a: _done(c.instances.delete(a.machine, a.instance)), ("machine", "instance")),
     ("instances", "set-desired-version", "move an instance to another version",
      f"{_I} set-desired-version -m toggle -i user-1 -v ver_x",
-     lambda c, a: _deleted(c.instances.set_desired_version(a.machine, a.instance, a.version)),
+     lambda c, a: _done(c.instances.set_desired_version(a.machine, a.instance, a.version)),
      ("machine", "instance", "version!")),
     ("instances", "set-status", "pause or resume an instance", f"{_I} set-status -m toggle -i user-1 --status paused",
-     lambda c, a: _deleted(c.instances.set_status(a.machine, a.instance, a.status)), ("machine", "instance", "status")),
+     lambda c, a: _done(c.instances.set_status(a.machine, a.instance, a.status)), ("machine", "instance", "status")),
     ("keys", "create", "create an API key (its secret is shown once)", f"{_K} create --name backend --use production",
      lambda c, a: c.keys.create(a.name, use=a.use, scopes=a.scopes), ("name", "use", "scopes")),
     ("keys", "list", "list API keys", f"{_K} list", lambda c, a: c.keys.list(), ()),
     ("keys", "delete", "delete an API key", f"{_K} delete --key sbk_x",
-     lambda c, a: _deleted(c.keys.delete(a.key)), ("key",)),
+     lambda c, a: _done(c.keys.delete(a.key)), ("key",)),
     ("tokens", "generate", "sign an end-user token with a key, locally",
      "statehost tokens generate --key sbk_x --secret sbsec_y --claims '{\"sub\": \"u1\"}'",
      _generate_token, ("key", "secret", "claims", "local")),

@@ -29,21 +29,14 @@ import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 import { StateBackedClient, errors } from "@statebacked/client";
 import { signToken } from "@statebacked/token";
+import { CheckFailure, assert, describeError, emit, env as sharedEnv, passedCount, runCheck } from "./checks.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // Environment
 
-function env(name, fallback) {
-  const v = process.env[name];
-  if (v === undefined || v === "") {
-    if (fallback !== undefined) return fallback;
-    process.stderr.write(`quickstart: missing environment variable ${name}\n`);
-    process.exit(2);
-  }
-  return v;
-}
+const env = (name, fallback) => sharedEnv("quickstart", name, fallback);
 
 // The client builds URLs as `${apiHost}/machines`, so a trailing slash would give `//machines`.
 const API_HOST = env("STATEHOST_URL").replace(/\/+$/, "");
@@ -64,52 +57,8 @@ const IDP_ISS = "https://idp.compat.statehost.test/";
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-let passed = 0;
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-function describeError(e) {
-  if (!(e instanceof Error)) return String(e);
-  const bits = [`${e.name}: ${e.message}`];
-  if (e.status !== undefined) bits.push(`status ${e.status}`);
-  if (e.code !== undefined) bits.push(`code ${e.code}`);
-  // undici's "fetch failed" hides the reason (ECONNREFUSED, bad port, …) in `cause`.
-  if (e.cause) bits.push(`cause: ${e.cause instanceof Error ? `${e.cause.name}: ${e.cause.message}` : String(e.cause)}`);
-  return bits.join("; ");
-}
-
-class CheckFailure extends Error {
-  constructor(message, details) {
-    super(message);
-    this.details = details;
-  }
-}
-
-function assert(cond, message, details) {
-  if (!cond) throw new CheckFailure(message, details);
-}
-
 async function check(name, fn) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
-  });
-  try {
-    const details = (await Promise.race([fn(), timeout])) ?? {};
-    emit({ check: name, ok: true, ...details });
-    passed += 1;
-    return details;
-  } catch (e) {
-    const error = e instanceof CheckFailure ? e.message : describeError(e);
-    emit({ check: name, ok: false, error, ...(e?.details !== undefined ? { details: e.details } : {}) });
-    process.stderr.write(`quickstart: FAILED check "${name}": ${error}\n`);
-    if (e?.details !== undefined) process.stderr.write(`  details: ${JSON.stringify(e.details)}\n`);
-    process.exit(1);
-  } finally {
-    clearTimeout(timer);
-  }
+  return runCheck("quickstart", name, fn, CHECK_TIMEOUT_MS);
 }
 
 /** Awaits `promise` and requires it to reject with an instance of `Cls`; returns the error. */
@@ -510,5 +459,5 @@ await check("delete-instance", async () => {
   return { instance: names.del };
 });
 
-emit({ check: "all", ok: true, checks: passed });
+emit({ check: "all", ok: true, checks: passedCount() });
 process.exit(0);

@@ -54,19 +54,12 @@ import fs from "node:fs";
 import WebSocket from "ws";
 import { StateBackedClient, errors } from "@statebacked/client";
 import { signToken } from "@statebacked/token";
+import { CheckFailure, assert, describeError, emit, env as sharedEnv, passedCount, runCheck } from "./checks.mjs";
 
 // ---------------------------------------------------------------------------------------------
 // Environment
 
-function env(name, fallback) {
-  const v = process.env[name];
-  if (v === undefined || v === "") {
-    if (fallback !== undefined) return fallback;
-    process.stderr.write(`realtime: missing environment variable ${name}\n`);
-    process.exit(2);
-  }
-  return v;
-}
+const env = (name, fallback) => sharedEnv("realtime", name, fallback);
 
 const API_HOST = env("STATEHOST_URL").replace(/\/+$/, "");
 const ORG_ID = env("ORG_ID");
@@ -88,51 +81,8 @@ const STARTED_AT = Date.now();
 // ---------------------------------------------------------------------------------------------
 // Reporting (same conventions as quickstart.mjs)
 
-let passed = 0;
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-function describeError(e) {
-  if (!(e instanceof Error)) return String(e);
-  const bits = [`${e.name}: ${e.message}`];
-  if (e.status !== undefined) bits.push(`status ${e.status}`);
-  if (e.code !== undefined) bits.push(`code ${e.code}`);
-  if (e.cause) bits.push(`cause: ${e.cause instanceof Error ? `${e.cause.name}: ${e.cause.message}` : String(e.cause)}`);
-  return bits.join("; ");
-}
-
-class CheckFailure extends Error {
-  constructor(message, details) {
-    super(message);
-    this.details = details;
-  }
-}
-
-function assert(cond, message, details) {
-  if (!cond) throw new CheckFailure(message, details);
-}
-
 async function check(name, fn, timeoutMs = CHECK_TIMEOUT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    const details = (await Promise.race([fn(), timeout])) ?? {};
-    emit({ check: name, ok: true, ...details });
-    passed += 1;
-    return details;
-  } catch (e) {
-    const error = e instanceof CheckFailure ? e.message : describeError(e);
-    emit({ check: name, ok: false, error, ...(e?.details !== undefined ? { details: e.details } : {}) });
-    process.stderr.write(`realtime: FAILED check "${name}": ${error}\n`);
-    if (e?.details !== undefined) process.stderr.write(`  details: ${JSON.stringify(e.details)}\n`);
-    process.exit(1);
-  } finally {
-    clearTimeout(timer);
-  }
+  return runCheck("realtime", name, fn, timeoutMs);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -624,5 +574,5 @@ await check(
 
 subA.unsubscribe();
 subB.unsubscribe();
-emit({ check: "all", ok: true, checks: passed, restart: restarted, instance: INSTANCE });
+emit({ check: "all", ok: true, checks: passedCount(), restart: restarted, instance: INSTANCE });
 process.exit(0);
