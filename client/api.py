@@ -218,11 +218,14 @@ class StatehostClient:
             info = parsed if isinstance(parsed, dict) else {}
             raise error_for(response.status, info.get("code"), info.get("error"), info.get("parameter"))
 
-    async def pages(self, path: str, key: str) -> AsyncIterator[JSON]:
+    async def pages(self, path: str, key: str, params: dict[str, str] | None = None) -> AsyncIterator[JSON]:
         """Every item of a paginated list, following cursors."""
         cursor: str | None = None
         while True:
-            page = await self.request("GET", path, params={"cursor": cursor} if cursor else None)
+            query = dict(params or {})
+            if cursor:
+                query["cursor"] = cursor
+            page = await self.request("GET", path, params=query or None)
             for item in page[key]:
                 yield item
             cursor = page.get("cursor")
@@ -334,9 +337,12 @@ class _Versions(_Group):
         client_info: str = "",
         make_current: bool = False,
         xstate_major: int | None = None,
+        index_selectors: dict[str, str] | None = None,
         gzip: bool = True,
     ) -> str:
-        """The three-step create: provisional version, upload to its URL (no auth), finalize."""
+        """The three-step create: provisional version, upload to its URL (no auth), finalize.
+        ``index_selectors`` maps the machine's index names to JSONPaths into the context (those
+        left out are inherited from the current version)."""
         data = code.encode() if isinstance(code, str) else code
         provisional = await self.client.request("POST", f"/machines/{machine}/v" + ("?gzip" if gzip else ""))
         form = aiohttp.FormData()
@@ -357,6 +363,8 @@ class _Versions(_Group):
         body: dict[str, Any] = {"clientInfo": client_info, "makeCurrent": make_current}
         if xstate_major is not None:
             body["xstateMajor"] = xstate_major
+        if index_selectors is not None:
+            body["indexSelectors"] = index_selectors
         finalized = await self.client.request("PUT", f"/machines/{machine}/v/{provisional['machineVersionId']}", body)
         return str(finalized["machineVersionId"])
 
@@ -392,6 +400,32 @@ class _Instances(_Group):
 
     async def list(self, machine: str) -> Items:
         return [item async for item in self.client.pages(f"/machines/{machine}/i", "instances")]
+
+    async def query(
+        self,
+        machine: str,
+        index: str,
+        *,
+        op: str | None = None,
+        value: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> Items:
+        """Instances by index value (``[{indexValue, slug}]``), in index order; ``op`` (eq, ne, gt,
+        gte, lt, lte) and ``value`` filter together. ``limit`` caps the whole result."""
+        if (op is None) != (value is None):
+            raise ValueError("op and value go together")
+        params = {"dir": "desc" if descending else "asc"}
+        if op is not None and value is not None:
+            params.update(op=op, value=value)
+        if limit is not None:
+            params["limit"] = str(min(limit, 1000))
+        found: Items = []
+        async for item in self.client.pages(f"/machines/{machine}/indexes/{index}/query", "instances", params):
+            found.append(item)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
 
     async def transitions(self, machine: str, instance: str) -> Items:
         path = f"/machines/{machine}/i/{instance}/events"
@@ -475,13 +509,19 @@ class _Logs(_Group):
         return await self.client.request("GET", "/logs", params=params)
 
     async def watch(
-        self, since: datetime.datetime, *, machine: str | None = None, instance: str | None = None, idle_s: float = 30.0
+        self,
+        since: datetime.datetime,
+        *,
+        machine: str | None = None,
+        instance: str | None = None,
+        version: str | None = None,
+        idle_s: float = 30.0,
     ) -> AsyncIterator[JSON]:
         """Every log line from ``since`` on, as it comes: continues from ``maxTimestamp``, and sleeps
         ``idle_s`` when nothing is new (the server then echoes ``from``)."""
         cursor = iso(since)
         while True:
-            page = await self.retrieve(cursor, machine=machine, instance=instance)
+            page = await self.retrieve(cursor, machine=machine, instance=instance, version=version)
             for entry in page["logs"]:
                 yield entry
             if not page["logs"] and page["maxTimestamp"] == cursor:

@@ -14,20 +14,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import datetime
+import itertools
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 
 from .api import StatehostClient
+from .config import ConfigError, config_path, load_config, set_default_org
 from .errors import StatehostError
 from .tokens import sign_token
 
-__all__ = ["CLIENT_COMMANDS", "add_client_commands", "config_path", "run_client_command"]
+__all__ = ["CLIENT_COMMANDS", "add_client_commands", "run_client_command"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8787"
 Handler = Callable[[StatehostClient, argparse.Namespace], Awaitable[Any]]
@@ -35,10 +42,6 @@ Handler = Callable[[StatehostClient, argparse.Namespace], Awaitable[Any]]
 
 class UsageError(Exception):
     """A problem with how the command was called (exit 2)."""
-
-
-def config_path(home: Path | None = None) -> Path:
-    return (home or Path.home()) / ".statehost" / "config.json"
 
 
 def _json_arg(text: str) -> Any:
@@ -107,6 +110,7 @@ async def _machines_create(c: StatehostClient, a: argparse.Namespace) -> Any:
             client_info=a.version_reference or "",
             make_current=True,
             xstate_major=a.xstate,
+            index_selectors=a.index_selectors,
         )
         return {"slug": a.machine, "machineVersionId": version}
     return {"slug": a.machine}
@@ -121,6 +125,7 @@ async def _versions_create(c: StatehostClient, a: argparse.Namespace) -> Any:
         client_info=a.version_reference or "",
         make_current=a.make_current,
         xstate_major=a.xstate,
+        index_selectors=a.index_selectors,
     )
     return {"machineVersionId": version}
 
@@ -140,14 +145,121 @@ async def _generate_token(c: StatehostClient, a: argparse.Namespace) -> Any:
     return {"token": sign_token(a.key, a.secret, a.claims, issuer="https://cli.statebacked.dev/")}
 
 
+def _instant_arg(text: str) -> datetime.datetime:
+    """An ISO-8601 instant, ``now``, or how long ago: ``15m``, ``1h``, ``2d`` (``--from=-1h``, as
+    smply writes it, means the same; argparse would read a bare ``-1h`` as a flag)."""
+    relative = re.fullmatch(r"-?(\d+)([smhd])", text.strip())
+    now = datetime.datetime.now(datetime.UTC)
+    if relative:
+        return now - datetime.timedelta(seconds=int(relative[1]) * _UNIT_SECONDS[relative[2]])
+    if text.strip() == "now":
+        return now
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an instant: use ISO-8601 (2026-01-31T12:00:00Z), now, or how long ago: 15m, 1h, 2d"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 async def _logs_get(c: StatehostClient, a: argparse.Namespace) -> Any:
-    page = await c.logs.retrieve(a.since, machine=a.machine, instance=a.instance)
-    return page if a.json else page["logs"]
+    page = await c.logs.retrieve(a.since, to=a.to, machine=a.machine, instance=a.instance, version=a.version)
+    return page if a.json else [_LogLine(entry) for entry in page["logs"]]
 
 
 async def _watch(c: StatehostClient, a: argparse.Namespace) -> Any:
-    """Live updates: the current state, then one line per committed transition (reconnecting)."""
+    """Live updates: the current state, then one per committed transition (reconnecting)."""
     return c.instances.subscribe(a.machine, a.instance)
+
+
+async def _logs_watch(c: StatehostClient, a: argparse.Namespace) -> Any:
+    async def lines() -> AsyncIterator[Any]:
+        watch = c.logs.watch(a.since, machine=a.machine, instance=a.instance, version=a.version, idle_s=a.poll)
+        try:
+            async for entry in watch:
+                yield entry if a.json else _LogLine(entry)
+        finally:
+            await watch.aclose()  # type: ignore[attr-defined]
+
+    return lines()
+
+
+class _LogLine(dict[str, Any]):
+    """A log entry that prints as one line (``--json`` prints the entry itself)."""
+
+
+async def _instances_query(c: StatehostClient, a: argparse.Namespace) -> Any:
+    if (a.op is None) != (a.value is None):
+        raise UsageError("--op and --value go together")
+    return await c.instances.query(
+        a.machine, a.index, op=a.op, value=a.value, descending=a.sort == "desc", limit=a.limit
+    )
+
+
+async def _idp_upsert(c: StatehostClient, a: argparse.Namespace) -> Any:
+    if not (a.audience or a.issuer):
+        raise UsageError("give --audience, --issuer or both: they identify the identity provider")
+    key = _b64url(a.key.encode()) if a.key is not None else a.base64_key
+    await c.identity_providers.upsert(
+        algs=a.algorithm, mapping=a.mapping, aud=a.audience, iss=a.issuer, key=key, jwks_url=a.jwks_url
+    )
+
+
+async def _idp_supabase(c: StatehostClient, a: argparse.Namespace) -> Any:
+    await c.identity_providers.upsert(
+        algs=["HS256"],
+        mapping=a.mapping,
+        aud="authenticated",
+        iss=f"https://{a.project}.supabase.co/auth/v1",
+        key=_b64url(a.secret.encode()),
+    )
+
+
+async def _idp_auth0(c: StatehostClient, a: argparse.Namespace) -> Any:
+    domain = a.domain.removeprefix("https://").rstrip("/")
+    await c.identity_providers.upsert(
+        algs=["RS256"],
+        mapping=a.mapping,
+        aud=f"https://{domain}/api/v2/",
+        iss=f"https://{domain}/",
+        jwks_url=f"https://{domain}/.well-known/jwks.json",
+    )
+
+
+async def _idp_cognito(c: StatehostClient, a: argparse.Namespace) -> Any:
+    issuer = f"https://cognito-idp.{a.region}.amazonaws.com/{a.user_pool_id}"
+    await c.identity_providers.upsert(
+        algs=["RS256"], mapping=a.mapping, iss=issuer, jwks_url=f"{issuer}/.well-known/jwks.json"
+    )
+
+
+async def _idp_delete(c: StatehostClient, a: argparse.Namespace) -> Any:
+    if not (a.audience or a.issuer):
+        raise UsageError("give --audience, --issuer or both: they identify the identity provider")
+    await c.identity_providers.delete(aud=a.audience, iss=a.issuer)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def _orgs_create(c: StatehostClient, a: argparse.Namespace) -> Any:
+    return {"id": await c.orgs.create(a.name)}
+
+
+async def _default_org_get(c: StatehostClient, a: argparse.Namespace) -> Any:
+    return {"orgId": load_config(a.config or config_path()).get("orgId")}
+
+
+async def _default_org_set(c: StatehostClient, a: argparse.Namespace) -> Any:
+    if not a.org:
+        raise UsageError("give the org to use: --org org_...")
+    set_default_org(a.config or config_path(), a.org)
+    return {"orgId": a.org}
 
 
 async def _done(what: Awaitable[None]) -> Any:
@@ -157,12 +269,14 @@ async def _done(what: Awaitable[None]) -> Any:
 
 
 # Each command: group, name, what it does, an example, its handler, and the flags it takes beyond
-# the common ones ("machine", "instance", "source"/"source?" = --node|--js required/optional,
-# "auth" = --auth-context, and command-specific ones).
+# the common ones (named in _FLAGS below; a trailing "?" makes a required flag optional).
 _M = "statehost machines"
 _V = "statehost machine-versions"
 _I = "statehost instances"
 _K = "statehost keys"
+_P = "statehost identity-providers"
+_T = "statehost token-providers"
+_MAP = '--mapping \'{"sub.$": "$.sub"}\''
 _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
     ("machines", "create", "create a machine, and with --node/--js its first version",
      f"{_M} create --machine toggle --node toggle.ts", _machines_create, ("machine", "index", "source?")),
@@ -181,6 +295,9 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
      lambda c, a: c.instances.get(a.machine, a.instance), ("machine", "instance", "auth")),
     ("instances", "list", "list a machine's instances", f"{_I} list -m toggle",
      lambda c, a: c.instances.list(a.machine), ("machine",)),
+    ("instances", "query", "find instances by an index value",
+     f"{_I} query -m toggle --index email --op eq --value a@example.com", _instances_query,
+     ("machine", "index!", "op", "value", "sort", "limit")),
     ("instances", "send-event", "send an event", f"{_I} send-event -m toggle -i user-1 --event toggle",
      _send_event, ("machine", "instance", "event", "auth")),
     ("instances", "list-transitions", "an instance's history", f"{_I} list-transitions -m toggle -i user-1",
@@ -203,65 +320,112 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
     ("tokens", "generate", "sign an end-user token with a key, locally",
      "statehost tokens generate --key sbk_x --secret sbsec_y --claims '{\"sub\": \"u1\"}'",
      _generate_token, ("key", "secret", "claims", "local")),
-    ("logs", "get", "machine logs since an instant", "statehost logs get --from 2026-01-01T00:00:00Z -m toggle",
-     _logs_get, ("from", "machine?", "instance?")),
+    ("logs", "get", "machine logs from an instant (ISO-8601, or how long ago: 15m, 1h, 2d)",
+     "statehost logs get --from 1h -m toggle", _logs_get, ("from", "to", "machine?", "instance?", "version?")),
+    ("logs", "watch", "follow machine logs as they are written",
+     "statehost logs watch --from 5m -m toggle", _logs_watch,
+     ("from", "machine?", "instance?", "version?", "poll", "count")),
+    ("identity-providers", "upsert", "trust an identity provider's tokens for token exchange",
+     f"{_P} upsert --issuer https://idp.example.com/ --algorithm HS256 --key s3cret {_MAP}", _idp_upsert,
+     ("audience", "issuer", "algorithm", "mapping", "idp-key")),
+    ("identity-providers", "upsert-supabase", "trust a Supabase project's tokens",
+     f"{_P} upsert-supabase --project abcd --secret jwt-secret {_MAP}", _idp_supabase,
+     ("project", "jwt-secret", "mapping")),
+    ("identity-providers", "upsert-auth0", "trust an Auth0 tenant's tokens",
+     f"{_P} upsert-auth0 --domain example.us.auth0.com {_MAP}", _idp_auth0, ("domain", "mapping")),
+    ("identity-providers", "upsert-cognito", "trust an AWS Cognito user pool's tokens",
+     f"{_P} upsert-cognito --user-pool-id us-east-1_abc --region us-east-1 {_MAP}", _idp_cognito,
+     ("user-pool-id", "region", "mapping")),
+    ("identity-providers", "list", "list identity providers", f"{_P} list",
+     lambda c, a: c.identity_providers.list(), ()),
+    ("identity-providers", "delete", "stop trusting an identity provider",
+     f"{_P} delete --issuer https://idp.example.com/", _idp_delete, ("audience", "issuer")),
+    ("token-providers", "upsert", "issue statehost tokens for a service, signed with a key",
+     f"{_T} upsert --service my-app --key sbk_x {_MAP}",
+     lambda c, a: _done(c.token_providers.upsert(a.service, a.key, a.mapping)), ("service", "key", "mapping")),
+    ("token-providers", "list", "list token providers", f"{_T} list", lambda c, a: c.token_providers.list(), ()),
+    ("token-providers", "delete", "delete a token provider", f"{_T} delete --service my-app",
+     lambda c, a: _done(c.token_providers.delete(a.service)), ("service",)),
     ("orgs", "list", "the orgs you belong to", "statehost orgs list", lambda c, a: c.orgs.list(), ()),
+    ("orgs", "create", "create an org", "statehost orgs create --name acme", _orgs_create, ("name",)),
 )  # fmt: skip
 _GROUPS = {"machines": "machine definitions", "machine-versions": "versions of a machine's code",
            "instances": "machine instances", "keys": "API keys (for signing end-user tokens)",
-           "tokens": "end-user tokens", "logs": "machine logs", "orgs": "organizations"}  # fmt: skip
+           "tokens": "end-user tokens", "logs": "machine logs", "orgs": "organizations",
+           "identity-providers": "identity providers whose tokens can be exchanged for statehost tokens",
+           "token-providers": "how exchanged tokens are issued"}  # fmt: skip
 CLIENT_COMMANDS = frozenset(_GROUPS)
+
+# Flag kinds: the flags, then argparse's keyword arguments. Source and idp-key are groups (below).
+_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "machine": (("--machine", "-m"), {"required": True, "help": "the machine's slug"}),
+    "instance": (("--instance", "-i"), {"required": True, "help": "the instance's name"}),
+    "index": (("--index",), {"action": "append", "help": "an index name (repeatable)"}),
+    "index!": (("--index",), {"required": True, "help": "the index to query"}),
+    "op": (("--op",), {"choices": ("eq", "ne", "gt", "gte", "lt", "lte"), "help": "compare with --value"}),
+    "value": (("--value",), {"help": "the index value to compare with"}),
+    "sort": (("--sort",), {"choices": ("asc", "desc"), "default": "asc", "help": "index order (default asc)"}),
+    "limit": (("--limit",), {"type": int, "help": "at most this many instances"}),
+    "make-current": (("--make-current",), {"action": "store_true", "help": "new instances start on this version"}),
+    "context": (("--context",), {"type": _json_arg, "help": "initial context (JSON)"}),
+    "version": (("--version",), {"help": "a machine version ID (default: the current version)"}),
+    "version?": (("--version", "-v"), {"help": "only this machine version (ver_...)"}),
+    "version!": (("--version", "-v"), {"required": True, "help": "a machine version ID"}),
+    "status": (("--status", "-s"), {"required": True, "choices": ("running", "paused")}),
+    "name": (("--name", "-n"), {"required": True, "help": "a name to recognise it by"}),
+    "use": (("--use",), {"choices": ("production", "ci"), "help": "production: instances; ci: deploys"}),
+    "scopes": (("--scopes",), {"nargs": "+", "help": "explicit scopes instead of --use's"}),
+    "key": (("--key", "-k"), {"required": True, "help": "the key ID (sbk_...)"}),
+    "secret": (("--secret", "-s"), {"required": True, "help": "the key's secret (sbsec_...)"}),
+    "claims": (("--claims", "-c"), {"required": True, "type": _json_arg, "help": "the authContext (JSON object)"}),
+    "count": (("--count",), {"type": int, "help": "stop after this many (default: until interrupted)"}),
+    "from": (("--from", "-f"), {"dest": "since", "required": True, "type": _instant_arg,
+                                "help": "from this instant, exclusive: ISO-8601, or how long ago (15m, 1h, 2d)"}),
+    "to": (("--to",), {"type": _instant_arg, "help": "up to this instant (same forms as --from)"}),
+    "poll": (("--poll",), {"type": float, "default": 2.0, "help": "seconds between polls when idle (default 2)"}),
+    "event": (("--event", "-e"), {"required": True, "type": _event_arg,
+                                  "help": "an event type, or a JSON event object"}),
+    "auth": (("--auth-context",), {"type": _json_arg,
+                                   "help": "act as an end user with this authContext (JSON; admin tokens only)"}),
+    "audience": (("--audience", "-a"), {"help": "the tokens' aud claim"}),
+    "issuer": (("--issuer",), {"help": "the tokens' iss claim"}),
+    "algorithm": (("--algorithm", "-l"), {"required": True, "nargs": "+",
+                                          "choices": ("HS256", "HS384", "HS512", "PS256", "PS384", "PS512", "RS256",
+                                                      "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"),
+                                          "help": "the signing algorithms to accept"}),
+    "mapping": (("--mapping",), {"required": True, "type": _json_arg,
+                                 "help": "how claims become the authContext (JSON; docs/compatibility.md)"}),
+    "project": (("--project", "-p"), {"required": True, "help": "the Supabase project ID"}),
+    "jwt-secret": (("--secret", "-s"), {"required": True, "help": "the Supabase project's JWT secret"}),
+    "domain": (("--domain", "-d"), {"required": True, "help": "the Auth0 domain"}),
+    "user-pool-id": (("--user-pool-id", "-u"), {"required": True, "help": "the Cognito user pool ID"}),
+    "region": (("--region", "-r"), {"required": True, "help": "the Cognito user pool's AWS region"}),
+    "service": (("--service", "-s"), {"required": True, "help": "the service name clients exchange tokens for"}),
+}  # fmt: skip
 
 
 def _flags(p: argparse.ArgumentParser, flag: str) -> None:
-    if flag in ("machine", "machine?"):
-        p.add_argument("--machine", "-m", required=flag == "machine", help="the machine's slug")
-    elif flag in ("instance", "instance?"):
-        p.add_argument("--instance", "-i", required=flag == "instance", help="the instance's name")
-    elif flag == "index":
-        p.add_argument("--index", action="append", help="an index name (repeatable)")
-    elif flag in ("source", "source?"):
+    if flag in ("source", "source?"):
         source = p.add_mutually_exclusive_group(required=flag == "source")
         source.add_argument("--node", type=Path, help="a TypeScript/JavaScript module; the server bundles it")
         source.add_argument("--js", type=Path, help="a JavaScript module or bundle")
         p.add_argument("--xstate", type=int, choices=(4, 5), help="the XState major (default: from the imports)")
         p.add_argument("--version-reference", help="your reference for this version, e.g. a git commit")
-    elif flag == "make-current":
-        p.add_argument("--make-current", action="store_true", help="new instances start on this version")
-    elif flag == "context":
-        p.add_argument("--context", type=_json_arg, help="initial context (JSON)")
-    elif flag == "version":
-        p.add_argument("--version", help="a machine version ID (default: the current version)")
-    elif flag == "version!":
-        p.add_argument("--version", "-v", required=True, help="a machine version ID")
-    elif flag == "status":
-        p.add_argument("--status", "-s", required=True, choices=("running", "paused"))
-    elif flag == "name":
-        p.add_argument("--name", "-n", required=True, help="a name to recognise the key by")
-    elif flag == "use":
-        p.add_argument("--use", choices=("production", "ci"), help="production: instances; ci: deploys")
-    elif flag == "scopes":
-        p.add_argument("--scopes", nargs="+", help="explicit scopes instead of --use's")
-    elif flag == "key":
-        p.add_argument("--key", "-k", required=True, help="the key ID (sbk_...)")
-    elif flag == "secret":
-        p.add_argument("--secret", "-s", required=True, help="the key's secret (sbsec_...)")
-    elif flag == "claims":
-        p.add_argument("--claims", "-c", required=True, type=_json_arg, help="the authContext (JSON object)")
-    elif flag == "count":
-        p.add_argument("--count", type=int, help="stop after this many updates (default: until interrupted)")
+        p.add_argument(
+            "--index-selectors",
+            type=_json_arg,
+            help='JSON: index name -> JSONPath into the context, e.g. \'{"email": "$.email"}\'',
+        )
+    elif flag == "idp-key":
+        key = p.add_mutually_exclusive_group(required=True)
+        key.add_argument("--key", "-k", help="the shared secret (UTF-8), for HS* algorithms")
+        key.add_argument("--base64-key", "-b", help="the key, base64url-encoded (a secret, PEM or JWK)")
+        key.add_argument("--jwks-url", "-j", help="where the provider publishes its public keys")
     elif flag == "local":
         p.set_defaults(local_only=True)
-    elif flag == "from":
-        p.add_argument("--from", "-f", dest="since", required=True, help="an ISO-8601 instant (exclusive)")
-    elif flag == "event":
-        p.add_argument("--event", "-e", required=True, type=_event_arg, help="an event type, or a JSON event object")
-    elif flag == "auth":
-        p.add_argument(
-            "--auth-context", type=_json_arg, help="act as an end user with this authContext (JSON; admin tokens only)"
-        )
-    else:  # pragma: no cover - a typo in _TABLE
-        raise AssertionError(f"unknown flag kind {flag}")
+    else:
+        names, kwargs = _FLAGS.get(flag) or _FLAGS[flag.rstrip("?")]
+        p.add_argument(*names, **({**kwargs, "required": False} if flag.endswith("?") else kwargs))
 
 
 def add_client_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -274,46 +438,125 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
         command = _command(groups[group], name, help_text, example, handler)
         for flag in flags:
             _flags(command, flag)
+    # smply's ``orgs default get|set``: local, one level deeper.
+    default = groups["orgs"].add_parser("default", help="the org used when none is given (local)")
+    nested = default.add_subparsers(dest="default_command", required=True, metavar="COMMAND")
+    _command(nested, "get", "show the default org", "statehost orgs default get", _default_org_get)
+    setter = _command(nested, "set", "set the default org", "statehost orgs default set --org org_x", _default_org_set)
+    for command in (nested.choices["get"], setter):
+        command.set_defaults(local_only=True)
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+class _Style:
+    """ANSI colour when the stream is a terminal (``NO_COLOR`` turns it off, ``FORCE_COLOR`` on)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        forced = bool(os.environ.get("FORCE_COLOR"))
+        self.on = forced or (stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb")
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.on else text
+
+
+_BOLD, _DIM, _RED, _YELLOW, _CYAN = "1", "2", "31", "33", "36"
+
+
+def _render(result: Any, style: _Style) -> str:
+    if result is None:
+        return style("ok", _BOLD)
+    if isinstance(result, list):
+        if not result:
+            return style("(none)", _DIM)
+        if all(isinstance(item, _LogLine) for item in result):
+            return "\n".join(_render_log(item, style) for item in result)
+        rows = [
+            {k: _cell(v) for k, v in item.items()} if isinstance(item, dict) else {"": _cell(item)} for item in result
+        ]
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in columns}
+        header = "  ".join(c.ljust(widths[c]) for c in columns).rstrip()
+        lines = [style(header, _BOLD)]
+        lines += ["  ".join(row.get(c, "").ljust(widths[c]) for c in columns).rstrip() for row in rows]
+        return "\n".join(lines)
+    if isinstance(result, _LogLine):
+        return _render_log(result, style)
+    if isinstance(result, dict):
+        return "\n".join(f"{style(k + ':', _CYAN)} {_cell(v)}" for k, v in result.items())
+    return str(result)
+
+
+def _render_log(entry: dict[str, Any], style: _Style) -> str:
+    where = f"{entry.get('machineName')}/{entry.get('instanceName')}"
+    stream = entry.get("outputType", "stdout")
+    text = str(entry.get("log", "")).rstrip("\n")
+    stream_style = _YELLOW if stream == "stderr" else _DIM
+    return f"{style(str(entry.get('timestamp')), _DIM)} {where} {style(stream, stream_style)} {text}"
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+class _Progress:
+    """A spinner with the elapsed time on stderr while a call is slow (terminals only; it appears
+    after ``delay`` seconds, so quick commands print nothing extra, and erases itself)."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, label: str, stream: TextIO | None = None, delay: float = 0.3, interval: float = 0.1) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.delay = delay
+        self.interval = interval
+        self.task: asyncio.Task[None] | None = None
+        self.drawn = False
+
+    async def __aenter__(self) -> _Progress:
+        if self.stream.isatty():
+            self.task = asyncio.create_task(self._spin())
+        return self
+
+    async def _spin(self) -> None:
+        started = time.monotonic()
+        await asyncio.sleep(self.delay)
+        for frame in itertools.cycle(self.FRAMES):
+            self.stream.write(f"\r{frame} {self.label} {time.monotonic() - started:.1f}s")
+            self.stream.flush()
+            self.drawn = True
+            await asyncio.sleep(self.interval)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
 
 
 # ---- running ----------------------------------------------------------------------------------
 
 
 def _settings(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
-    path: Path = args.config or config_path()
-    saved: dict[str, Any] = {}
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError as exc:
-            raise UsageError(f"{path}: not JSON ({exc}); run statehost login again") from None
+    try:
+        saved = load_config(args.config or config_path())
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     url = args.api_url or os.environ.get("STATEHOST_API_URL") or saved.get("apiUrl") or DEFAULT_API_URL
     token = args.token or os.environ.get("STATEHOST_TOKEN") or saved.get("token")
     org = args.org or os.environ.get("STATEHOST_ORG") or saved.get("orgId")
     return url, token, org
 
 
-def _render(result: Any) -> str:
-    if result is None:
-        return "ok"
-    if isinstance(result, list):
-        if not result:
-            return "(none)"
-        rows = [
-            {k: _cell(v) for k, v in item.items()} if isinstance(item, dict) else {"": _cell(item)} for item in result
-        ]
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in columns}
-        lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
-        lines += ["  ".join(row.get(c, "").ljust(widths[c]) for c in columns).rstrip() for row in rows]
-        return "\n".join(lines)
-    if isinstance(result, dict):
-        return "\n".join(f"{k}: {_cell(v)}" for k, v in result.items())
-    return str(result)
-
-
-def _cell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+def _label(args: argparse.Namespace) -> str:
+    path = getattr(args, "node", None) or getattr(args, "js", None)
+    if path is not None:
+        return f"bundling and uploading {path.name}"
+    return f"{args.command} {args.subcommand}"
 
 
 async def _call(args: argparse.Namespace) -> Any:
@@ -325,7 +568,8 @@ async def _call(args: argparse.Namespace) -> Any:
     act_as = getattr(args, "auth_context", None)
     async with StatehostClient(url, token, org_id=org, act_as=act_as) as client:
         try:
-            result = await args.client_handler(client, args)
+            async with _Progress(_label(args)):
+                result = await args.client_handler(client, args)
             if hasattr(result, "__aiter__"):
                 return await _stream(result, args)
             return result
@@ -337,14 +581,24 @@ _STREAMED = object()
 
 
 async def _stream(items: AsyncIterator[Any], args: argparse.Namespace) -> object:
-    """Print each item as it arrives: one JSON line each with --json, else ``key: value`` blocks."""
+    """Print each item as it arrives: one JSON line each with --json, else as a person reads it
+    (``key: value`` blocks for states, one line per log entry); a spinner until the first one."""
+    style = _Style(sys.stdout)
+    count = getattr(args, "count", None)
     seen = 0
+    iterator = aiter(items)
     try:
-        async for item in items:
-            print(json.dumps(item) if args.json else _render(item) + "\n", flush=True)
+        async with _Progress("waiting for the first update"):
+            item = await anext(iterator, _STREAMED)
+        while item is not _STREAMED:
+            if args.json:
+                print(json.dumps(item), flush=True)
+            else:
+                print(_render(item, style) + ("" if isinstance(item, _LogLine) else "\n"), flush=True)
             seen += 1
-            if args.count is not None and seen >= args.count:
+            if count is not None and seen >= count:
                 break
+            item = await anext(iterator, _STREAMED)
     finally:
         await items.aclose()  # type: ignore[attr-defined]
     return _STREAMED
@@ -355,14 +609,12 @@ def run_client_command(args: argparse.Namespace) -> int:
         result = asyncio.run(_call(args))
     except KeyboardInterrupt:
         return 130
-    except UsageError as exc:
-        print(f"statehost: {exc}", file=sys.stderr)
-        return 2
-    except StatehostError as exc:
-        print(f"statehost: {exc}", file=sys.stderr)  # names the status and the server's code
-        return 1
+    except (UsageError, StatehostError) as exc:
+        # 2: how the command was called; 1: the server refused (the message names status and code).
+        print(f"{_Style(sys.stderr)('statehost:', _RED)} {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
     if result is not _STREAMED:
-        print(json.dumps(result, indent=2) if args.json else _render(result))
+        print(json.dumps(result, indent=2) if args.json else _render(result, _Style(sys.stdout)))
     return 0
 
 

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from client.config import write_private
 
 from .auth import issue_admin_token
 from .engine import DurableEngine
 from .orgs import create_org
 
-__all__ = ["bootstrap", "write_private"]
-
-
-def write_private(path: Path, content: str) -> None:
-    """Write a file only its owner can read (credentials)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    os.chmod(path, 0o600)
+__all__ = ["bootstrap"]
 
 
 async def bootstrap(engine: DurableEngine, admin_secret: str, url: str, path: Path, lifetime_s: int) -> bool:

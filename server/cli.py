@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.cli import CLIENT_COMMANDS, add_client_commands, config_path, run_client_command
+from client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
+from client.config import config_path, save_login
 from runtime import (
     BundleError,
     Bundler,
@@ -369,34 +370,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _login(args: argparse.Namespace) -> int:
-    from .bootstrap import write_private
-
     saved: dict[str, Any] = {}
     if args.credentials is not None:
-        saved = json.loads(args.credentials.read_text())
+        try:
+            saved = json.loads(args.credentials.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"statehost: {args.credentials}: cannot read admin credentials ({exc})", file=sys.stderr)
+            return 2
     url = args.api_url or saved.get("url")
     token = args.token or saved.get("adminToken")
     org = args.org or saved.get("orgId")
     if not url or not token:
         print("statehost: give --credentials, or --api-url and --token", file=sys.stderr)
         return 2
-    # The Supabase-session shape smply loads (wire-api 6.4): a far-future expires_at means it never
-    # tries to refresh against the hosted service.
-    session = {
-        "access_token": token,
-        "refresh_token": "unused",
-        "token_type": "bearer",
-        "expires_in": 3_153_600_000,
-        "expires_at": 4_102_444_800,
-        "user": {"id": saved.get("userId", "statehost-admin"), "email": None},
-    }
-    config = config_path(args.home)
-    write_private(config, json.dumps({"apiUrl": url, "token": token, "orgId": org}, indent=2) + "\n")
-    smply = args.home / ".smply"
-    write_private(smply / "credentials", json.dumps(session) + "\n")
-    if org:
-        write_private(smply / "default-org", org)
-    print(f"wrote {config}, {smply / 'credentials'}" + (f" and {smply / 'default-org'}" if org else ""))
+    written = save_login(config_path(args.home), url, token, org, saved.get("userId", "statehost-admin"))
+    print("wrote " + ", ".join(map(str, written)))
     print(f"now: statehost machines list   (or: smply --api-url {url} machines list)")
     return 0
 
