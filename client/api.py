@@ -460,6 +460,8 @@ class _Instances(_Group):
         params = {"token": await self.client.token() or ""}
         if self.client.org_id:
             params["x-statebacked-org-id"] = self.client.org_id
+        if self.client.act_as is not None:  # a statehost extension (docs/realtime.md)
+            params["x-statebacked-act"] = json.dumps(self.client.act_as)
         request_id = secrets.token_hex(6)
         newest = -1
         while True:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,15 +74,30 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787)")
+    # Each of these also reads an environment variable (for containers and process managers); a
+    # flag wins over it.
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("STATEHOST_HOST", "127.0.0.1"),
+        help="address to listen on (default $STATEHOST_HOST, else 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get("STATEHOST_PORT", "8787"),  # a string default goes through type=int
+        help="port to listen on (default $STATEHOST_PORT, else 8787)",
+    )
     serve.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".statehost"),
-        help="where the database and admin credentials live (default ./.statehost)",
+        default=os.environ.get("STATEHOST_DATA_DIR", ".statehost"),
+        help="where the database and admin credentials live (default $STATEHOST_DATA_DIR, else ./.statehost)",
     )
-    serve.add_argument("--public-url", help="the URL clients reach this server at, if not http://HOST:PORT")
+    serve.add_argument(
+        "--public-url",
+        default=os.environ.get("STATEHOST_PUBLIC_URL"),
+        help="the URL clients reach this server at, if not http://HOST:PORT (default $STATEHOST_PUBLIC_URL)",
+    )
     serve.add_argument("--workers", type=int, default=0, help="sandbox worker threads (default: one per CPU)")
     serve.add_argument(
         "--synchronous",

@@ -20,13 +20,13 @@ SOURCES = [
     ),
 ]
 FLAGS = {
-    "database": "`--data-dir` (the file is `<data-dir>/statehost.db`)",
+    "database": "`--data-dir`, `$STATEHOST_DATA_DIR` (the file is `<data-dir>/statehost.db`)",
     "synchronous": "`--synchronous`",
     "workers": "`--workers`",
-    "host": "`--host`",
-    "port": "`--port`",
-    "public_url": "`--public-url`",
-    "bootstrap_file": "`--data-dir` (`<data-dir>/admin.json`)",
+    "host": "`--host`, `$STATEHOST_HOST`",
+    "port": "`--port`, `$STATEHOST_PORT`",
+    "public_url": "`--public-url`, `$STATEHOST_PUBLIC_URL`",
+    "bootstrap_file": "`--data-dir`, `$STATEHOST_DATA_DIR` (`<data-dir>/admin.json`)",
     "allow_private": "`--allow-private-fetch`",
     "settle_window_ms": "`--settle-window-ms`",
 }
@@ -60,7 +60,7 @@ def render() -> str:
         "",
     ]
     for title, path, class_name in SOURCES:
-        out += [f"## {title}", "", "| Setting | Default | Flag | Meaning |", "|---|---|---|---|"]
+        out += [f"## {title}", "", "| Setting | Default | Flag, environment | Meaning |", "|---|---|---|---|"]
         for name, default, doc in _fields(path, class_name):
             flag = FLAGS.get(name, "")
             out.append(f"| `{name}` | `{default}` | {flag} | {doc.replace('|', '/')} |")

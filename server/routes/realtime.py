@@ -2,6 +2,10 @@
 
 The upgrade is never refused: a bad or expired token is answered per subscribe with an ``error``
 (403 missing-user), because the official client reconnects in a tight loop when an upgrade fails.
+
+statehost extension: an ``x-statebacked-act`` query parameter does on the socket what the header
+does on HTTP (an admin acting as an end user, for ``statehost instances watch --auth-context``).
+The official client never sends it (wire-api 4.1).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             engine.store,
             request.query.get("token"),
             org_header=request.query.get("x-statebacked-org-id") or None,
-            act_header=None,
+            act_header=request.query.get("x-statebacked-act"),
             now_s=engine.clock.now_ms() // 1000,
             admin_secret=request.app[SECRETS]["admin"],
         )

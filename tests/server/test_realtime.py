@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -120,6 +121,30 @@ async def test_errors_are_messages_and_bad_tokens_do_not_refuse_the_upgrade(api:
     assert (await _next(ws))["type"] == "instance-update"  # the socket survived the garbage
     await ws.close()
     await blocked.close()
+
+
+async def test_admins_subscribe_as_an_end_user_with_the_act_parameter(api: Api):
+    """statehost extension: ``x-statebacked-act`` as a query parameter, for admin tokens only."""
+    token, _key_id, _secret = await _setup(api)
+    blocked = quote(json.dumps({"sub": "blocked"}))
+    ws = await api.client.ws_connect(f"/rt?token={api.admin_token}&x-statebacked-act={blocked}")
+    await ws.send_json(_subscribe("a1"))
+    assert (await _next(ws))["code"] == "rejected-by-machine-authorizer"  # allowRead saw sub=blocked
+    await ws.close()
+    alice = quote(json.dumps({"sub": "alice"}))
+    ws = await api.client.ws_connect(f"/rt?token={api.admin_token}&x-statebacked-act={alice}")
+    await ws.send_json(_subscribe("a2"))
+    assert (await _next(ws))["type"] == "instance-update"
+    await ws.close()
+    # A key-signed token may not act as someone else: its own authContext stays its own.
+    ws = await api.client.ws_connect(f"/rt?token={token}&x-statebacked-act={alice}")
+    await ws.send_json(_subscribe("a3"))
+    assert await _next(ws) == {"type": "error", "requestId": "a3", "status": 403, "code": "missing-scope"}
+    await ws.close()
+    ws = await api.client.ws_connect(f"/rt?token={api.admin_token}&x-statebacked-act=%7Bnot-json")
+    await ws.send_json(_subscribe("a4"))
+    assert await _next(ws) == {"type": "error", "requestId": "a4", "status": 400, "code": "invalid-parameter"}
+    await ws.close()
 
 
 async def test_allow_read_is_rechecked_before_every_push(api: Api):
