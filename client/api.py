@@ -162,6 +162,7 @@ class StatehostClient:
         self.keys = _Keys(self)
         self.orgs = _Orgs(self)
         self.logs = _Logs(self)
+        self.migrations = _Migrations(self)
         self.identity_providers = _IdentityProviders(self)
         self.token_providers = _TokenProviders(self)
 
@@ -217,6 +218,25 @@ class StatehostClient:
                 return parsed
             info = parsed if isinstance(parsed, dict) else {}
             raise error_for(response.status, info.get("code"), info.get("error"), info.get("parameter"))
+
+    async def upload(self, provisional: JSON, code: bytes | str, filename: str, gzip: bool) -> None:
+        """Step 2 of a version or migration create: the code to the pre-signed URL (no auth)."""
+        data = code.encode() if isinstance(code, str) else code
+        form = aiohttp.FormData()
+        for key, value in provisional["codeUploadFields"].items():
+            form.add_field(key, value)
+        form.add_field("content-type", "application/javascript")
+        if gzip:
+            form.add_field("content-encoding", "gzip")
+        form.add_field(
+            "file",
+            gzip_module.compress(data) if gzip else data,
+            filename=filename,
+            content_type="application/javascript",
+        )
+        async with self.session.post(provisional["codeUploadUrl"], data=form) as response:
+            if not 200 <= response.status < 300:
+                raise error_for(response.status, None, "error uploading code")
 
     async def pages(self, path: str, key: str, params: dict[str, str] | None = None) -> AsyncIterator[JSON]:
         """Every item of a paginated list, following cursors."""
@@ -343,23 +363,8 @@ class _Versions(_Group):
         """The three-step create: provisional version, upload to its URL (no auth), finalize.
         ``index_selectors`` maps the machine's index names to JSONPaths into the context (those
         left out are inherited from the current version)."""
-        data = code.encode() if isinstance(code, str) else code
         provisional = await self.client.request("POST", f"/machines/{machine}/v" + ("?gzip" if gzip else ""))
-        form = aiohttp.FormData()
-        for key, value in provisional["codeUploadFields"].items():
-            form.add_field(key, value)
-        form.add_field("content-type", "application/javascript")
-        if gzip:
-            form.add_field("content-encoding", "gzip")
-        form.add_field(
-            "file",
-            gzip_module.compress(data) if gzip else data,
-            filename=filename or f"{machine}.js",
-            content_type="application/javascript",
-        )
-        async with self.client.session.post(provisional["codeUploadUrl"], data=form) as response:
-            if not 200 <= response.status < 300:
-                raise error_for(response.status, None, "error uploading code")
+        await self.client.upload(provisional, code, filename or f"{machine}.js", gzip)
         body: dict[str, Any] = {"clientInfo": client_info, "makeCurrent": make_current}
         if xstate_major is not None:
             body["xstateMajor"] = xstate_major
@@ -370,6 +375,30 @@ class _Versions(_Group):
 
     async def list(self, machine: str) -> Items:
         return [version async for version in self.client.pages(f"/machines/{machine}/v", "versions")]
+
+
+class _Migrations(_Group):
+    async def create(
+        self,
+        machine: str,
+        from_version: str,
+        to_version: str,
+        code: bytes | str,
+        *,
+        filename: str | None = None,
+        gzip: bool = True,
+    ) -> str:
+        """The three-step create of a migration module (``upgradeState`` and ``upgradeContext``)
+        from one version of the machine to another; returns the migration's id."""
+        provisional = await self.client.request(
+            "POST",
+            f"/machines/{machine}/migrations" + ("?gzip" if gzip else ""),
+            {"fromMachineVersionId": from_version, "toMachineVersionId": to_version},
+        )
+        await self.client.upload(provisional, code, filename or f"{machine}-migration.js", gzip)
+        signed = provisional["machineVersionMigrationId"]
+        finalized = await self.client.request("PUT", f"/machines/{machine}/migrations/{signed}")
+        return str(finalized["machineVersionMigrationId"])
 
 
 class _Instances(_Group):

@@ -130,6 +130,14 @@ async def _versions_create(c: StatehostClient, a: argparse.Namespace) -> Any:
     return {"machineVersionId": version}
 
 
+async def _migrations_create(c: StatehostClient, a: argparse.Namespace) -> Any:
+    path = a.node or a.js
+    migration = await c.migrations.create(
+        a.machine, a.from_version, a.to_version, _read_source(path), filename=path.name
+    )
+    return {"machineVersionMigrationId": migration}
+
+
 async def _instances_create(c: StatehostClient, a: argparse.Namespace) -> Any:
     return await c.instances.create(a.machine, a.instance, context=a.context, version_id=a.version)
 
@@ -289,6 +297,9 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
      _versions_create, ("machine", "make-current", "source")),
     ("machine-versions", "list", "list a machine's versions", f"{_V} list -m toggle",
      lambda c, a: c.versions.list(a.machine), ("machine",)),
+    ("migrations", "create", "upload a migration between two versions (upgradeState, upgradeContext)",
+     "statehost migrations create -m toggle --from ver_a --to ver_b --node migration.ts", _migrations_create,
+     ("machine", "from-version", "to-version", "module")),
     ("instances", "create", "create an instance", f"{_I} create -m toggle -i user-1 --context '{{\"n\": 1}}'",
      _instances_create, ("machine", "instance", "context", "version", "auth")),
     ("instances", "get", "show an instance's state", f"{_I} get -m toggle -i user-1",
@@ -351,6 +362,7 @@ _TABLE: tuple[tuple[str, str, str, str, Handler, tuple[str, ...]], ...] = (
 )  # fmt: skip
 _GROUPS = {"machines": "machine definitions", "machine-versions": "versions of a machine's code",
            "instances": "machine instances", "keys": "API keys (for signing end-user tokens)",
+           "migrations": "migrations of running instances between versions",
            "tokens": "end-user tokens", "logs": "machine logs", "orgs": "organizations",
            "identity-providers": "identity providers whose tokens can be exchanged for statehost tokens",
            "token-providers": "how exchanged tokens are issued"}  # fmt: skip
@@ -381,6 +393,8 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "count": (("--count",), {"type": int, "help": "stop after this many (default: until interrupted)"}),
     "from": (("--from", "-f"), {"dest": "since", "required": True, "type": _instant_arg,
                                 "help": "from this instant, exclusive: ISO-8601, or how long ago (15m, 1h, 2d)"}),
+    "from-version": (("--from", "-f"), {"dest": "from_version", "required": True, "help": "the version migrated from"}),
+    "to-version": (("--to", "-t"), {"dest": "to_version", "required": True, "help": "the version migrated to"}),
     "to": (("--to",), {"type": _instant_arg, "help": "up to this instant (same forms as --from)"}),
     "poll": (("--poll",), {"type": float, "default": 2.0, "help": "seconds between polls when idle (default 2)"}),
     "event": (("--event", "-e"), {"required": True, "type": _event_arg,
@@ -405,10 +419,12 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 
 def _flags(p: argparse.ArgumentParser, flag: str) -> None:
-    if flag in ("source", "source?"):
-        source = p.add_mutually_exclusive_group(required=flag == "source")
+    if flag in ("source", "source?", "module"):
+        source = p.add_mutually_exclusive_group(required=flag != "source?")
         source.add_argument("--node", type=Path, help="a TypeScript/JavaScript module; the server bundles it")
         source.add_argument("--js", type=Path, help="a JavaScript module or bundle")
+        if flag == "module":
+            return
         p.add_argument("--xstate", type=int, choices=(4, 5), help="the XState major (default: from the imports)")
         p.add_argument("--version-reference", help="your reference for this version, e.g. a git commit")
         p.add_argument(

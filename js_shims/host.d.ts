@@ -21,6 +21,8 @@ declare function __statehost_entry(op: "fire", arg: string /* FireRequest */): s
 declare function __statehost_entry(op: "collect", arg: string /* "{}" */): string /* Round */;
 declare function __statehost_entry(op: "authorize_read", arg: string /* ReadRequest */): string /* Decision */;
 declare function __statehost_entry(op: "eval", arg: string /* { code } */): string /* "" */;
+declare function __statehost_entry(op: "describe", arg: string /* DescribeRequest */): string /* Described */;
+declare function __statehost_entry(op: "migrate", arg: string /* MigrateRequest */): string /* Described | { exports } */;
 
 interface AttachRequest { runtimeApi: "bundle" | "global" }  // where interpret/createActor come from
 interface AttachReply { major: 4 | 5; exports: string[]; fault?: GuestFault }
@@ -30,8 +32,24 @@ interface StepContext {
   seed: string;             // base64 of 32 random bytes from the host; seeds crypto and Math.random
 }
 
+// Migrations (wire-api 7.8) see an instance as state paths, the same for both XState majors.
+interface Description {
+  paths: string[][];                                  // leaf state paths, one per active parallel region
+  history: { parent: string[]; paths: string[][] }[]; // per state owning a history node: what it remembers
+  context: object;
+}
+interface DescribeRequest extends StepContext { snapshot: Persisted }   // the attached machine reads it
+interface MigrateRequest extends StepContext {   // the sandbox holds a migration bundle, not a machine
+  check?: true;                                  // only check the exports (upgradeState, upgradeContext)
+  description?: Description;
+}
+interface Described { description: Description; logs: LogLine[]; fault?: GuestFault }
+
 interface BeginRequest extends StepContext {
-  kind: "create" | "event" | "restore";   // restore: load the snapshot, deliver nothing, persist it again
+  // restore: load the snapshot, deliver nothing, persist it again. upgrade: build the instance from
+  // `description` in this machine (validated) and record one transition whose event is `event`.
+  kind: "create" | "event" | "restore" | "upgrade";
+  description?: Description;
   instanceName: string;
   authContext: object | null;   // null: a host-originated event (timer); allowWrite is not run
   context?: object;             // create: caller-supplied context merged over the machine's own

@@ -6,12 +6,13 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
-from .engine import Engine, PreparedMachine, SandboxInstance
+from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
 from .engines.quickjs_native import QuickJSNativeEngine
 from .errors import BundleError, Diagnostic, HostError, InvalidMachineError, ProtocolError, SandboxError
 from .executor import Executor
 from .limits import FetchPolicy, Limits, Outcome
 from .protocol import (
+    Described,
     EffectResult,
     FetchRequest,
     FetchResponse,
@@ -19,6 +20,7 @@ from .protocol import (
     ReadDecision,
     ReadRequest,
     Round,
+    StateDescription,
     StepRequest,
     TimerOp,
     Transition,
@@ -31,6 +33,7 @@ __all__ = [
     "Bundler",
     "Clock",
     "CommitFn",
+    "Described",
     "Diagnostic",
     "EffectResult",
     "Engine",
@@ -47,6 +50,7 @@ __all__ = [
     "MachineBundle",
     "Outcome",
     "PreparedMachine",
+    "PreparedMigration",
     "ProtocolError",
     "QuickJSNativeEngine",
     "ReadDecision",
@@ -54,6 +58,7 @@ __all__ = [
     "Round",
     "SandboxError",
     "SandboxInstance",
+    "StateDescription",
     "StepRequest",
     "SystemClock",
     "TimerOp",

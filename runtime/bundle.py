@@ -126,15 +126,19 @@ class Bundler:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def bundle(self, upload: Upload) -> MachineBundle:
-        """Bundle an upload; raises :class:`BundleError` with a stable code for any bad input."""
+    def bundle(self, upload: Upload, *, machine: bool = True) -> MachineBundle:
+        """Bundle an upload; raises :class:`BundleError` with a stable code for any bad input.
+
+        ``machine=False`` bundles a module that is not a machine (a migration): the same rules,
+        without XState's runtime API beside it.
+        """
         files, entry, package_json = _read_upload(upload)
         major = _resolve_major(files, upload.xstate_major, package_json)
         with tempfile.TemporaryDirectory(prefix="statehost-build-") as tmp:
             build = Path(tmp)
             _write_files(build / "src", files)
             entry_lines = [f"export * as user from './src/{entry}';"]
-            if major is not None:
+            if major is not None and machine:
                 entry_lines.append(RUNTIME_API[major])
             (build / "__entry.js").write_text("\n".join(entry_lines) + "\n")
             code = self._build(build, major if major is not None else 4)

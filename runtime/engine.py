@@ -16,9 +16,9 @@ from typing import Any, Self
 
 from .bundle import MachineBundle
 from .limits import Limits
-from .protocol import EffectResult, ReadDecision, ReadRequest, Round, StepRequest
+from .protocol import Described, EffectResult, ReadDecision, ReadRequest, Round, StateDescription, StepRequest
 
-__all__ = ["Engine", "GuestSandbox", "PreparedMachine", "SandboxInstance", "ScriptSandbox"]
+__all__ = ["Engine", "GuestSandbox", "PreparedMachine", "PreparedMigration", "SandboxInstance", "ScriptSandbox"]
 
 
 class GuestSandbox(abc.ABC):
@@ -89,9 +89,32 @@ class PreparedMachine(abc.ABC):
     def authorize_read(self, request: ReadRequest) -> ReadDecision:
         """Run the machine's allowRead in a sandbox."""
 
+    @abc.abstractmethod
+    def describe(self, persisted: Mapping[str, Any], now_ms: int) -> Described:
+        """A persisted instance of this machine as state paths and context (for migrations)."""
+
+
+class PreparedMigration(abc.ABC):
+    """A validated migration module (``upgradeState`` and ``upgradeContext``), ready to run."""
+
+    bundle: MachineBundle
+    limits: Limits
+
+    @abc.abstractmethod
+    def upgrade(self, description: StateDescription, now_ms: int) -> Described:
+        """Map an instance through the migration, in a fresh sandbox with the machine limits."""
+
 
 class Engine(abc.ABC):
     name: str
+
+    @abc.abstractmethod
+    def prepare_migration(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMigration:
+        """Load a migration bundle once and check its exports.
+
+        Raises :class:`runtime.errors.InvalidMachineError` when it does not export ``upgradeState``
+        and ``upgradeContext`` functions, or fails to evaluate.
+        """
 
     @abc.abstractmethod
     def script_sandbox(self, limits: Limits | None = None) -> ScriptSandbox:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .limits import Outcome
 
 __all__ = [
+    "Described",
     "EffectResult",
     "FetchRequest",
     "FetchResponse",
@@ -20,6 +21,7 @@ __all__ = [
     "ReadDecision",
     "ReadRequest",
     "Round",
+    "StateDescription",
     "StepRequest",
     "TimerOp",
     "Transition",
@@ -31,14 +33,65 @@ JSON = Any
 
 
 @dataclass(frozen=True)
+class StateDescription:
+    """An instance as migrations see it (wire-api 7.8), the same for both XState majors.
+
+    ``paths``: the leaf state paths (one per active parallel region); ``history``: for each state
+    owning a history node, the paths it remembers (``parent`` is that state's path in the version
+    that produced the description); ``context``: the full context.
+    """
+
+    paths: tuple[tuple[str, ...], ...]
+    history: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...]
+    context: JSON
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "paths": [list(p) for p in self.paths],
+            "history": [{"parent": list(parent), "paths": [list(p) for p in paths]} for parent, paths in self.history],
+            "context": self.context,
+        }
+
+    @staticmethod
+    def from_json(raw: Mapping[str, JSON]) -> StateDescription:
+        """From the guest's JSON; raises TypeError/KeyError/ValueError for another shape."""
+
+        def path_list(value: JSON) -> tuple[tuple[str, ...], ...]:
+            if not isinstance(value, list) or not all(
+                isinstance(p, list) and all(isinstance(k, str) for k in p) for p in value
+            ):
+                raise TypeError("state paths must be lists of state names")
+            return tuple(tuple(p) for p in value)
+
+        history = tuple((tuple(h.get("parent") or ()), path_list(h["paths"])) for h in raw.get("history") or ())
+        return StateDescription(path_list(raw["paths"]), history, raw.get("context"))
+
+
+@dataclass(frozen=True)
+class Described:
+    """The answer of a one-shot guest call about state paths (describe, migrate)."""
+
+    outcome: Outcome
+    description: StateDescription | None = None
+    logs: tuple[LogLine, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True)
 class StepRequest:
     """Start a settle window: create an instance, or deliver one event to a persisted one.
 
     ``restore`` loads a persisted instance and delivers nothing (no authorizer, no error events for
-    services in flight): it checks that a snapshot loads, and persists it again.
+    services in flight): it checks that a snapshot loads, and persists it again. ``upgrade`` builds
+    the instance from ``description`` (migrated state paths and context) in this machine, and
+    records one transition whose event is ``event`` (``statebacked.upgrade``); nothing is delivered.
     """
 
-    kind: Literal["create", "event", "restore"]
+    kind: Literal["create", "event", "restore", "upgrade"]
     instance_name: str
     auth_context: Mapping[str, JSON] | None
     """Whose request this is; None for host-originated events (timers), which skip allowWrite."""
@@ -47,7 +100,9 @@ class StepRequest:
     persisted: Mapping[str, JSON] | None = None
     """event, restore: ``persisted`` of the last committed round."""
     event: Mapping[str, JSON] | None = None
-    """event: the event object, with a string ``type``."""
+    """event: the event object, with a string ``type``; upgrade: the upgrade transition's event."""
+    description: StateDescription | None = None
+    """upgrade: the migrated instance."""
 
 
 @dataclass(frozen=True)

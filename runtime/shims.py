@@ -32,6 +32,7 @@ PRELUDE_FILES = (
     "web/unsupported.js",
     "statebacked/rt.js",
     "harness/common.js",
+    "harness/paths.js",
     "harness/v4.js",
     "harness/v5.js",
     "harness/entry.js",

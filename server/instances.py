@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from runtime import (
     MachineBundle,
     Outcome,
     PreparedMachine,
+    PreparedMigration,
     ReadRequest,
     Round,
     SandboxInstance,
@@ -42,6 +44,7 @@ from runtime.settle import Delivery, Inbox, WindowResult
 
 from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
 from .store import InstanceRow, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
+from .upgrades import migration_chain
 
 __all__ = ["Committed", "InstanceService", "InstanceState", "TimerDelivery"]
 
@@ -172,6 +175,7 @@ class InstanceService:
         """Committed effects still running after their window settled (runtime WindowResult.detached)."""
         """Requests not answered yet, per instance (so that a cut window can answer them all)."""
         self._prepared: collections.OrderedDict[str, PreparedMachine] = collections.OrderedDict()
+        self._migrations: collections.OrderedDict[str, PreparedMigration] = collections.OrderedDict()
         self._preparing: dict[str, asyncio.Lock] = {}
         self._closing = False
 
@@ -232,10 +236,30 @@ class InstanceService:
             return prepared
 
     def _remember(self, version_id: str, prepared: PreparedMachine) -> None:
-        self._prepared[version_id] = prepared
-        self._prepared.move_to_end(version_id)
-        while len(self._prepared) > PREPARED_CACHE_SIZE:
-            self._prepared.popitem(last=False)
+        _cache(self._prepared, version_id, prepared)
+
+    async def prepare_migration_upload(self, upload: Upload) -> tuple[MachineBundle, PreparedMigration]:
+        """Bundle a migration and check its exports in the sandbox (off the event loop).
+
+        Raises runtime.BundleError / InvalidMachineError for an upload that cannot be a migration.
+        """
+        bundle = await self.executor.run(functools.partial(self.bundler.bundle, upload, machine=False))
+        prepared = await self.executor.run(self.engine.prepare_migration, bundle, self.limits)
+        return bundle, prepared
+
+    def remember_migration(self, migration_id: str, prepared: PreparedMigration) -> None:
+        _cache(self._migrations, migration_id, prepared)
+
+    async def _prepared_migration(self, migration_id: str) -> PreparedMigration:
+        cached = self._migrations.get(migration_id)
+        if cached is None:
+            row = await self.store.migration(migration_id)
+            if row is None or row["bundle"] is None:
+                raise NotFound(f"migration {migration_id!r} not found")
+            bundle = MachineBundle(row["bundle"], None, row["bundle_hash"])
+            cached = await self.executor.run(self.engine.prepare_migration, bundle, self.limits)
+        _cache(self._migrations, migration_id, cached)
+        return cached
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -411,6 +435,8 @@ class InstanceService:
                 raise Paused(f"instance {request.instance_name!r} is paused")
             if delivery.precheck is not None and not await delivery.precheck():
                 raise Conflict("the timer was cancelled before it was delivered")
+            if row.desired_version_id is not None and row.desired_version_id != row.version_id:
+                row = await self._upgrade(request, row)
             step = StepRequest("event", row.name, request.auth_context, persisted=row.persisted, event=request.event)
             window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row))
         prepared = await self._prepared_machine(window.version_id)
@@ -430,6 +456,79 @@ class InstanceService:
                     waiting.fail(exc)
             raise
         await self._finish_window(request, window, result)
+
+    async def _upgrade(self, request: _Request, row: InstanceRow) -> InstanceRow:
+        """Move a settled instance to its desired version (wire-api 7.8): describe it as state
+        paths, map them through each migration of the chain, rebuild it in the new version and
+        commit that as a ``statebacked.upgrade`` transition. Returns the row the event then goes to:
+        upgraded, or unchanged when the upgrade failed (logged; the desired version is cleared, so
+        setting it again retries)."""
+        target = row.desired_version_id
+        assert target is not None
+        source = row.version_id
+        logs: list[LogLine] = []
+
+        async def give_up(reason: str) -> InstanceRow:
+            text = f"upgrade from {source} to {target} failed, the instance stays on {source}: {reason}"
+            log.info("instance %s: %s", row.name, text)
+            logs.append(LogLine("stderr", "error", text, self.clock.now_ms()))
+            await self._store_logs(request.org_id, request.machine_slug, row.name, source, tuple(logs))
+            await self.store.set_desired_version(row.id, None)
+            return row
+
+        chain = migration_chain(await self.store.migration_edges(row.machine_id), source, target)
+        if chain is None:
+            return await give_up("no chain of migrations leads there")
+        described = await self.executor.run(
+            (await self._prepared_machine(source)).describe, row.persisted, self.clock.now_ms()
+        )
+        logs += described.logs
+        if not described.ok or described.description is None:
+            return await give_up(f"the instance could not be read as state paths: {described.error}")
+        description = described.description
+        for migration_id in chain:
+            migrated = await self.executor.run(
+                (await self._prepared_migration(migration_id)).upgrade, description, self.clock.now_ms()
+            )
+            logs += migrated.logs
+            if not migrated.ok or migrated.description is None:
+                return await give_up(f"migration {migration_id} failed: {migrated.error}")
+            description = migrated.description
+        cut_off = row.persisted.get("inflight") or []
+        if cut_off:
+            logs.append(
+                LogLine(
+                    "stderr",
+                    "warn",
+                    f"services {', '.join(cut_off)} were cut off before the upgrade; their error events "
+                    "are not delivered to the new version",
+                    self.clock.now_ms(),
+                )
+            )
+        event = {
+            "type": "statebacked.upgrade",
+            "fromMachineVersionId": source,
+            "toMachineVersionId": target,
+            "migrationPath": chain,
+        }
+        step = StepRequest("upgrade", row.name, None, event=event, description=description)
+        window = _Window(request, row.id, row.seq, row.ts, target, InstanceState.of(row))
+        result = await run_window(
+            await self._prepared_machine(target),
+            step,
+            executor=self.executor,
+            commit=lambda round_, tag: self._commit(window, round_, tag),
+            transport=self.transport,
+            clock=self.clock,
+        )
+        if not result.ok:
+            logs += result.uncommitted_logs
+            return await give_up(f"the new version does not accept the migrated instance: {result.error}")
+        await self._store_logs(request.org_id, request.machine_slug, row.name, target, tuple(logs))
+        upgraded = await self.store.find_instance(request.machine_id, request.instance_name)
+        if upgraded is None:
+            raise NotFound(f"instance {request.instance_name!r} not found")
+        return upgraded
 
     async def _run(
         self,
@@ -595,6 +694,13 @@ class InstanceService:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+def _cache(cache: collections.OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > PREPARED_CACHE_SIZE:
+        cache.popitem(last=False)
 
 
 async def _never() -> bool:

@@ -488,9 +488,17 @@ class Store(DirectoryMixin):
             if commit.transitions:
                 cursor = await conn.execute(
                     "UPDATE instances SET seq = ?, ts = ?, persisted_json = ?, inflight_json = ?, state_json = ?,"
-                    " context_json = ?, public_json = ?, tags_json = ?, done = ?, version_id = ?"
+                    " context_json = ?, public_json = ?, tags_json = ?, done = ?, version_id = ?,"
+                    # an upgrade that reached the desired version clears it
+                    " desired_version_id = CASE WHEN desired_version_id = ? THEN NULL ELSE desired_version_id END"
                     " WHERE id = ? AND seq = ?",
-                    (*_state_columns(commit), commit.version_id, commit.instance_id, commit.expected_seq),
+                    (
+                        *_state_columns(commit),
+                        commit.version_id,
+                        commit.version_id,
+                        commit.instance_id,
+                        commit.expected_seq,
+                    ),
                 )
             else:
                 cursor = await conn.execute(

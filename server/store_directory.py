@@ -406,12 +406,62 @@ class DirectoryMixin:
 
         await self.write(op)
 
-    async def migration_edges(self, machine_id: int) -> list[tuple[str, str]]:
+    async def migration_edges(self, machine_id: int) -> list[tuple[str, str, str]]:
+        """(from version, to version, migration id) of every finalized migration, oldest first."""
         rows = await self._read(
-            "SELECT from_version_id, to_version_id FROM migrations WHERE machine_id = ? AND status = 'final'",
+            "SELECT id, from_version_id, to_version_id FROM migrations WHERE machine_id = ? AND status = 'final'"
+            " ORDER BY created_ms, id",
             (machine_id,),
         )
-        return [(r["from_version_id"], r["to_version_id"]) for r in rows]
+        return [(r["from_version_id"], r["to_version_id"], r["id"]) for r in rows]
+
+    # -- migrations (wire-api 3.7): provisional, upload, finalize, as versions ------------------------
+
+    async def create_provisional_migration(self, machine_id: int, from_id: str, to_id: str, now_ms: int) -> str:
+        migration_id = new_id("mig")
+
+        async def op(conn: aiosqlite.Connection) -> str:
+            await conn.execute(
+                "INSERT INTO migrations (id, machine_id, from_version_id, to_version_id, status, created_ms)"
+                " VALUES (?, ?, ?, ?, 'provisional', ?)",
+                (migration_id, machine_id, from_id, to_id, now_ms),
+            )
+            return migration_id
+
+        return await self.write(op)
+
+    async def store_migration_upload(self, migration_id: str, source: bytes, source_name: str) -> None:
+        """Attach uploaded code to a provisional migration (once)."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.execute(
+                "UPDATE migrations SET source = ?, source_name = ?"
+                " WHERE id = ? AND status = 'provisional' AND source IS NULL",
+                (source, source_name, migration_id),
+            )
+            if cursor.rowcount != 1:
+                raise Conflict("this upload URL was already used, or its migration is finalized")
+
+        await self.write(op)
+
+    async def migration(self, migration_id: str) -> sqlite3.Row | None:
+        return await self._read_one(
+            "SELECT id, machine_id, from_version_id, to_version_id, status, source, source_name, bundle, bundle_hash"
+            " FROM migrations WHERE id = ?",
+            (migration_id,),
+        )
+
+    async def finalize_migration(self, migration_id: str, *, bundle: str, bundle_hash: str) -> None:
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.execute(
+                "UPDATE migrations SET status = 'final', bundle = ?, bundle_hash = ?"
+                " WHERE id = ? AND status = 'provisional'",
+                (bundle, bundle_hash, migration_id),
+            )
+            if cursor.rowcount != 1:
+                raise Conflict("this migration is already finalized")
+
+        await self.write(op)
 
     # -- indexes (wire-api 3.10) ----------------------------------------------------------------------
     # The entries themselves are written by Store.commit_round (RoundCommit.index_values), in the

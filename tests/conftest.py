@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from client import StatehostClient
 from runtime import Bundler, Executor, FakeClock, FetchPolicy, QuickJSNativeEngine
 from server.fetch import AiohttpTransport
 from tests.node.stub import start_stub
@@ -70,3 +71,11 @@ async def api(tmp_path: Path, bundler: Bundler) -> AsyncIterator[Api]:
     """The real app on loopback, with the org and admin that first start creates."""
     async for client in api_client(tmp_path, bundler):
         yield client
+
+
+@pytest.fixture
+async def admin(api: Api) -> AsyncIterator[StatehostClient]:
+    """The Python client with the first admin's token, on the ``api`` server."""
+    client = StatehostClient(str(api.client.make_url("")), api.admin_token)
+    yield client
+    await client.close()

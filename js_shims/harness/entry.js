@@ -49,7 +49,7 @@
     if (session) throw new Error("statehost: one session per sandbox");
     H.begin(req);
     const event = req.event === undefined ? undefined : Common.toEvent(req.event);
-    if (req.authContext !== null && req.kind !== "restore") {
+    if (req.authContext !== null && req.kind !== "restore" && req.kind !== "upgrade") {
       const arg = req.kind === "create"
         ? { type: "initialization", machineInstanceName: req.instanceName, context: req.context || {}, authContext: req.authContext }
         : {
@@ -68,7 +68,7 @@
     const driver = M.major === 5 ? V5 : V4;
     try {
       session = driver.start(M.api, M.machine, req, rec);
-      if (event !== undefined) session.send(event);
+      if (event !== undefined && req.kind !== "upgrade") session.send(event);
     } catch (err) {
       rec.setFault(err);
     }
@@ -162,7 +162,48 @@
     return { allowed, logs: H.drainLogs() };
   }
 
-  const ops = { attach, begin, send, collect, settle, fire, authorize_read: authorizeRead };
+  // The persisted instance as state paths and context, for a migration (nothing runs).
+  function describe(req) {
+    H.begin(req);
+    const driver = M.major === 5 ? V5 : V4;
+    return { description: Common.jsonSafe(driver.describe(M.machine, req.snapshot.xstate), "the instance"), logs: H.drainLogs() };
+  }
+
+  // A migration module (wire-api 7.8) instead of a machine: check its exports, or map a description
+  // of an instance through upgradeState and upgradeContext.
+  function migrate(req) {
+    H.begin(req);
+    const m = take("__m");
+    const user = m && m.user;
+    for (const name of ["upgradeState", "upgradeContext"]) {
+      if (!user || typeof user[name] !== "function") {
+        throw new TypeError(`the migration does not export an ${name} function (wire-api 7.8)`);
+      }
+    }
+    if (req.check) return { exports: Object.keys(user).sort(), logs: H.drainLogs() };
+    const d = Paths.checkDescription(req.description, "the instance");
+    const context = d.context;
+    const upgrade = (path) => {
+      const out = user.upgradeState(path.slice(), context);
+      if (!Array.isArray(out) || !out.length || !out.every((k) => typeof k === "string" && k)) {
+        throw new TypeError(`upgradeState(${JSON.stringify(path)}) returned ${Common.jsonSafe(out === undefined ? null : out, "its result") === null ? String(out) : JSON.stringify(out)}; it must return a non-empty array of state names`);
+      }
+      return out.slice();
+    };
+    const unique = (paths) => Array.from(new Map(paths.map((p) => [JSON.stringify(p), p])).values());
+    const paths = unique(d.paths.map(upgrade));
+    const history = (d.history || []).map((h) => ({ paths: unique(h.paths.map(upgrade)) }));
+    const upgraded = user.upgradeContext(d.paths.map((p) => p.slice()), paths.map((p) => p.slice()), context);
+    if (!upgraded || typeof upgraded !== "object" || Array.isArray(upgraded)) {
+      throw new TypeError("upgradeContext must return the new context, an object");
+    }
+    return {
+      description: { paths, history, context: Common.jsonSafe(upgraded, "the upgraded context") },
+      logs: H.drainLogs(),
+    };
+  }
+
+  const ops = { attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, migrate };
 
   function entry(op, arg) {
     const fn = ops[op];

@@ -63,6 +63,9 @@ const V4 = (() => {
       rec.transition(view(state));
     });
 
+    if (req.kind === "upgrade") {
+      req = Object.assign({}, req, { snapshot: { xstate: adopt(machine, req.description, req.event), inflight: [] } });
+    }
     if (req.kind !== "create") {
       restoring = true;
       try {
@@ -78,6 +81,7 @@ const V4 = (() => {
           H.log("stderr", "warn", `service ${id} was cut off; the current state has no ${type} transition, so the error event was skipped`);
         }
       }
+      if (req.kind === "upgrade") rec.transition(view(svc.state));
     } else {
       svc.start();
     }
@@ -106,5 +110,81 @@ const V4 = (() => {
     };
   }
 
-  return { start, view };
+  function nodeAt(machine, path) {
+    let node = machine;
+    for (const key of path) {
+      node = node && node.states ? node.states[key] : undefined;
+    }
+    return node;
+  }
+
+  function hasHistory(node) {
+    return Boolean(node && node.states && Object.keys(node.states).some((k) => node.states[k].type === "history"));
+  }
+
+  // The instance as state paths (migrations, wire-api 7.8). v4 keeps, for every compound state, the
+  // value it had when last active (historyValue: { current, states }); only the states that own a
+  // history node are reported.
+  function describe(machine, xstate) {
+    const history = [];
+    const owners = new Set();
+    for (const id of machine.stateIds) {
+      const node = machine.getStateNodeById(id);
+      if (node.type !== "history" || !node.parent) continue;
+      const parent = node.parent.path;
+      if (owners.has(JSON.stringify(parent))) continue;
+      owners.add(JSON.stringify(parent));
+      let hv = xstate.historyValue;
+      for (const key of parent) hv = hv && hv.states ? hv.states[key] : undefined;
+      if (!hv || hv.current === undefined) continue;
+      history.push({ parent, paths: Paths.leaves(hv.current).map((p) => parent.concat(p)) });
+    }
+    return { paths: Paths.leaves(xstate.value), history, context: xstate.context };
+  }
+
+  // A persisted State of this machine from migrated state paths, or a TypeError naming what does
+  // not fit. resolveState throws for a state name the machine does not have.
+  function adopt(machine, d, event) {
+    Paths.checkDescription(d, "the migrated instance");
+    const resolved = machine.resolveState({
+      value: Paths.value(d.paths),
+      context: d.context,
+      _event: { name: event.type, data: event, $$type: "scxml", type: "external" },
+    });
+    Paths.checkResolved(d.paths, Paths.leaves(resolved.value));
+    const historyValue = machine.historyValue(resolved.value);
+    for (const entry of d.history || []) {
+      const owner = Paths.owner(entry.paths, (prefix) => hasHistory(nodeAt(machine, prefix)));
+      if (owner === null) {
+        H.log("stderr", "warn", `upgrade: no history state of the new version owns ${JSON.stringify(entry.paths)}; that history is dropped`);
+        continue;
+      }
+      const node = nodeAt(machine, owner);
+      const remembered = node.resolve(Paths.value(entry.paths.map((p) => p.slice(owner.length))));
+      const subtree = node.historyValue(remembered);
+      if (!owner.length) {
+        Object.assign(historyValue, subtree);
+        continue;
+      }
+      let parent = historyValue;
+      for (const key of owner.slice(0, -1)) parent = parent.states[key];
+      parent.states[owner[owner.length - 1]] = subtree;
+    }
+    return {
+      value: resolved.value,
+      context: d.context,
+      _event: { name: event.type, data: event, $$type: "scxml", type: "external" },
+      _sessionid: null,
+      event,
+      historyValue,
+      activities: {},
+      meta: {},
+      events: [],
+      configuration: [],
+      transitions: [],
+      done: Boolean(resolved.done),
+    };
+  }
+
+  return { start, view, describe };
 })();

@@ -44,6 +44,9 @@ const V5 = (() => {
       logic = withContext(machine, req.context);
       input = req.context;
     }
+    if (req.kind === "upgrade") {
+      req = Object.assign({}, req, { snapshot: { xstate: adopt(machine, req.description), inflight: [] } });
+    }
     if (req.kind !== "create") {
       const children = Object.assign({}, req.snapshot.xstate.children);
       if (req.kind === "event") for (const id of req.snapshot.inflight) delete children[id];
@@ -94,6 +97,7 @@ const V5 = (() => {
 
     actor.start();
     restoring = false;
+    if (req.kind === "upgrade") rec.transition(view(actor.getSnapshot(), req.event));
     if (req.kind === "event") {
       for (const id of req.snapshot.inflight) {
         const ev = { type: `xstate.error.actor.${id}`, error: Object.assign({}, Common.CUT_OFF) };
@@ -128,5 +132,55 @@ const V5 = (() => {
     };
   }
 
-  return { start, view };
+  function nodeAt(machine, path) {
+    let node = machine.root;
+    for (const key of path) {
+      node = node && node.states ? node.states[key] : undefined;
+    }
+    return node;
+  }
+
+  function historyChildren(node) {
+    return node && node.states ? Object.values(node.states).filter((n) => n.type === "history") : [];
+  }
+
+  // The instance as state paths (migrations, wire-api 7.8); v5 keeps history per history node id.
+  function describe(machine, xstate) {
+    const history = [];
+    const hv = xstate.historyValue || {};
+    for (const id of Object.keys(hv)) {
+      const node = machine.getStateNodeById(id);
+      const paths = (hv[id] || []).map((n) => machine.getStateNodeById(n.id).path);
+      if (node.parent && paths.length) history.push({ parent: node.parent.path, paths });
+    }
+    return { paths: Paths.leaves(xstate.value), history, context: xstate.context };
+  }
+
+  // A persisted snapshot of this machine from migrated state paths, or a TypeError naming what does
+  // not fit. resolveState throws for a state name the machine does not have.
+  function adopt(machine, d) {
+    Paths.checkDescription(d, "the migrated instance");
+    const resolved = machine.resolveState({ value: Paths.value(d.paths), context: d.context });
+    Paths.checkResolved(d.paths, Paths.leaves(resolved.value));
+    const persisted = Common.jsonSafe(machine.getPersistedSnapshot(resolved), "the migrated snapshot");
+    persisted.historyValue = {};
+    persisted.children = {};
+    for (const entry of d.history || []) {
+      const owner = Paths.owner(entry.paths, (prefix) => historyChildren(nodeAt(machine, prefix)).length > 0);
+      if (owner === null) {
+        H.log("stderr", "warn", `upgrade: no history state of the new version owns ${JSON.stringify(entry.paths)}; that history is dropped`);
+        continue;
+      }
+      for (const h of historyChildren(nodeAt(machine, owner))) {
+        const ids = h.history === "deep"
+          ? entry.paths.map((p) => nodeAt(machine, p))
+          : entry.paths.map((p) => nodeAt(machine, p.slice(0, owner.length + 1)));
+        if (ids.some((n) => !n)) throw new TypeError(`a remembered history path does not exist in the new version: ${JSON.stringify(entry.paths)}`);
+        persisted.historyValue[h.id] = Array.from(new Set(ids.map((n) => n.id))).map((id) => ({ id }));
+      }
+    }
+    return persisted;
+  }
+
+  return { start, view, describe };
 })();

@@ -31,17 +31,19 @@ from typing import Any
 import quickjs
 
 from ..bundle import MachineBundle
-from ..engine import Engine, GuestSandbox, PreparedMachine, SandboxInstance, ScriptSandbox
+from ..engine import Engine, GuestSandbox, PreparedMachine, PreparedMigration, SandboxInstance, ScriptSandbox
 from ..errors import HostError, InvalidMachineError
 from ..hostcalls import PURE_KINDS, perform_pure
 from ..limits import Limits, Outcome
 from ..protocol import (
+    Described,
     EffectResult,
     FetchRequest,
     LogLine,
     ReadDecision,
     ReadRequest,
     Round,
+    StateDescription,
     StepRequest,
     TimerOp,
     Transition,
@@ -446,6 +448,10 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         }
         if request.kind == "create":
             payload["context"] = dict(request.context or {})
+        elif request.kind == "upgrade":
+            assert request.description is not None and request.event is not None
+            payload["description"] = request.description.to_json()
+            payload["event"] = dict(request.event)
         else:
             payload["snapshot"] = request.persisted
             if request.event is not None:
@@ -490,6 +496,10 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
         return None
 
     def _check_request(self, request: StepRequest) -> Round | None:
+        if request.kind == "upgrade":
+            if request.description is None or request.event is None:
+                raise HostError("an upgrade step needs the migrated description and its event")
+            return self._check_size("upgraded context", request.description.context)
         if request.kind != "create" and request.persisted is None:
             raise HostError(f"a {request.kind} step needs the persisted instance")
         if request.kind == "restore":
@@ -571,41 +581,36 @@ class _NativePrepared(PreparedMachine):
         return _NativeInstance(self)
 
     def authorize_read(self, request: ReadRequest) -> ReadDecision:
-        return _ReadGuest(self).authorize(request)
+        return _authorize(self, request)
+
+    def describe(self, persisted: Mapping[str, Any], now_ms: int) -> Described:
+        guest = _OneShotGuest(self.scripts, self.limits, attach=self.runtime_api_mode)
+        return guest.described("describe", {"snapshot": dict(persisted)}, now_ms)
 
 
-class _ReadGuest(_NativeGuest):
-    """A fresh sandbox for one allowRead call, with the same limits and log caps as an event."""
+class _OneShotGuest(_NativeGuest):
+    """A fresh sandbox for one synchronous guest call (allowRead, describe, a migration), with the
+    same limits and log caps as an event. Closed after the call."""
 
-    def __init__(self, prepared: _NativePrepared) -> None:
-        super().__init__(prepared.scripts, prepared.limits, attach=prepared.runtime_api_mode)
-
-    def authorize(self, request: ReadRequest) -> ReadDecision:
+    def once(self, op: str, payload: Mapping[str, Any], now_ms: int) -> tuple[dict[str, Any] | None, Round]:
+        """The guest's reply (None on a fault) and a Round carrying the outcome, error and logs."""
         if self._startup_fault is not None or self._sandbox is None:
-            fault = self._startup_fault or Round(Outcome.GUEST_ERROR)
-            return ReadDecision(False, outcome=fault.outcome, error=fault.error)
+            return None, self._startup_fault or Round(Outcome.GUEST_ERROR, error="the sandbox did not start")
         sandbox = self._sandbox
         acc = _Accumulated()
         sandbox.start_entry()
         try:
-            reply = sandbox.call(
-                "authorize_read",
-                {
-                    **_step_context(int(time.time() * 1000)),
-                    "instanceName": request.instance_name,
-                    "state": request.state,
-                    "context": dict(request.context),
-                    "authContext": dict(request.auth_context),
-                },
-            )
+            reply = sandbox.call(op, {**_step_context(now_ms), **payload})
             sandbox.pump()
             if not isinstance(reply, dict):
-                raise _GuestDataError("the allowRead reply is not an object")
+                raise _GuestDataError(f"the {op} reply is not an object")
             self._add_logs(acc, reply.get("logs") or [])
             if "fault" in reply:
+                collected = sandbox.call("collect", {})  # the log lines written before the fault
+                self._add_logs(acc, (collected or {}).get("logs") or [] if isinstance(collected, dict) else [])
                 outcome, message = _outcome_of_fault(reply["fault"], self.limits)
-                return ReadDecision(False, logs=tuple(acc.logs), outcome=outcome, error=message)
-            return ReadDecision(reply.get("allowed") is True, logs=tuple(acc.logs))
+                return None, Round(outcome, logs=tuple(acc.logs), error=message)
+            return reply, Round(Outcome.OK, logs=tuple(acc.logs))
         except _LimitHit as hit:
             outcome, message = hit.outcome, str(hit)
         except quickjs.JSException as exc:
@@ -615,8 +620,47 @@ class _ReadGuest(_NativeGuest):
             outcome, message = Outcome.GUEST_ERROR, str(exc)
         finally:
             self.close()
-        self._engine_log(acc, f"allowRead failed, treated as a denial: {message}")
-        return ReadDecision(False, logs=tuple(acc.logs), outcome=outcome, error=message)
+        return None, Round(outcome, logs=tuple(acc.logs), error=message)
+
+    def described(self, op: str, payload: Mapping[str, Any], now_ms: int) -> Described:
+        reply, round_ = self.once(op, payload, now_ms)
+        if reply is None:
+            return Described(round_.outcome, logs=round_.logs, error=round_.error)
+        try:
+            description = StateDescription.from_json(reply["description"])
+        except (*_MALFORMED, TypeError) as exc:
+            return Described(Outcome.GUEST_ERROR, logs=round_.logs, error=f"malformed state paths: {exc!r}")
+        return Described(Outcome.OK, description, round_.logs)
+
+
+def _authorize(prepared: _NativePrepared, request: ReadRequest) -> ReadDecision:
+    guest = _OneShotGuest(prepared.scripts, prepared.limits, attach=prepared.runtime_api_mode)
+    reply, round_ = guest.once(
+        "authorize_read",
+        {
+            "instanceName": request.instance_name,
+            "state": request.state,
+            "context": dict(request.context),
+            "authContext": dict(request.auth_context),
+        },
+        int(time.time() * 1000),
+    )
+    if reply is not None:
+        return ReadDecision(reply.get("allowed") is True, logs=round_.logs)
+    acc = _Accumulated()
+    acc.logs.extend(round_.logs)
+    guest._engine_log(acc, f"allowRead failed, treated as a denial: {round_.error}")
+    return ReadDecision(False, logs=tuple(acc.logs), outcome=round_.outcome, error=round_.error)
+
+
+class _NativeMigration(PreparedMigration):
+    def __init__(self, bundle: MachineBundle, limits: Limits) -> None:
+        self.bundle = bundle
+        self.limits = limits
+
+    def upgrade(self, description: StateDescription, now_ms: int) -> Described:
+        guest = _OneShotGuest((self.bundle.code,), self.limits)
+        return guest.described("migrate", {"description": description.to_json()}, now_ms)
 
 
 class QuickJSNativeEngine(Engine):
@@ -629,6 +673,13 @@ class QuickJSNativeEngine(Engine):
 
     def script_sandbox(self, limits: Limits | None = None) -> ScriptSandbox:
         return _NativeScript((), limits or Limits())
+
+    def prepare_migration(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMigration:
+        limits = limits or Limits()
+        reply, round_ = _OneShotGuest((bundle.code,), limits).once("migrate", {"check": True}, int(time.time() * 1000))
+        if reply is None:
+            raise InvalidMachineError(round_.error or "the migration failed to load")
+        return _NativeMigration(bundle, limits)
 
     def prepare(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMachine:
         limits = limits or Limits()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import InvalidParameter, NotFound
 from ..store import InstanceRow
+from ..upgrades import migration_chain
 from .common import ENGINE, caller, iso, json_body, name, ok, only, page_response
 from .machines import check_confirmation, confirmation, version_info
 
@@ -153,25 +153,10 @@ async def set_desired_version(request: web.Request) -> web.Response:
     if target == row.version_id:
         await store.set_desired_version(row.id, None)
         return web.Response(status=201)
-    if not _has_path(await store.migration_edges(machine_id), row.version_id, target):
+    if migration_chain(await store.migration_edges(machine_id), row.version_id, target) is None:
         raise NoMigrationPath(f"no chain of migrations leads from {row.version_id} to {target}")
     await store.set_desired_version(row.id, target)
     return web.Response(status=201)
-
-
-def _has_path(edges: list[tuple[str, str]], source: str, target: str) -> bool:
-    graph: dict[str, list[str]] = {}
-    for a, b in edges:
-        graph.setdefault(a, []).append(b)
-    seen, queue = {source}, deque([source])
-    while queue:
-        for nxt in graph.get(queue.popleft(), []):
-            if nxt == target:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                queue.append(nxt)
-    return False
 
 
 class NoMigrationPath(InvalidParameter):

@@ -1,4 +1,4 @@
-"""Machines, versions and the code upload (wire-api 3.5-3.6)."""
+"""Machines, versions, migrations and the code upload (wire-api 3.5-3.7)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 
 from runtime import BundleError, InvalidMachineError, Upload
 
-from ..errors import Conflict, InvalidParameter
+from ..errors import Conflict, InvalidParameter, NotFound
 from ..indexes import check_selectors, inherit_selectors
 from ..store_directory import VersionInfo
 from ..uploads import read_upload, sign_id, unsign_id, upload_token, verify_upload_token
@@ -134,9 +134,10 @@ async def upload_code(request: web.Request) -> web.Response:
         request.app[SECRETS]["uploads"], request.match_info["token"], engine.clock.now_ms() // 1000
     )
     data, filename = await read_upload(request)
-    if kind != "version":
-        raise InvalidParameter(f"uploads of {kind} code are not supported yet", parameter="file")
-    await engine.store.store_upload(object_id, data, filename)
+    if kind == "migration":
+        await engine.store.store_migration_upload(object_id, data, filename)
+    else:
+        await engine.store.store_upload(object_id, data, filename)
     return web.Response(status=204)
 
 
@@ -191,6 +192,67 @@ async def finalize_version(request: web.Request) -> web.Response:
     )
     engine.instances.remember(version_id, prepared)
     return ok({"machineVersionId": version_id})
+
+
+@routes.post("/machines/{machine}/migrations")
+async def provisionally_create_migration(request: web.Request) -> web.Response:
+    """Step 1 of 3 (wire-api 3.7): a provisional migration between two versions of the machine."""
+    org = (await caller(request)).require("machine-versions.write")
+    engine = request.app[ENGINE]
+    body = await json_body(request)
+    only(body, {"fromMachineVersionId", "toMachineVersionId"})
+    machine = await engine.store.machine(org, request.match_info["machine"])
+    versions = []
+    for field in ("fromMachineVersionId", "toMachineVersionId"):
+        value = body.get(field)
+        if not isinstance(value, str):
+            raise InvalidParameter(f"{field} must be a machine version id", parameter=field)
+        try:
+            version = await engine.store.get_version(value)
+        except NotFound:
+            version = None
+        if version is None or version.machine_id != machine.id:
+            raise InvalidParameter(f"{value!r} is not a version of machine {machine.slug!r}", parameter=field)
+        versions.append(value)
+    if versions[0] == versions[1]:
+        raise InvalidParameter("a migration leads from one version to another", parameter="toMachineVersionId")
+    migration_id = await engine.store.create_provisional_migration(
+        machine.id, versions[0], versions[1], engine.clock.now_ms()
+    )
+    secret = request.app[SECRETS]["uploads"]
+    token = upload_token(secret, "migration", migration_id, engine.clock.now_ms() // 1000)
+    return ok(
+        {
+            "machineVersionMigrationId": sign_id(secret, "migration", migration_id),
+            "codeUploadUrl": f"{public_base(request)}/code-uploads/{token}",
+            "codeUploadFields": {"key": migration_id},
+        }
+    )
+
+
+@routes.put("/machines/{machine}/migrations/{signed}")
+async def finalize_migration(request: web.Request) -> web.Response:
+    """Step 3 of 3: bundle the uploaded migration and check its exports in the sandbox."""
+    org = (await caller(request)).require("machine-versions.write")
+    engine = request.app[ENGINE]
+    only(await json_body(request, required=False), set())
+    machine = await engine.store.machine(org, request.match_info["machine"])
+    migration_id = unsign_id(request.app[SECRETS]["uploads"], "migration", request.match_info["signed"])
+    row = await engine.store.migration(migration_id)
+    if row is None or row["machine_id"] != machine.id:
+        raise InvalidParameter("unknown migration", parameter="machineVersionMigrationId")
+    if row["status"] == "final":
+        raise Conflict("this migration is already finalized")
+    if row["source"] is None:
+        raise InvalidParameter("no code was uploaded for this migration yet", parameter="file")
+    upload = Upload(_js_name(row["source_name"]), bytes(row["source"]))
+    try:
+        bundle, prepared = await engine.instances.prepare_migration_upload(upload)
+    except (BundleError, InvalidMachineError) as exc:
+        raise InvalidParameter(str(exc), parameter="code") from None
+    await engine.store.finalize_migration(migration_id, bundle=bundle.code, bundle_hash=bundle.hash)
+    engine.instances.remember_migration(migration_id, prepared)
+    return ok({"machineVersionMigrationId": migration_id})
 
 
 def _js_name(filename: str | None) -> str:

@@ -358,3 +358,31 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         out = capsys.readouterr().out
         assert exit_.value.code == 0 and "example:\n  statehost " in out, (group, name)
     assert {group for group, *_ in _TABLE} == set(_GROUPS)
+
+
+async def test_migrations_create_and_set_desired_version(cli: Cli, tmp_path: Path):
+    v1_file, v2_file, mig_file = tmp_path / "v1.ts", tmp_path / "v2.ts", tmp_path / "migration.ts"
+    v1_file.write_bytes(TOGGLE)
+    v2_file.write_bytes(TOGGLE.replace(b'"inactive"', b'"off"').replace(b"inactive:", b"off:"))
+    mig_file.write_text(
+        "export const upgradeState = (path: string[]) => path.map((k) => (k === 'inactive' ? 'off' : k));\n"
+        "export const upgradeContext = (_o: string[][], _n: string[][], ctx: object) => ctx;\n"
+    )
+    v1 = json.loads((await cli("machines", "create", "-m", "toggle", "--node", str(v1_file), "--json"))[1])
+    code, out, err = await cli("machine-versions", "create", "-m", "toggle", "--node", str(v2_file), "--json")
+    assert code == 0, err
+    v2 = json.loads(out)["machineVersionId"]
+    code, out, err = await cli(
+        "migrations", "create", "-m", "toggle", "--from", v1["machineVersionId"], "--to", v2, "--node", str(mig_file)
+    )
+    assert code == 0 and out.startswith("machineVersionMigrationId: mig_"), err
+    assert (await cli("instances", "create", "-m", "toggle", "-i", "i1"))[0] == 0
+    assert (await cli("instances", "set-desired-version", "-m", "toggle", "-i", "i1", "-v", v2))[0] == 0
+    code, out, _ = await cli("instances", "send-event", "-m", "toggle", "-i", "i1", "-e", "toggle", "--json")
+    assert code == 0 and json.loads(out)["state"] == "active"
+    code, out, _ = await cli("instances", "list-transitions", "-m", "toggle", "-i", "i1", "--json")
+    assert [(t["state"], t["event"]["type"]) for t in json.loads(out)][-2:] == [
+        ("off", "statebacked.upgrade"), ("active", "toggle")
+    ]  # fmt: skip
+    code, _, err = await cli("migrations", "create", "-m", "toggle", "--from", v2, "--to", v2, "--js", str(mig_file))
+    assert code == 1 and "from one version to another" in err

@@ -28,13 +28,6 @@ from client.tokens import SHORT_KEY_WARNING
 from tests.server.api_support import GUARDED, TOGGLE, Api
 
 
-@pytest.fixture
-async def admin(api: Api):
-    client = StatehostClient(str(api.client.make_url("")), api.admin_token)
-    yield client
-    await client.close()
-
-
 async def test_machines_versions_and_instances(admin: StatehostClient):
     await admin.machines.create("toggle")
     with pytest.raises(ConflictError):
