@@ -407,10 +407,10 @@ class DirectoryMixin:
         await self.write(op)
 
     async def migration_edges(self, machine_id: int) -> list[tuple[str, str, str]]:
-        """(from version, to version, migration id) of every finalized migration, oldest first."""
+        """(from version, to version, migration id) of every finalized migration, newest first."""
         rows = await self._read(
             "SELECT id, from_version_id, to_version_id FROM migrations WHERE machine_id = ? AND status = 'final'"
-            " ORDER BY created_ms, id",
+            " ORDER BY created_ms DESC, rowid DESC",
             (machine_id,),
         )
         return [(r["from_version_id"], r["to_version_id"], r["id"]) for r in rows]

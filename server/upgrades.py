@@ -2,7 +2,8 @@
 
 A migration is an edge ``from version -> to version`` of one machine. An instance whose desired
 version differs from its own is upgraded along the shortest chain of edges (fewest migrations;
-among equal chains, the one using the oldest migrations), on its next event. The work itself
+among equal chains, the one using the newest migrations, so that a fixed migration uploaded
+between the same versions replaces a broken one), on its next event. The work itself
 (describe, migrate, rebuild) runs in the sandbox: server/instances.py ``InstanceService._upgrade``.
 """
 
@@ -16,7 +17,7 @@ __all__ = ["migration_chain"]
 
 def migration_chain(edges: Sequence[tuple[str, str, str]], source: str, target: str) -> list[str] | None:
     """The migration ids leading from ``source`` to ``target`` (``[]`` when they are equal), or
-    None when no chain exists. ``edges`` are (from, to, migration id), oldest first."""
+    None when no chain exists. ``edges`` are (from, to, migration id), preferred first."""
     if source == target:
         return []
     graph: dict[str, list[tuple[str, str]]] = {}

@@ -200,7 +200,9 @@ async def provisionally_create_migration(request: web.Request) -> web.Response:
     org = (await caller(request)).require("machine-versions.write")
     engine = request.app[ENGINE]
     body = await json_body(request)
-    only(body, {"fromMachineVersionId", "toMachineVersionId"})
+    # @statebacked/client 0.1.37 (and so smply) sends its whole create request here, the code too
+    # (`gzippedCode`, a Uint8Array serialised as an object, or `code`): accepted and ignored.
+    only(body, {"fromMachineVersionId", "toMachineVersionId", "gzippedCode", "code"})
     machine = await engine.store.machine(org, request.match_info["machine"])
     versions = []
     for field in ("fromMachineVersionId", "toMachineVersionId"):

@@ -142,3 +142,72 @@ def test_smply_and_the_official_client_work_unmodified(server: dict[str, str]):
     assert checks and all(check["ok"] for check in checks)
     names = {check["check"] for check in checks}
     assert len(names) >= 15, names
+
+
+def test_smply_migrates_and_the_official_client_sees_the_upgrade(server: dict[str, str]):
+    """smply migrations create + instances set-desired-version; then @statebacked/client (upgrade.mjs)
+    subscribes, sends the event that triggers the upgrade, and sees the upgrade transition live."""
+    smply(server, "machines", "create", "--machine", "upgraded", "--node", "toggle.ts")
+    smply(
+        server,
+        "machine-versions",
+        "create",
+        "--machine",
+        "upgraded",
+        "--version-reference",
+        "2",
+        "--node",
+        "toggle_v2.ts",
+    )
+    versions = {
+        v["clientInfo"]: v["id"] for v in json.loads(smply(server, "machine-versions", "list", "-m", "upgraded"))
+    }
+    v1, v2 = versions["0.0.1"], versions["2"]
+    created = first_json(
+        smply(
+            server,
+            "migrations",
+            "create",
+            "--machine",
+            "upgraded",
+            "--from",
+            v1,
+            "--to",
+            v2,
+            "--node",
+            "toggle_migration.ts",
+        )
+    )
+    migration = created["machineVersionMigrationId"]
+    act = ["--auth-context", '{"sub":"compat"}']
+    smply(server, "instances", "create", "--machine", "upgraded", "--instance", "u1", *act)
+    smply(server, "instances", "send-event", "--machine", "upgraded", "--instance", "u1", "--event", "toggle", *act)
+    smply(server, "instances", "set-desired-version", "--machine", "upgraded", "--instance", "u1", "--version", v2)
+    env = {
+        **os.environ,
+        "STATEHOST_URL": server["url"],
+        "ORG_ID": server["orgId"],
+        "ADMIN_TOKEN": server["adminToken"],
+        "MACHINE": "upgraded",
+        "INSTANCE": "u1",
+        "FROM_VERSION": v1,
+        "TO_VERSION": v2,
+        "MIGRATION_ID": migration,
+    }
+    proc = subprocess.run(["node", "upgrade.mjs"], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+    checks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, f"{proc.stderr}\n{proc.stdout}"
+    assert [c["check"] for c in checks] == [
+        "subscribed-before-the-upgrade",
+        "event-delivered-under-the-new-version",
+        "subscriber-saw-the-upgrade-then-the-event",
+        "history-lists-the-upgrade",
+    ]
+    # smply asking for a version no migration leads to: 400 no-migration-path, reported by smply.
+    refused = subprocess.run(
+        [str(SMPLY), "--api-url", server["url"], "instances", "set-desired-version", "-m", "upgraded", "-i", "u1",
+         "--version", v1],
+        cwd=HERE, env={**os.environ, "HOME": server["home"]}, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert "no-migration-path" in refused.stdout + refused.stderr or "migration" in (refused.stdout + refused.stderr)

@@ -193,6 +193,11 @@ export const upgradeContext = (o, n, ctx) => ctx;"""
         assert len(failure) == 1 and reason in failure[0]["log"] and failure[0]["outputType"] == "stderr"
     assert "about to fail" in [e["log"] for e in logs]  # the migration's own output is kept
     assert "statebacked.upgrade" not in [t["event"]["type"] for t in await transitions(admin, "t", "i")]
+    # A fixed migration between the same versions is preferred to the broken one.
+    fixed = await admin.migrations.create("t", v1, v2, migration('{ inactive: "off", active: "on" }'))
+    await admin.instances.set_desired_version("t", "i", v2)
+    await admin.instances.send_event("t", "i", "toggle")
+    assert (await transitions(admin, "t", "i"))[-2]["event"]["migrationPath"] == [fixed]
 
 
 async def test_no_migration_path_is_a_400(admin: StatehostClient):
@@ -229,3 +234,15 @@ async def test_bad_migration_uploads_are_refused_and_store_nothing(api: Api, adm
     assert status == 400 and body["code"] == "invalid-parameter"
     status, body = await api.call("PUT", "/machines/t/migrations/mig_forged.abc")
     assert status == 404
+
+
+def test_migration_chain_is_the_shortest_preferring_earlier_edges():
+    from server.upgrades import migration_chain
+
+    edges = [("a", "b", "m-ab-new"), ("a", "b", "m-ab-old"), ("b", "c", "m-bc"), ("c", "d", "m-cd"), ("a", "d", "m-ad")]
+    assert migration_chain(edges, "a", "a") == []
+    assert migration_chain(edges, "a", "b") == ["m-ab-new"]
+    assert migration_chain(edges, "a", "c") == ["m-ab-new", "m-bc"]
+    assert migration_chain(edges, "a", "d") == ["m-ad"]  # fewest migrations
+    assert migration_chain(edges, "d", "a") is None  # edges have a direction
+    assert migration_chain([("a", "b", "1"), ("b", "a", "2")], "a", "z") is None  # cycles end
