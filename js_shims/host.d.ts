@@ -52,6 +52,7 @@ interface BeginRequest extends StepContext {
   description?: Description;
   instanceName: string;
   authContext: object | null;   // null: a host-originated event (timer); allowWrite is not run
+  parent?: { machineName: string; machineInstanceName: string } | null;  // who spawned it: sendParent
   context?: object;             // create: caller-supplied context merged over the machine's own
   snapshot?: Persisted;         // event: what the last committed Round returned
   event?: { type: string; [k: string]: unknown };
@@ -100,9 +101,16 @@ interface Transition {
 }
 
 type TimerOp =
-  | { op: "set"; id: string | null; delayMs: number; event: { type: string } }
+  | { op: "set"; id: string | null; delayMs: number; event: { type: string }; target?: MessageTarget }
   | { op: "cancel"; id: string }
   | { op: "cancelAll" };
+
+// A message to another persistent instance, or the creation of a persistent child (wire-api 7.6):
+// queued by the host with the round, delivered after it commits.
+interface MessageTarget {
+  machineName: string; machineInstanceName: string; kind: "event" | "spawn";
+  machineVersionId?: string; context?: object;   // spawn only
+}
 
 interface LogLine { stream: "stdout" | "stderr"; level: string; text: string; timeMs: number }
 

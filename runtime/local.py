@@ -18,7 +18,7 @@ from typing import Any
 from .clock import Clock
 from .engine import PreparedMachine
 from .executor import Executor
-from .protocol import LogLine, ReadDecision, ReadRequest, Round, StepRequest, Transition
+from .protocol import LogLine, ReadDecision, ReadRequest, Round, StepRequest, TimerOp, Transition
 from .settle import WindowResult, run_window
 from .transport import Transport
 
@@ -48,6 +48,9 @@ class LocalInstance:
     """Committed effects that outlived their window (see WindowResult.detached)."""
     timers: dict[int, TimerRow] = field(default_factory=dict)
     """Pending durable timers by row number; several may share an XState id (``TimerRow.key``)."""
+    outbox: list[TimerOp] = field(default_factory=list)
+    """Messages to other persistent instances and spawns of persistent children (wire-api 7.6):
+    recorded, not delivered (a local instance has no others)."""
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     # -- the requests a client can make ---------------------------------------------------------------
@@ -119,7 +122,9 @@ class LocalInstance:
         if round_.persisted is not None:
             self.persisted = json.loads(json.dumps(round_.persisted))
         for op in round_.timers:
-            if op.op == "set":
+            if op.op == "set" and op.target is not None:
+                self.outbox.append(op)
+            elif op.op == "set":
                 assert op.delay_ms is not None and op.event is not None
                 seq = next(self._seq)
                 key = op.id if op.id is not None else f"anonymous:{seq}"

@@ -103,6 +103,9 @@ class StepRequest:
     """event: the event object, with a string ``type``; upgrade: the upgrade transition's event."""
     description: StateDescription | None = None
     """upgrade: the migrated instance."""
+    parent: Mapping[str, JSON] | None = None
+    """The persistent instance that spawned this one ({machineName, machineInstanceName}): where
+    ``sendParent`` goes."""
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,16 @@ class TimerOp:
 
     ``set`` with ``id`` None is a delayed event the machine cannot cancel (XState gives it no id);
     the host keys its row itself. ``cancel_all`` removes every timer of the instance (it stopped).
+    A ``set`` with a ``target`` is a message to another instance, or the creation of a persistent
+    child (wire-api 7.6): delivered reliably by the host, after ``delay_ms``.
     """
 
     op: Literal["set", "cancel", "cancel_all"]
     id: str | None = None
     delay_ms: int | None = None
     event: Mapping[str, JSON] | None = None
+    target: Mapping[str, JSON] | None = None
+    """{machineName, machineInstanceName, kind: "event" | "spawn", machineVersionId?, context?}."""
 
 
 @dataclass(frozen=True)

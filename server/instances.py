@@ -105,6 +105,8 @@ class _Request:
     context: Mapping[str, Any] | None = None
     version_id: str | None = None
     timer: TimerRow | None = None
+    parent: Mapping[str, Any] | None = None
+    """create: the persistent instance that spawned this one."""
     done: asyncio.Future[InstanceState] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, state: InstanceState) -> None:
@@ -300,10 +302,15 @@ class InstanceService:
         return await self._submit(request)
 
     async def deliver_timer(self, timer: TimerRow) -> TimerDelivery:
-        """Deliver a due timer as an ordinary event (no allowWrite); say what became of it."""
+        """Deliver a due timer as an ordinary event (no allowWrite); say what became of it.
+
+        A timer with a target is a message of its instance to another one, or a spawn (wire-api
+        7.6): see :meth:`_deliver_message`."""
         row = await self.store.instance_by_id(timer.instance_id)
         if row is None:
             return "gone"
+        if timer.target is not None:
+            return await self._deliver_message(timer, row)
         request = _Request(
             "timer", row.machine_id, row.org_id, row.machine_slug, row.name, None, event=timer.event, timer=timer
         )
@@ -315,6 +322,59 @@ class InstanceService:
             return "gone" if not await self.store.timer_exists(timer.id) else "retry"
         except ApiError as exc:
             log.info("timer %s of instance %s not delivered: %s", timer.key, row.name, exc)
+            return "retry"
+        return "delivered"
+
+    async def _deliver_message(self, timer: TimerRow, sender: InstanceRow) -> TimerDelivery:
+        """A message from ``sender`` to another instance of its org, or the creation of a persistent
+        child. The receiver's allowWrite sees ``authContext.stateBackedSender``. The timer row is
+        removed in the transaction of the receiver's first round, so a message is delivered once in
+        effect; refusals are final (logged for the sender), other failures (a receiver that does not
+        exist yet, a paused one) are retried."""
+        target = timer.target or {}
+        identity = {"machineName": sender.machine_slug, "machineInstanceName": sender.name}
+        auth = {"stateBackedSender": identity}
+        where = f"{target.get('machineName')}/{target.get('machineInstanceName')}"
+        try:
+            machine_id = await self.store.machine_id(sender.org_id, str(target.get("machineName")))
+        except NotFound:
+            log.info("message from %s/%s: machine %s not found", sender.machine_slug, sender.name, where)
+            return "retry"
+        kind: Literal["create", "event"] = "create" if target.get("kind") == "spawn" else "event"
+        request = _Request(
+            kind,
+            machine_id,
+            sender.org_id,
+            str(target["machineName"]),
+            str(target["machineInstanceName"]),
+            auth,
+            event=timer.event if kind == "event" else None,
+            context=target.get("context") if kind == "create" else None,
+            version_id=target.get("machineVersionId") if kind == "create" else None,
+            timer=timer,
+            parent=identity if kind == "create" else None,
+        )
+        what = "spawn of" if kind == "create" else f"event {timer.event.get('type')!r} to"
+        try:
+            await self._submit(request)
+        except Paused:
+            return "retry-paused"
+        except NotFound:
+            return "retry"  # not created yet (a spawn on its way), or gone: retried, then dropped
+        except (Rejected, InvalidParameter, Conflict) as exc:
+            if not await self.store.timer_exists(timer.id):
+                return "gone"  # withdrawn meanwhile (cancelled by its sender)
+            text = f"[statehost] {what} {where} not delivered: {exc}"
+            await self._store_logs(
+                sender.org_id,
+                sender.machine_slug,
+                sender.name,
+                sender.version_id,
+                (LogLine("stderr", "engine", text, self.clock.now_ms()),),
+            )
+            return "gone"
+        except ApiError as exc:
+            log.info("%s %s not delivered (will retry): %s", what, where, exc)
             return "retry"
         return "delivered"
 
@@ -426,7 +486,9 @@ class InstanceService:
             version_id = request.version_id or await self.store.current_version_id(request.machine_id)
             if version_id is None:
                 raise InvalidParameter("the machine has no current version", parameter="machineVersionId")
-            step = StepRequest("create", request.instance_name, request.auth_context, context=request.context)
+            step = StepRequest(
+                "create", request.instance_name, request.auth_context, context=request.context, parent=request.parent
+            )
             window = _Window(request, None, 0, 0, version_id, None)
         else:
             if row is None:
@@ -437,7 +499,14 @@ class InstanceService:
                 raise Conflict("the timer was cancelled before it was delivered")
             if row.desired_version_id is not None and row.desired_version_id != row.version_id:
                 row = await self._upgrade(request, row)
-            step = StepRequest("event", row.name, request.auth_context, persisted=row.persisted, event=request.event)
+            step = StepRequest(
+                "event",
+                row.name,
+                request.auth_context,
+                persisted=row.persisted,
+                event=request.event,
+                parent=row.parent,
+            )
             window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row))
         prepared = await self._prepared_machine(window.version_id)
         parked = self._unpark(row) if row is not None and step.kind == "event" else None
@@ -511,7 +580,7 @@ class InstanceService:
             "toMachineVersionId": target,
             "migrationPath": chain,
         }
-        step = StepRequest("upgrade", row.name, None, event=event, description=description)
+        step = StepRequest("upgrade", row.name, None, event=event, description=description, parent=row.parent)
         window = _Window(request, row.id, row.seq, row.ts, target, InstanceState.of(row))
         result = await run_window(
             await self._prepared_machine(target),
@@ -604,7 +673,7 @@ class InstanceService:
         for op in round_.timers:
             if op.op == "set":
                 assert op.event is not None and op.delay_ms is not None
-                timer_ops.append(("set", TimerSet(op.id, op.event, now + op.delay_ms)))
+                timer_ops.append(("set", TimerSet(op.id, op.event, now + op.delay_ms, op.target)))
             elif op.op == "cancel":
                 timer_ops.append(("cancel", op.id))
             else:
@@ -632,7 +701,7 @@ class InstanceService:
         )
         if window.instance_id is None:
             window.instance_id = await self.store.insert_instance(
-                request.machine_id, request.instance_name, commit, now
+                request.machine_id, request.instance_name, commit, now, parent=request.parent
             )
         else:
             await self.store.commit_round(commit, now)

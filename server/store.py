@@ -89,6 +89,8 @@ class InstanceRow:
     tags: list[str]
     done: bool
     created_ms: int
+    parent: dict[str, Any] | None = None
+    """The instance that spawned this one ({machineName, machineInstanceName}), for sendParent."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class TimerSet:
     key: str | None
     event: Mapping[str, Any]
     due_ms: int
+    target: Mapping[str, Any] | None = None
+    """For a message to another instance (or a spawn): where it goes (migration 0006)."""
 
 
 @dataclass
@@ -169,6 +173,24 @@ class TimerRow:
     event: dict[str, Any]
     due_ms: int
     attempts: int
+    target: dict[str, Any] | None = None
+    """None: an event of the instance to itself; else a message to another instance, or a spawn."""
+
+
+_TIMER_COLUMNS = "id, instance_id, timer_key, event_json, due_ms, attempts, target_json"
+
+
+def _timer_row(r: sqlite3.Row) -> TimerRow:
+    target = r["target_json"]
+    return TimerRow(
+        r["id"],
+        r["instance_id"],
+        r["timer_key"],
+        json.loads(r["event_json"]),
+        r["due_ms"],
+        r["attempts"],
+        None if target is None else json.loads(target),
+    )
 
 
 @dataclass
@@ -421,7 +443,7 @@ class Store(DirectoryMixin):
     _INSTANCE_COLUMNS = (
         "i.id, i.machine_id, m.org_id, m.slug AS machine_slug, i.name, i.version_id, i.desired_version_id,"
         " i.status, i.seq, i.ts, i.persisted_json, i.state_json, i.context_json, i.public_json, i.tags_json,"
-        " i.done, i.created_ms"
+        " i.done, i.created_ms, i.parent_json"
     )
 
     @staticmethod
@@ -444,6 +466,7 @@ class Store(DirectoryMixin):
             tags=json.loads(row["tags_json"]),
             done=bool(row["done"]),
             created_ms=row["created_ms"],
+            parent=None if row["parent_json"] is None else json.loads(row["parent_json"]),
         )
 
     async def find_instance(self, machine_id: int, name: str) -> InstanceRow | None:
@@ -461,16 +484,25 @@ class Store(DirectoryMixin):
         )
         return None if row is None else self._instance(row)
 
-    async def insert_instance(self, machine_id: int, name: str, commit: RoundCommit, now_ms: int) -> int:
+    async def insert_instance(
+        self, machine_id: int, name: str, commit: RoundCommit, now_ms: int, parent: Mapping[str, Any] | None = None
+    ) -> int:
         """Create an instance with its first round, in one transaction. Conflict if it exists."""
 
         async def op(conn: aiosqlite.Connection) -> int:
             try:
                 cursor = await conn.execute(
                     "INSERT INTO instances (machine_id, name, version_id, seq, ts, persisted_json, inflight_json,"
-                    " state_json, context_json, public_json, tags_json, done, created_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (machine_id, name, commit.version_id, *_state_columns(commit), now_ms),
+                    " state_json, context_json, public_json, tags_json, done, created_ms, parent_json)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        machine_id,
+                        name,
+                        commit.version_id,
+                        *_state_columns(commit),
+                        now_ms,
+                        None if parent is None else _dumps(parent),
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"instance {name!r} already exists") from exc
@@ -541,9 +573,16 @@ class Store(DirectoryMixin):
             if kind == "set":
                 key = value.key if value.key is not None else f"anonymous:{uuid.uuid4()}"
                 await conn.execute(
-                    "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (commit.instance_id, key, _dumps(value.event), value.due_ms, now_ms),
+                    "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms, target_json)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        commit.instance_id,
+                        key,
+                        _dumps(value.event),
+                        value.due_ms,
+                        now_ms,
+                        None if value.target is None else _dumps(value.target),
+                    ),
                 )
             elif kind == "cancel":
                 # XState's cancel(id) reaches the most recent delayed event with that id only.
@@ -614,28 +653,19 @@ class Store(DirectoryMixin):
         marks = ",".join("?" * len(excluded))
         extra = f"AND id NOT IN ({marks})" if excluded else ""
         rows = await self._read(
-            f"SELECT id, instance_id, timer_key, event_json, due_ms, attempts FROM timers"
-            f" WHERE due_ms <= ? {extra} ORDER BY due_ms, id LIMIT ?",
+            f"SELECT {_TIMER_COLUMNS} FROM timers WHERE due_ms <= ? {extra} ORDER BY due_ms, id LIMIT ?",
             (now_ms, *excluded, limit),
         )
-        return [
-            TimerRow(r["id"], r["instance_id"], r["timer_key"], json.loads(r["event_json"]), r["due_ms"], r["attempts"])
-            for r in rows
-        ]
+        return [_timer_row(r) for r in rows]
 
     async def timer_exists(self, timer_id: int) -> bool:
         return await self._read_one("SELECT 1 FROM timers WHERE id = ?", (timer_id,)) is not None
 
     async def timers_of(self, instance_id: int) -> list[TimerRow]:
         rows = await self._read(
-            "SELECT id, instance_id, timer_key, event_json, due_ms, attempts FROM timers WHERE instance_id = ?"
-            " ORDER BY due_ms, id",
-            (instance_id,),
+            f"SELECT {_TIMER_COLUMNS} FROM timers WHERE instance_id = ? ORDER BY due_ms, id", (instance_id,)
         )
-        return [
-            TimerRow(r["id"], r["instance_id"], r["timer_key"], json.loads(r["event_json"]), r["due_ms"], r["attempts"])
-            for r in rows
-        ]
+        return [_timer_row(r) for r in rows]
 
     async def retry_timer(self, timer_id: int, due_ms: int, attempts: int) -> None:
         async def op(conn: aiosqlite.Connection) -> None:

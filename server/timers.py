@@ -13,12 +13,16 @@ Decision log:
   to ``MAX_RETRIES`` times, then dropped with a log line for the machine's author.
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
+- Messages between instances and spawns of persistent children are timer rows of their sender with
+  a target (wire-api 7.6). Deliveries to one destination run one after another, in row order, so
+  a child is created before the events its parent sent it in the same transition arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from runtime import Clock
@@ -57,6 +61,8 @@ class TimerService:
         self._in_flight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._lanes: dict[tuple[object, ...], asyncio.Task[None]] = {}
+        """Per destination, the latest delivery task: the next one waits for it."""
         self.delivered = 0
         self.dropped = 0
 
@@ -73,7 +79,12 @@ class TimerService:
                 for row in due:
                     await self._slots.acquire()
                     self._in_flight.add(row.id)
-                    task = asyncio.create_task(self._deliver(row), name=f"statehost-timer-{row.id}")
+                    lane = _lane(row)
+                    task = asyncio.create_task(
+                        self._deliver(row, self._lanes.get(lane)), name=f"statehost-timer-{row.id}"
+                    )
+                    self._lanes[lane] = task
+                    task.add_done_callback(functools.partial(self._lane_done, lane))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 if len(due) == CLAIM_BATCH:
@@ -94,8 +105,14 @@ class TimerService:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _deliver(self, row: TimerRow) -> None:
+    def _lane_done(self, lane: tuple[object, ...], task: asyncio.Task[None]) -> None:
+        if self._lanes.get(lane) is task:
+            del self._lanes[lane]
+
+    async def _deliver(self, row: TimerRow, after: asyncio.Task[None] | None = None) -> None:
         try:
+            if after is not None:
+                await asyncio.wait([after])
             outcome = await self.instances.deliver_timer(row)
             if outcome == "delivered":
                 self.delivered += 1
@@ -121,13 +138,21 @@ class TimerService:
             return
         self.dropped += 1
         instance = await self.store.instance_by_id(row.instance_id)
+        what = f"timer {row.key} ({row.event.get('type')})"
+        if row.target is not None:
+            kind = "spawn of" if row.target.get("kind") == "spawn" else f"event {row.event.get('type')!r} to"
+            what = f"{kind} {row.target.get('machineName')}/{row.target.get('machineInstanceName')}"
         line = LogRecord(
-            self.clock.now_ms(),
-            "stderr",
-            "engine",
-            f"[statehost] timer {row.key} ({row.event.get('type')}) dropped after {attempts} failed deliveries",
+            self.clock.now_ms(), "stderr", "engine", f"[statehost] {what} dropped after {attempts} failed deliveries"
         )
         context = None
         if instance is not None:
             context = (instance.org_id, instance.machine_slug, instance.name, instance.version_id, line)
         await self.store.drop_timer(row.id, context)
+
+
+def _lane(row: TimerRow) -> tuple[object, ...]:
+    """Deliveries that must keep their order: those to one destination instance."""
+    if row.target is None:
+        return ("self", row.instance_id)
+    return ("to", row.target.get("machineName"), row.target.get("machineInstanceName"))

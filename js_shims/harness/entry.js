@@ -40,7 +40,7 @@
       throw new TypeError(`XState ${major}'s ${needed} is missing from the runtime API`);
     }
     M = { user, api, major, machine };
-    StatebackedRt.attach(M);
+    StatebackedRt.attach(M, rec);
     return { major, exports };
   }
 

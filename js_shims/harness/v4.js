@@ -36,10 +36,34 @@ const V4 = (() => {
     const proto = Object.getPrototypeOf(svc);
     let restoring = false;
 
+    // Another persistent instance (wire-api 7.6): a reference from spawnPersistentInstance, a child
+    // id naming one in the context, or the persistent parent for sendParent. Ephemeral children and
+    // an ephemeral parent keep XState's own delivery.
+    const persistentTarget = (to) => {
+      let ref = null;
+      if (StatebackedRt.isInstanceRef(to)) ref = to;
+      else if (to === "#_parent" && !svc.parent && req.parent) ref = req.parent;
+      else if (typeof to === "string" && to !== "#_internal" && !svc.children.has(to)) {
+        ref = StatebackedRt.spawnedRef(to) || findRef(svc.state.context, to);
+      }
+      return ref ? { machineName: ref.machineName, machineInstanceName: ref.machineInstanceName, kind: "event" } : null;
+    };
+    const sendTo = svc.sendTo;
+    svc.sendTo = function (event, to, immediate) {
+      const target = persistentTarget(to);
+      if (!target) return sendTo.call(this, event, to, immediate);
+      rec.timer({ op: "set", id: null, delayMs: 0, event: event.data, target });
+      return undefined;
+    };
     svc.defer = function (sendAction) {
+      const event = sendAction._event ? sendAction._event.data : sendAction.event;
+      const target = sendAction.to ? persistentTarget(sendAction.to) : null;
+      if (target) {
+        rec.timer({ op: "set", id: sendAction.id === undefined ? null : String(sendAction.id), delayMs: sendAction.delay, event, target });
+        return undefined;
+      }
       // Aimed at a child: ephemeral. "#_internal" is the machine itself: durable like any own timer.
       if (sendAction.to && sendAction.to !== "#_internal") return proto.defer.call(this, sendAction);
-      const event = sendAction._event ? sendAction._event.data : sendAction.event;
       rec.timer({ op: "set", id: sendAction.id === undefined ? null : String(sendAction.id), delayMs: sendAction.delay, event });
       return undefined;
     };
@@ -108,6 +132,17 @@ const V4 = (() => {
         return view(svc.state);
       },
     };
+  }
+
+  // A reference with this id (spawnPersistentInstance's `name`) anywhere in the context.
+  function findRef(value, id, depth = 0) {
+    if (!value || typeof value !== "object" || depth > 32) return null;
+    if (StatebackedRt.isInstanceRef(value) && value.id === id) return value;
+    for (const key of Object.keys(value)) {
+      const found = findRef(value[key], id, depth + 1);
+      if (found) return found;
+    }
+    return null;
   }
 
   function nodeAt(machine, path) {

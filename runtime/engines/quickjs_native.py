@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -217,12 +218,44 @@ def _timer_op(raw: Mapping[str, Any]) -> TimerOp:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise _GuestDataError("a delayed event must be an object with a string type")
         rid = raw.get("id")
-        return TimerOp("set", None if rid is None else str(rid), int(delay), event)
+        return TimerOp("set", None if rid is None else str(rid), int(delay), event, _target(raw.get("target")))
     if op == "cancel":
         return TimerOp("cancel", str(raw.get("id")))
     if op == "cancelAll":
         return TimerOp("cancel_all")
     raise _GuestDataError(f"unknown timer op {op!r}")
+
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+def _target(raw: object) -> dict[str, Any] | None:
+    """Where a message to another instance goes (wire-api 7.6), checked: names, kind, context."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _GuestDataError("a message target must be an object")
+    target: dict[str, Any] = {}
+    for name in ("machineName", "machineInstanceName"):
+        value = raw.get(name)
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise _GuestDataError(f"a persistent instance needs a {name} of 1-128 letters, digits, _ or -: {value!r}")
+        target[name] = value
+    kind = raw.get("kind")
+    if kind not in ("event", "spawn"):
+        raise _GuestDataError(f"unknown message kind {kind!r}")
+    target["kind"] = kind
+    version = raw.get("machineVersionId")
+    if version is not None:
+        if not isinstance(version, str):
+            raise _GuestDataError("machineVersionId must be a string")
+        target["machineVersionId"] = version
+    context = raw.get("context")
+    if context is not None:
+        if not isinstance(context, dict):
+            raise _GuestDataError("a persistent instance's initial context must be an object")
+        target["context"] = context
+    return target
 
 
 def _fetch_request(raw: Mapping[str, Any]) -> FetchRequest:
@@ -445,6 +478,7 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
             "kind": request.kind,
             "instanceName": request.instance_name,
             "authContext": None if request.auth_context is None else dict(request.auth_context),
+            "parent": None if request.parent is None else dict(request.parent),
         }
         if request.kind == "create":
             payload["context"] = dict(request.context or {})
