@@ -16,7 +16,16 @@ from typing import Any, Self
 
 from .bundle import MachineBundle
 from .limits import Limits
-from .protocol import Described, EffectResult, ReadDecision, ReadRequest, Round, StateDescription, StepRequest
+from .protocol import (
+    Described,
+    EffectResult,
+    Invoked,
+    ReadDecision,
+    ReadRequest,
+    Round,
+    StateDescription,
+    StepRequest,
+)
 
 __all__ = ["Engine", "GuestSandbox", "PreparedMachine", "PreparedMigration", "SandboxInstance", "ScriptSandbox"]
 
@@ -92,6 +101,12 @@ class PreparedMachine(abc.ABC):
     @abc.abstractmethod
     def describe(self, persisted: Mapping[str, Any], now_ms: int) -> Described:
         """A persisted instance of this machine as state paths and context (for migrations)."""
+
+    @abc.abstractmethod
+    def invoke(self, path: Sequence[str], arg: Any, now_ms: int) -> Invoked:
+        """Call the module's exported function at ``path`` (``("httpApiMapper", slug, "handler")``)
+        with one JSON argument, in a fresh sandbox, and wait for its promise. It may use the
+        sandbox's pure APIs (crypto, text, URL), not ``fetch``."""
 
 
 class PreparedMigration(abc.ABC):

@@ -17,6 +17,7 @@ __all__ = [
     "EffectResult",
     "FetchRequest",
     "FetchResponse",
+    "Invoked",
     "LogLine",
     "ReadDecision",
     "ReadRequest",
@@ -79,6 +80,24 @@ class Described:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True)
+class Invoked:
+    """The outcome of calling one of the module's exported functions (PreparedMachine.invoke)."""
+
+    outcome: Outcome
+    value: JSON = None
+    """What the function returned (or its promise resolved to), as JSON."""
+    logs: tuple[LogLine, ...] = ()
+    error: str | None = None
+    """Not OK: why (a throw or rejection names the guest's error; a limit names the limit)."""
+    missing: bool = False
+    """The module exports no function at that path."""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK and not self.missing
 
 
 @dataclass(frozen=True)

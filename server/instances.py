@@ -26,6 +26,7 @@ from runtime import (
     Clock,
     Engine,
     Executor,
+    Invoked,
     Limits,
     LogLine,
     MachineBundle,
@@ -391,6 +392,26 @@ class InstanceService:
         ):
             raise Rejected("the machine's authorizer rejected the request")
         return InstanceState.of(row)
+
+    async def invoke_export(
+        self,
+        org_id: str,
+        machine_slug: str,
+        path: tuple[str, ...],
+        arg: Any,
+        *,
+        instance_name: str = "",
+    ) -> Invoked:
+        """Call an exported function of the machine's current version (the HTTP API mapper), in a
+        fresh sandbox off the event loop; its log lines are stored as the machine's."""
+        machine_id = await self.store.machine_id(org_id, machine_slug)
+        version_id = await self.store.current_version_id(machine_id)
+        if version_id is None:
+            raise NotFound(f"machine {machine_slug!r} has no current version")
+        prepared = await self._prepared_machine(version_id)
+        result = await self.executor.run(prepared.invoke, path, arg, self.clock.now_ms())
+        await self._store_logs(org_id, machine_slug, instance_name, version_id, result.logs)
+        return result
 
     async def may_read(
         self,

@@ -162,6 +162,18 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
         None,
     ),
     ("GET", "/rt", "Real-time subscriptions (WebSocket; token in the query)", "state.read", 101, None),
+    *(
+        (
+            method,
+            "/http-api/{orgId}/machines/{machineName}/{slug}",
+            "The machine's HTTP API mapper (webhooks): its handler maps the request to an event, "
+            "its responseMapper makes the answer. No bearer token: the handler authenticates.",
+            None,
+            200,
+            None,
+        )
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+    ),
     ("GET", "/openapi.json", "This document", None, 200, None),
 ]
 

@@ -203,7 +203,48 @@
     };
   }
 
-  const ops = { attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, migrate };
+  // Call an exported function by path (e.g. httpApiMapper.<slug>.handler) with one JSON argument;
+  // it may return a promise. The host pumps until quiescent (serving host calls such as
+  // crypto.subtle), then reads the outcome with invoke_result.
+  let invoked = null;
+  function invoke(req) {
+    H.begin(req);
+    let fn = M.user;
+    let owner = null;
+    for (const key of req.path) {
+      owner = fn;
+      fn = fn !== null && (typeof fn === "object" || typeof fn === "function") && Object.prototype.hasOwnProperty.call(fn, key) ? fn[key] : undefined;
+    }
+    if (typeof fn !== "function") {
+      invoked = { missing: true };
+      return;
+    }
+    invoked = { pending: true };
+    const settle = (outcome) => {
+      invoked = outcome;
+    };
+    Promise.resolve()
+      .then(() => fn.call(owner, req.arg))
+      .then(
+        (value) => {
+          try {
+            settle({ value: Common.jsonSafe(value === undefined ? null : value, "the returned value") });
+          } catch (err) {
+            settle({ error: Common.describeFault(err) });
+          }
+        },
+        (err) => settle({ error: Common.describeFault(err) }),
+      );
+  }
+
+  function invokeResult() {
+    return invoked || { missing: true };
+  }
+
+  const ops = {
+    attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, migrate, invoke,
+    invoke_result: invokeResult,
+  };
 
   function entry(op, arg) {
     const fn = ops[op];

@@ -40,6 +40,7 @@ from ..protocol import (
     Described,
     EffectResult,
     FetchRequest,
+    Invoked,
     LogLine,
     ReadDecision,
     ReadRequest,
@@ -620,6 +621,45 @@ class _NativePrepared(PreparedMachine):
     def describe(self, persisted: Mapping[str, Any], now_ms: int) -> Described:
         guest = _OneShotGuest(self.scripts, self.limits, attach=self.runtime_api_mode)
         return guest.described("describe", {"snapshot": dict(persisted)}, now_ms)
+
+    def invoke(self, path: Sequence[str], arg: Any, now_ms: int) -> Invoked:
+        return _InvokeGuest(self).invoke(path, arg, now_ms)
+
+
+class _InvokeGuest(_NativeGuest):
+    """One exported function called in a fresh sandbox, pumped (with host calls) until quiescent."""
+
+    def __init__(self, prepared: _NativePrepared) -> None:
+        super().__init__(prepared.scripts, prepared.limits, attach=prepared.runtime_api_mode)
+
+    def invoke(self, path: Sequence[str], arg: Any, now_ms: int) -> Invoked:
+        try:
+            if self._startup_fault is not None:
+                return Invoked(self._startup_fault.outcome, error=self._startup_fault.error)
+            round_ = self._enter("invoke", {**_step_context(now_ms), "path": list(path), "arg": arg}, now_ms)
+            if not round_.ok:
+                return Invoked(round_.outcome, logs=round_.logs, error=round_.error)
+            if round_.effects or round_.pending_effects:
+                return Invoked(Outcome.GUEST_ERROR, logs=round_.logs, error="fetch is not available here")
+            assert self._sandbox is not None
+            reply = self._sandbox.call("invoke_result", {})
+            if not isinstance(reply, dict):
+                return Invoked(Outcome.GUEST_ERROR, logs=round_.logs, error="malformed invoke result")
+            if reply.get("missing"):
+                return Invoked(Outcome.OK, logs=round_.logs, missing=True)
+            if reply.get("pending"):
+                return Invoked(Outcome.GUEST_ERROR, logs=round_.logs, error="the returned promise never settled")
+            if "error" in reply:
+                outcome, message = _outcome_of_fault(reply["error"], self.limits)
+                return Invoked(outcome, logs=round_.logs, error=message)
+            return Invoked(Outcome.OK, reply.get("value"), round_.logs)
+        except (_GuestDataError, *_MALFORMED) as exc:
+            return Invoked(Outcome.GUEST_ERROR, error=str(exc))
+        except quickjs.JSException as exc:
+            mapped = _limit_from_exception(exc, self.limits)
+            return Invoked(mapped.outcome, error=str(mapped))
+        finally:
+            self.close()
 
 
 class _OneShotGuest(_NativeGuest):
