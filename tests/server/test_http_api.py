@@ -28,14 +28,13 @@ const covers = ({ context, event }) => context.paid + event.amount >= 100;
 const config = {};
 const payment = [{ target: "settled", guard: covers, actions: pay }, { actions: pay }];""",
 }
-BODY = (
-    """
+BODY = """
 export const allowRead = () => true;
 export const allowWrite = ({ authContext }) => authContext.via === "webhook" && authContext.customer !== "banned";
 
 async function verified(req) {
   const key = await crypto.subtle.importKey(
-    "raw", new TextEncoder().encode("%s"), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    "raw", new TextEncoder().encode("SECRET"), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
   const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(req.body)));
   const hex = Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
   if (hex !== req.headers["x-signature"]) throw new Error("bad signature");
@@ -77,9 +76,7 @@ export default createMachine({
     settled: { on: { ping: {} } },
   },
 });
-"""
-    % SECRET
-)
+""".replace("SECRET", SECRET)
 
 
 def signed(payload: dict[str, object]) -> tuple[bytes, dict[str, str]]:
@@ -129,7 +126,7 @@ async def test_a_signed_webhook_drives_its_instance(api: Api, admin: StatehostCl
         assert response.status == 422 and "machineInstanceName" in (await response.json())["error"]
     async with api.client.post(f"/http-api/{api.org_id}/machines/billing/missing") as response:
         assert response.status == 404 and "httpApiMapper.missing" in (await response.json())["error"]
-    async with api.client.post(f"/http-api/org_nope/machines/billing/payments") as response:
+    async with api.client.post("/http-api/org_nope/machines/billing/payments") as response:
         assert response.status == 404
 
 
