@@ -98,6 +98,7 @@ interface Transition {
   tags: string[];
   done: boolean;
   event: { type: string; [k: string]: unknown };
+  output?: unknown;              // when done: v4 the top-level final state's data, v5 snapshot.output
 }
 
 type TimerOp =
@@ -110,6 +111,7 @@ type TimerOp =
 interface MessageTarget {
   machineName: string; machineInstanceName: string; kind: "event" | "spawn";
   machineVersionId?: string; context?: object;   // spawn only
+  invokeId?: string;   // spawn by persistentInvocableSource: the parent gets done.invoke.<invokeId>
 }
 
 interface LogLine { stream: "stdout" | "stderr"; level: string; text: string; timeMs: number }

@@ -147,6 +147,8 @@ class Transition:
     tags: tuple[str, ...]
     done: bool
     event: Mapping[str, JSON] | None
+    output: JSON = None
+    """When ``done``: the machine's output (v4: the top-level final state's ``data``; v5: ``output``)."""
 
 
 @dataclass(frozen=True)

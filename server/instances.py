@@ -130,6 +130,8 @@ class _Window:
     version_id: str
     view: InstanceState | None
     participants: list[_Request] = field(default_factory=list)
+    parent: Mapping[str, Any] | None = None
+    """The instance's persistent parent; with an ``invokeId`` it hears of the instance's end."""
 
 
 def _error_for(outcome: Outcome, message: str | None) -> ApiError:
@@ -305,8 +307,8 @@ class InstanceService:
     async def deliver_timer(self, timer: TimerRow) -> TimerDelivery:
         """Deliver a due timer as an ordinary event (no allowWrite); say what became of it.
 
-        A timer with a target is a message of its instance to another one, or a spawn (wire-api
-        7.6): see :meth:`_deliver_message`."""
+        A timer with a target is a message of its instance to another one, a spawn, or the
+        ``done.invoke`` of a persistent invocation (wire-api 7.6): see :meth:`_deliver_message`."""
         row = await self.store.instance_by_id(timer.instance_id)
         if row is None:
             return "gone"
@@ -348,12 +350,15 @@ class InstanceService:
             sender.org_id,
             str(target["machineName"]),
             str(target["machineInstanceName"]),
-            auth,
+            # done.invoke.<id> comes from the platform, as XState's own: no allowWrite, like a timer
+            None if target.get("kind") == "done" else auth,
             event=timer.event if kind == "event" else None,
             context=target.get("context") if kind == "create" else None,
             version_id=target.get("machineVersionId") if kind == "create" else None,
             timer=timer,
-            parent=identity if kind == "create" else None,
+            parent=({**identity, "invokeId": target["invokeId"]} if "invokeId" in target else identity)
+            if kind == "create"
+            else None,
         )
         what = "spawn of" if kind == "create" else f"event {timer.event.get('type')!r} to"
         try:
@@ -510,7 +515,7 @@ class InstanceService:
             step = StepRequest(
                 "create", request.instance_name, request.auth_context, context=request.context, parent=request.parent
             )
-            window = _Window(request, None, 0, 0, version_id, None)
+            window = _Window(request, None, 0, 0, version_id, None, parent=request.parent)
         else:
             if row is None:
                 raise NotFound(f"instance {request.instance_name!r} not found")
@@ -528,7 +533,7 @@ class InstanceService:
                 event=request.event,
                 parent=row.parent,
             )
-            window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row))
+            window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row), parent=row.parent)
         prepared = await self._prepared_machine(window.version_id)
         parked = self._unpark(row) if row is not None and step.kind == "event" else None
 
@@ -602,7 +607,7 @@ class InstanceService:
             "migrationPath": chain,
         }
         step = StepRequest("upgrade", row.name, None, event=event, description=description, parent=row.parent)
-        window = _Window(request, row.id, row.seq, row.ts, target, InstanceState.of(row))
+        window = _Window(request, row.id, row.seq, row.ts, target, InstanceState.of(row), parent=row.parent)
         result = await run_window(
             await self._prepared_machine(target),
             step,
@@ -699,6 +704,13 @@ class InstanceService:
                 timer_ops.append(("cancel", op.id))
             else:
                 timer_ops.append(("cancel_all", None))
+        parent = window.parent
+        if parent is not None and "invokeId" in parent and any(t.done for t in round_.transitions):
+            # persistentInvocableSource: the invoking parent hears of the end, like XState's own.
+            output = next(t.output for t in round_.transitions if t.done)
+            event = {"type": f"done.invoke.{parent['invokeId']}", "data": output}
+            back = {"machineName": parent["machineName"], "machineInstanceName": parent["machineInstanceName"]}
+            timer_ops.append(("set", TimerSet(None, event, now, {**back, "kind": "done"})))
         request = window.request
         timer = tag.timer if isinstance(tag, _Request) else None
         context = round_.transitions[-1].context if round_.transitions else (window.view.context if window.view else {})

@@ -117,6 +117,7 @@
           t.context = Common.jsonSafe(t.context, "the machine's context");
           t.publicContext = Common.jsonSafe(t.publicContext, "the public context");
           t.event = Common.jsonSafe(t.event, "the event");
+          if (t.output !== undefined) t.output = Common.jsonSafe(t.output, "the final state's output");
         }
       } catch (err) {
         fault = Common.describeFault(err);

@@ -17,7 +17,7 @@ const V4 = (() => {
   };
 
   function view(state) {
-    return {
+    const out = {
       state: state.value,
       context: state.context,
       publicContext: Common.publicOf(state.context),
@@ -25,16 +25,54 @@ const V4 = (() => {
       done: Boolean(state.done),
       event: state.event,
     };
+    if (state.done) out.output = doneData(state);
+    return out;
   }
 
+  // What v4 puts in done.invoke.<id> for a machine child: its top-level final state's `data`.
+  function doneData(state) {
+    const final = (state.configuration || []).find((sn) => sn.type === "final" && sn.parent === state.machine);
+    const data = final && final.doneData;
+    if (data === undefined) return null;
+    if (typeof data === "function") return data(state.context, state.event);
+    if (data && typeof data === "object") {
+      const out = {};
+      for (const key of Object.keys(data)) out[key] = typeof data[key] === "function" ? data[key](state.context, state.event) : data[key];
+      return out;
+    }
+    return data;
+  }
+
+  // persistentInvocableSource's src: a persistent child instance, created like a spawn; the
+  // invocation is not a service of this window (no cut-off error for it), and the child's final
+  // state comes back later as done.invoke.<id>, sent by the host.
+  const invokeService = (ctx, e, { data, src }) => {
+    const callback = () => () => {};
+    callback.__statebackedInvoke = { src, data };
+    return callback;
+  };
+
   function start(api, machine, req, rec) {
-    let logic = machine;
+    let logic = machine.withConfig({ services: { "statebacked.invoke": invokeService } });
     if (req.kind === "create" && req.context) {
-      logic = machine.withContext(Object.assign({}, machine.context, req.context));
+      logic = logic.withContext(Object.assign({}, machine.context, req.context));
     }
     const svc = api.interpret(logic, { clock, devTools: false });
     const proto = Object.getPrototypeOf(svc);
     let restoring = false;
+    const persistentInvocations = new Set();
+    svc.spawn = function (entity, name, options) {
+      const invoked = typeof entity === "function" ? entity.__statebackedInvoke : undefined;
+      if (invoked && invoked.src && typeof invoked.src.machineName === "string") {
+        const src = invoked.src;
+        const target = { machineName: src.machineName, machineInstanceName: src.machineInstanceName, kind: "spawn", invokeId: String(name) };
+        if (src.machineVersionId) target.machineVersionId = src.machineVersionId;
+        if (invoked.data !== undefined) target.context = Common.jsonSafe(invoked.data, "the invoked instance's data");
+        rec.timer({ op: "set", id: null, delayMs: 0, event: { type: "statebacked.spawn" }, target });
+        persistentInvocations.add(String(name));
+      }
+      return proto.spawn.call(this, entity, name, options);
+    };
 
     // Another persistent instance (wire-api 7.6): a reference from spawnPersistentInstance, a child
     // id naming one in the context, or the persistent parent for sendParent. Ephemeral children and
@@ -115,7 +153,7 @@ const V4 = (() => {
         svc.send(event);
       },
       inflight() {
-        return Array.from(svc.children.keys());
+        return Array.from(svc.children.keys()).filter((id) => !persistentInvocations.has(id));
       },
       persisted() {
         const json = Common.jsonSafe(svc.state, "the machine's state");

@@ -16,7 +16,7 @@ const V5 = (() => {
   };
 
   function view(snapshot, event) {
-    return {
+    const out = {
       state: snapshot.value,
       context: snapshot.context,
       publicContext: Common.publicOf(snapshot.context),
@@ -24,6 +24,8 @@ const V5 = (() => {
       done: snapshot.status === "done",
       event,
     };
+    if (snapshot.status === "done") out.output = snapshot.output === undefined ? null : snapshot.output;
+    return out;
   }
 
   // The caller's context is shallow-merged over the machine's initial context, which may be an

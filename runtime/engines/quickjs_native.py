@@ -207,6 +207,7 @@ def _transition(raw: Mapping[str, Any]) -> Transition:
         tags=tuple(sorted(tags)),
         done=bool(raw.get("done")),
         event=event if isinstance(event, dict) else None,
+        output=raw.get("output"),
     )
 
 
@@ -256,6 +257,9 @@ def _target(raw: object) -> dict[str, Any] | None:
         if not isinstance(context, dict):
             raise _GuestDataError("a persistent instance's initial context must be an object")
         target["context"] = context
+    invoke_id = raw.get("invokeId")
+    if invoke_id is not None:
+        target["invokeId"] = str(invoke_id)
     return target
 
 

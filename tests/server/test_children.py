@@ -223,3 +223,79 @@ async def test_children_are_instances_of_the_api(api: Api, admin: StatehostClien
     updates = admin.instances.subscribe("child", "api-2")  # and over /rt
     assert (await anext(updates))["state"] == "reported"
     await updates.aclose()
+
+
+BOSS = b"""import { createMachine, assign } from "xstate";
+import { persistentInvocableSource } from "@statebacked/machine";
+
+export const allowRead = () => true;
+export const allowWrite = ({ authContext }) =>
+  authContext.sub === "owner" || authContext.stateBackedSender?.machineName === "task";
+
+export default createMachine({
+  id: "boss",
+  predictableActionArguments: true,
+  context: { result: null, pokes: 0 },
+  initial: "idle",
+  states: {
+    idle: { on: { go: "running" } },
+    running: {
+      invoke: {
+        id: "job",
+        src: persistentInvocableSource({ machineName: "task", machineInstanceName: "task-1" }),
+        data: (ctx, e) => ({ size: e.size }),
+        onDone: { target: "finished", actions: assign({ result: (_, e) => e.data }) },
+        onError: "failed",
+      },
+      on: { poke: { actions: assign({ pokes: (ctx) => ctx.pokes + 1 }) } },
+    },
+    finished: {},
+    failed: {},
+  },
+});
+"""
+
+TASK = b"""import { createMachine } from "xstate";
+
+export const allowRead = () => true;
+export const allowWrite = ({ authContext }) =>
+  authContext.stateBackedSender?.machineName === "boss" || authContext.sub === "worker";
+
+export default createMachine({
+  id: "task",
+  predictableActionArguments: true,
+  context: { size: 0 },
+  initial: "todo",
+  states: {
+    todo: { on: { finish: "done" } },
+    done: { type: "final", data: (ctx) => ({ doubled: ctx.size * 2 }) },
+  },
+});
+"""
+
+
+async def test_persistent_invocation_reports_its_output_with_done_invoke(durable: DurableEngine, clock: FakeClock):
+    org = await durable.store.create_org("o", clock.now_ms())
+    for slug, source in (("boss", BOSS), ("task", TASK)):
+        await durable.store.create_machine(org, slug, [], clock.now_ms())
+        await durable.instances.create_version(org, slug, Upload(f"{slug}.ts", source))
+    await durable.instances.create(org, "boss", "b", auth_context={"sub": "owner"})
+    state = await durable.instances.send_event(org, "boss", "b", {"type": "go", "size": 3}, {"sub": "owner"})
+    assert state.state == "running"  # the window does not wait for the persistent child
+
+    async def created() -> bool:
+        machine_id = await durable.store.machine_id(org, "task")
+        return await durable.store.find_instance(machine_id, "task-1") is not None
+
+    await eventually(created)
+    assert (await durable.instances.read(org, "task", "task-1", None)).context == {"size": 3}  # from `data`
+    # The invocation is not a service of the boss's window: its next event gets no cut-off error.
+    poked = await durable.instances.send_event(org, "boss", "b", "poke", {"sub": "owner"})
+    assert poked.state == "running" and poked.context["pokes"] == 1
+    await durable.instances.send_event(org, "task", "task-1", "finish", {"sub": "worker"})
+
+    async def finished() -> bool:
+        return (await durable.instances.read(org, "boss", "b", None)).state == "finished"
+
+    await eventually(finished)
+    assert (await durable.instances.read(org, "boss", "b", None)).context["result"] == {"doubled": 6}
