@@ -592,7 +592,12 @@ class Store(DirectoryMixin):
                     (commit.instance_id, value),
                 )
             else:
-                await conn.execute("DELETE FROM timers WHERE instance_id = ?", (commit.instance_id,))
+                # The instance stopped: its own timers and its delayed messages go; messages it already
+                # sent (due now) stay sent.
+                await conn.execute(
+                    "DELETE FROM timers WHERE instance_id = ? AND (target_json IS NULL OR due_ms > ?)",
+                    (commit.instance_id, now_ms),
+                )
         if commit.delete_timer_id is not None:
             await conn.execute("DELETE FROM timers WHERE id = ?", (commit.delete_timer_id,))
         if commit.index_values is not None:

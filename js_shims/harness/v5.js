@@ -79,9 +79,18 @@ const V5 = (() => {
 
     const scheduler = actor.system.scheduler;
     const own = { schedule: scheduler.schedule, cancel: scheduler.cancel, cancelAll: scheduler.cancelAll };
+    // Another persistent instance (wire-api 7.6): XState's own sendTo(ref, …) with a reference from
+    // spawnPersistentInstance, or sendParent from a persistent child. XState's internal events
+    // (done/error of this actor, relayed to a parent) stay inside.
+    const persistent = (target) =>
+      StatebackedRt.isInstanceRef(target)
+        ? { machineName: target.machineName, machineInstanceName: target.machineInstanceName, kind: "event" }
+        : null;
     scheduler.schedule = (source, target, event, delay, id) => {
       if (source === actor && target === actor) {
         rec.timer({ op: "set", id: id === undefined ? null : String(id), delayMs: delay, event });
+      } else if (source === actor && persistent(target)) {
+        rec.timer({ op: "set", id: id === undefined ? null : String(id), delayMs: delay, event, target: persistent(target) });
       } else {
         own.schedule(source, target, event, delay, id);
       }
@@ -94,10 +103,24 @@ const V5 = (() => {
       if (ref === actor) rec.timer({ op: "cancelAll" });
       own.cancelAll(ref);
     };
+    const relay = actor.system._relay;
+    actor.system._relay = (source, target, event) => {
+      const to = persistent(target);
+      if (!to) return relay(source, target, event);
+      if (source === actor && event && typeof event.type === "string" && !event.type.startsWith("xstate.")) {
+        rec.timer({ op: "set", id: null, delayMs: 0, event, target: to });
+      }
+      return undefined;
+    };
     // Without an error observer XState rethrows through a global setTimeout.
     actor.subscribe({ error: (err) => rec.setFault(err) });
 
     actor.start();
+    // sendParent resolves the actor's parent when it runs; a persistent child's parent is the
+    // instance that spawned it (set after start: a root actor starts its own system).
+    if (req.parent) {
+      actor._parent = { type: "statebacked.instance", id: "#_parent", machineName: req.parent.machineName, machineInstanceName: req.parent.machineInstanceName };
+    }
     restoring = false;
     if (req.kind === "upgrade") rec.transition(view(actor.getSnapshot(), req.event));
     if (req.kind === "event") {

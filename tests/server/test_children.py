@@ -299,3 +299,76 @@ async def test_persistent_invocation_reports_its_output_with_done_invoke(durable
 
     await eventually(finished)
     assert (await durable.instances.read(org, "boss", "b", None)).context["result"] == {"doubled": 6}
+
+
+PARENT_V5 = b"""import { createMachine, assign, sendTo } from "npm:xstate@5";
+import { spawnPersistentInstance } from "@statebacked/machine";
+
+export const allowRead = () => true;
+export const allowWrite = ({ authContext }) =>
+  authContext.sub === "owner" || authContext.stateBackedSender?.machineName === "child5";
+
+export default createMachine({
+  id: "parent5",
+  context: { kids: [], reports: [] },
+  initial: "idle",
+  states: {
+    idle: {
+      on: {
+        start: {
+          target: "waiting",
+          actions: [
+            assign({
+              kids: () => [1, 2].map((n) =>
+                spawnPersistentInstance({ machineName: "child5", machineInstanceName: `k-${n}` }, { context: { n } })),
+            }),
+            sendTo(({ context }) => context.kids[0], { type: "work" }),
+            sendTo(({ context }) => context.kids[1], { type: "work" }, { delay: 60000 }),
+          ],
+        },
+      },
+    },
+    waiting: {
+      on: { report: { actions: assign({ reports: ({ context, event }) => [...context.reports, event.n] }) } },
+    },
+  },
+});
+"""
+
+CHILD_V5 = b"""import { createMachine, assign, sendParent } from "npm:xstate@5";
+
+export const allowRead = () => true;
+export const allowWrite = ({ authContext }) => authContext.stateBackedSender?.machineName === "parent5";
+
+export default createMachine({
+  id: "child5",
+  context: ({ input }) => ({ n: input?.n ?? 0 }),
+  initial: "idle",
+  states: {
+    idle: { on: { work: { target: "done", actions: sendParent(({ context }) => ({ type: "report", n: context.n })) } } },
+    done: { type: "final" },
+  },
+});
+"""
+
+
+async def test_xstate5_sends_to_persistent_instances_and_children_send_to_their_parent(
+    durable: DurableEngine, clock: FakeClock
+):
+    org = await durable.store.create_org("o", clock.now_ms())
+    for slug, source in (("parent5", PARENT_V5), ("child5", CHILD_V5)):
+        await durable.store.create_machine(org, slug, [], clock.now_ms())
+        await durable.instances.create_version(org, slug, Upload(f"{slug}.ts", source))
+    await durable.instances.create(org, "parent5", "p", auth_context={"sub": "owner"})
+    await durable.instances.send_event(org, "parent5", "p", "start", {"sub": "owner"})
+
+    async def reports(expected: list[int]) -> bool:
+        return list((await durable.instances.read(org, "parent5", "p", None)).context["reports"]) == expected
+
+    await eventually(lambda: reports([1]))
+    clock.advance(60_000)
+    durable.timers.wake()
+    await eventually(lambda: reports([1, 2]))
+    for n in (1, 2):
+        child = await durable.instances.read(org, "child5", f"k-{n}", None)
+        assert child.done and child.context == {"n": n}
