@@ -62,6 +62,11 @@ class SandboxInstance(GuestSandbox):
         """Authorize, create or restore, and deliver the request's event; pump until quiescent."""
 
     @abc.abstractmethod
+    def new_window(self) -> None:
+        """A parked sandbox starts serving a new event: reset the per-event budgets (fetches, log
+        lines and bytes) that a fresh sandbox would start with."""
+
+    @abc.abstractmethod
     def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
         """Deliver one more event into the live session (the window is still open).
 

@@ -29,6 +29,7 @@ class Outcome(enum.Enum):
     EXCEEDED_CONTEXT_SIZE = "exceeded_context_size"
     EXCEEDED_SNAPSHOT_SIZE = "exceeded_snapshot_size"
     EXCEEDED_EVENT_SIZE = "exceeded_event_size"
+    EXCEEDED_TIMERS = "exceeded_timers"
     INVALID_EVENT = "invalid_event"
     """The event or initial context is not a JSON object of the accepted shape."""
     CANCELED = "canceled"
@@ -49,6 +50,7 @@ _LIMIT_OF = {
     Outcome.EXCEEDED_CONTEXT_SIZE: "max_context_bytes",
     Outcome.EXCEEDED_SNAPSHOT_SIZE: "max_snapshot_bytes",
     Outcome.EXCEEDED_EVENT_SIZE: "max_event_bytes",
+    Outcome.EXCEEDED_TIMERS: "max_timer_ops",
 }
 
 
@@ -101,5 +103,8 @@ class Limits:
     """Log text per settle window; further lines are dropped and one line says so (a soft limit)."""
     max_log_lines: int = 1_000
     """Log lines per settle window; further lines are dropped and one line says so (a soft limit)."""
+    max_timer_ops: int = 1_000
+    """Durable timers set, messages sent and persistent children spawned per settle window: each is a
+    row in the database and, for spawns, a new instance. Exceeding it fails the round."""
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     """Which addresses the guest's fetch may reach (FetchPolicy below)."""

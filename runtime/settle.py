@@ -151,6 +151,7 @@ async def run_window(
         if request.kind != "event" or request.event is None:
             raise ValueError("a live sandbox only takes events")
         instance = sandbox
+        instance.new_window()  # per-event budgets start afresh, as in a fresh sandbox
         first = await executor.run(instance.deliver, request.event, request.auth_context, clock.now_ms())
     else:
         instance = await executor.run(prepared.new_instance)

@@ -301,12 +301,17 @@ class _NativeGuest(GuestSandbox):
             self._startup_fault = Round(Outcome.GUEST_ERROR, error=f"the machine failed to load: {exc}")
         if self._startup_fault is not None:
             self._sandbox = None
+        self._reset_budgets()
+        self._entries = 0
+        self._host_calls = 0
+
+    def _reset_budgets(self) -> None:
+        """The per-event budgets: fetches (max_fetches) and log lines and bytes."""
         self._fetches = 0
+        self._timer_sets = 0
         self._log_bytes = 0
         self._log_lines = 0
         self._log_dropped = 0
-        self._entries = 0
-        self._host_calls = 0
 
     def resume(self, results: Sequence[EffectResult], now_ms: int) -> Round:
         return self._enter("settle", {**_step_context(now_ms), "results": [_result(r) for r in results]}, now_ms)
@@ -422,6 +427,21 @@ class _NativeGuest(GuestSandbox):
             checks.append(
                 (acc.persisted, limits.max_snapshot_bytes, Outcome.EXCEEDED_SNAPSHOT_SIZE, "the persisted instance")
             )
+        sets = [op for op in acc.timers if op.op == "set"]
+        if self._timer_sets + len(sets) > limits.max_timer_ops:
+            return self._fail(
+                Outcome.EXCEEDED_TIMERS,
+                f"more than {limits.max_timer_ops} timers, messages and spawns in one event (max_timer_ops)",
+                acc,
+            )
+        self._timer_sets += len(sets)
+        for op in sets:
+            # Stored rows: bounded like the instance's own data. The receiver applies its incoming-event
+            # limit (max_event_bytes) at delivery and refuses a larger message there, logged.
+            checks.append((op.event, limits.max_snapshot_bytes, Outcome.EXCEEDED_SNAPSHOT_SIZE, "a delayed event"))
+            if op.target is not None:
+                target = op.target
+                checks.append((target, limits.max_snapshot_bytes, Outcome.EXCEEDED_SNAPSHOT_SIZE, "a message target"))
         for value, limit, outcome, what in checks:
             size = _json_size(value)
             if size > limit:
@@ -496,6 +516,9 @@ class _NativeInstance(_NativeGuest, SandboxInstance):
             if request.event is not None:
                 payload["event"] = request.event
         return self._enter("begin", payload, now_ms)
+
+    def new_window(self) -> None:
+        self._reset_budgets()
 
     def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
         if self._startup_fault is not None:

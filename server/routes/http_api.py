@@ -80,7 +80,9 @@ async def http_api(request: web.Request) -> web.StreamResponse:
 
 
 async def _body(request: web.Request) -> Any:
-    raw = await request.content.read(MAX_BODY + 1)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes", parameter="body")
+    raw = await request.read()  # the whole body (the app caps every body at 11 MB)
     if len(raw) > MAX_BODY:
         raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes", parameter="body")
     text = raw.decode("utf-8", errors="replace")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from client import StatehostClient
 from runtime import FakeClock, Upload
 from server.engine import DurableEngine
@@ -149,12 +151,8 @@ async def test_allow_write_sees_the_sender_and_refusals_are_logged(durable: Dura
     # A child created by anyone else than its parent machine is refused by its allowWrite.
     from server.errors import Rejected
 
-    try:
+    with pytest.raises(Rejected):
         await durable.instances.create(org, "child", "stray", auth_context={"sub": "owner"})
-    except Rejected:
-        pass
-    else:
-        raise AssertionError("the child's allowWrite should refuse a caller without stateBackedSender")
     # A parent machine whose children refuse its spawn: the refusal is logged for the sender.
     await durable.store.create_machine(org, "rogue", [], clock.now_ms())
     await durable.instances.create_version(
@@ -372,3 +370,22 @@ async def test_xstate5_sends_to_persistent_instances_and_children_send_to_their_
     for n in (1, 2):
         child = await durable.instances.read(org, "child5", f"k-{n}", None)
         assert child.done and child.context == {"n": n}
+
+
+async def test_a_machine_cannot_flood_the_database_with_spawns(durable: DurableEngine, clock: FakeClock):
+    from runtime import Limits
+
+    org = await durable.store.create_org("o", clock.now_ms())
+    flood = PARENT.replace(b"[1, 2, 3].map", b"Array.from({ length: 1001 }, (_, i) => i + 1).map")
+    await durable.store.create_machine(org, "parent", [], clock.now_ms())
+    await durable.instances.create_version(org, "parent", Upload("parent.ts", flood))
+    await durable.instances.create(org, "parent", "p", auth_context={"sub": "owner"})
+    from server.errors import MachineError
+
+    with pytest.raises(MachineError, match="max_timer_ops") as refused:
+        await durable.instances.send_event(org, "parent", "p", {"type": "start", "prefix": "f"}, {"sub": "owner"})
+    assert refused.value.extra.get("limit") == "max_timer_ops"
+    parent = await durable.store.find_instance(await durable.store.machine_id(org, "parent"), "p")
+    assert parent is not None and parent.state == "idle"
+    assert await durable.store.timers_of(parent.id) == []  # nothing of the failed round was stored
+    assert Limits().max_timer_ops == 1000

@@ -390,3 +390,27 @@ async def test_requests_that_joined_a_failing_window_are_answered(
     joined = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", "cancel", {}))
     for outcome in await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 5):
         assert isinstance(outcome, Conflict)
+
+
+async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets(db_dir, bundler, slow_server):
+    """Regression: the fetch count (max_fetches) and the log caps are per event, also when the
+    instance's sandbox is parked between events and serves many of them."""
+    engine = DurableEngine(
+        settings_for(db_dir, parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)),
+        clock=SystemClock(),
+        bundler=bundler,
+    )
+    await engine.start()
+    try:
+        org = await engine.store.create_org("o", engine.clock.now_ms())
+        await Deployment(engine, org).machine(
+            "f", FETCHER.replace("src: (c, e) =>", "src: (c, e) => console.log('loading ' + e.path) ||"), 4
+        )
+        await engine.instances.create(org, "f", "i1", context={"url": slow_server})
+        for n in range(6):  # twice the fetch budget, and more log lines than one event may write
+            state = await engine.instances.send_event(org, "f", "i1", {"type": "load", "path": f"/after/0.0{n}"}, {})
+            assert state.state == "loaded", (n, state)
+        logs = [line["text"] for line in await engine.store.logs(org, instance_name="i1", limit=100)]
+        assert [text for text in logs if text.startswith("loading")] == [f"loading /after/0.0{n}" for n in range(6)]
+    finally:
+        await engine.stop()
