@@ -7,6 +7,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 COMPATSTAMP := tests/compat/node_modules/.installed
+BASELINESTAMP := bench/baseline/node_modules/.installed
 
 .PHONY: setup run test test-fast lint typecheck format bench clean
 
@@ -29,10 +30,17 @@ $(COMPATSTAMP): tests/compat/package.json tests/compat/package-lock.json
 	cd tests/compat && npm ci --no-audit --no-fund --loglevel=error
 	touch $(COMPATSTAMP)
 
+# The benchmarks' Node.js baseline server (bench/baseline): XState and better-sqlite3, pinned.
+# better-sqlite3 compiles from source (about a minute) where no prebuilt binary can be downloaded.
+$(BASELINESTAMP): bench/baseline/package.json bench/baseline/package-lock.json
+	cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error
+	touch $(BASELINESTAMP)
+
 run: setup
 	$(VENV)/bin/statehost serve
 
-test: setup
+# The tests also run the benchmarks' quick modes, which need the Node.js baseline (bench/baseline).
+test: setup $(BASELINESTAMP)
 	$(VPY) -m pytest -q
 
 test-fast: setup
@@ -49,10 +57,11 @@ format: setup
 	$(VENV)/bin/ruff format runtime server client tests bench
 	$(VENV)/bin/ruff check --fix runtime server client tests bench
 
-bench: setup
+bench: setup $(BASELINESTAMP)
 	$(VPY) -m bench.runtime_steps
 	$(VPY) -m bench.engine_throughput
 	$(VPY) -m bench.realtime_fanout
+	$(VPY) -m bench.load
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache

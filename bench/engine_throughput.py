@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -29,14 +27,10 @@ from runtime import Bundler, Upload
 from server.config import Settings
 from server.engine import DurableEngine
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, machine_info, machine_line, percentile
+
 RESULTS = ROOT / "bench" / "results" / "engine_throughput.json"
 MACHINE = (ROOT / "fixtures" / "machines" / "toggle" / "v4" / "machine.ts").read_bytes()
-
-
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def raw_sqlite(folder: Path, seconds: float, synchronous: str) -> float:
@@ -80,7 +74,7 @@ async def engine_run(
         one = {
             "events_per_s": len(latencies) / seconds,
             "median_ms": statistics.median(latencies),
-            "p99_ms": _pct(latencies, 0.99),
+            "p99_ms": percentile(latencies, 0.99),
         }
 
         # Many instances, concurrent clients.
@@ -110,7 +104,7 @@ async def engine_run(
         many = {
             "events_per_s": len(many_latencies) / elapsed,
             "median_ms": statistics.median(many_latencies),
-            "p99_ms": _pct(many_latencies, 0.99),
+            "p99_ms": percentile(many_latencies, 0.99),
             "rounds_per_transaction": len(many_latencies) / batches if batches else None,
         }
         return {"one_instance": one, "many_instances": many}
@@ -139,8 +133,8 @@ def main() -> None:
             runs["group_commit_on" if group_commit else "group_commit_off"] = asyncio.run(
                 engine_run(folder, group_commit, args.seconds, args.instances, args.clients, bundler)
             )
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    print(f"machine: {machine['platform']}, {machine['cpus']} cpus, Python {machine['python']}")
+    machine = machine_info()
+    print(machine_line(machine))
     print(f"raw SQLite single-row commits/s on this disk: FULL {raw['FULL']:.0f}, NORMAL {raw['NORMAL']:.0f}")
     print(f"{'workload':<34}{'events/s':>10}{'median ms':>11}{'p99 ms':>9}{'rounds/txn':>12}")
     for name, run in runs.items():

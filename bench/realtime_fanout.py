@@ -14,9 +14,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,15 +24,10 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, free_port, machine_info, machine_line, percentile
+
 RESULTS = ROOT / "bench" / "results" / "realtime_fanout.json"
 TOGGLE = (ROOT / "fixtures" / "machines" / "toggle" / "v4" / "machine.ts").read_bytes()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _deploy(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
@@ -95,14 +87,14 @@ async def _run(url: str, token: str, subscribers: int, events: int) -> dict[str,
         "subscribers": subscribers,
         "events": events,
         "median_ms": statistics.median(ordered),
-        "p99_ms": ordered[int(len(ordered) * 0.99) - 1],
+        "p99_ms": percentile(ordered, 0.99),
         "messages_per_s": len(ordered) / elapsed,
     }
 
 
 async def main_async(quick: bool) -> list[dict[str, Any]]:
     data = Path(tempfile.mkdtemp(prefix="statehost-fanout-"))
-    port = _port()
+    port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -139,8 +131,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 and 10 subscribers: checks that it works")
     args = parser.parse_args()
     rows = asyncio.run(main_async(args.quick))
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    print(f"machine: {machine['platform']}, {machine['cpus']} cpus, Python {machine['python']}")
+    machine = machine_info()
+    print(machine_line(machine))
     print(f"{'subscribers':>12}{'median ms':>12}{'p99 ms':>10}{'messages/s':>13}")
     for r in rows:
         print(f"{r['subscribers']:>12}{r['median_ms']:>12.1f}{r['p99_ms']:>10.1f}{r['messages_per_s']:>13.0f}")

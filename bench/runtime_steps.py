@@ -20,13 +20,11 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from runtime import (
@@ -41,13 +39,14 @@ from runtime import (
 from runtime.local import LocalInstance
 from server.fetch import AiohttpTransport
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, machine_info, machine_line, percentile
+
 RESULTS = ROOT / "bench" / "results" / "runtime_steps.json"
 
 
 def _median_p90(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(len(ordered) * 0.9) - 1]
+    return statistics.median(ordered), percentile(ordered, 0.9)
 
 
 def _sandbox_steps(prepared: Any, iterations: int) -> dict[str, list[float]]:
@@ -143,18 +142,8 @@ def main() -> None:
                 row.update(node_median_ms=bmed, node_p90_ms=bp90, ratio=med / bmed if bmed else None)
             rows.append(row)
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-        if shutil.which("node")
-        else None,
-        "engine": engine.name,
-        "iterations": iterations,
-    }
-    print(f"machine: {machine['platform']}, {machine['cpus']} cpus, Python {machine['python']}, node {machine['node']}")
+    machine = {**machine_info(), "engine": engine.name, "iterations": iterations}
+    print(machine_line(machine))
     print(f"{'XState':<7}{'measure':<14}{'statehost ms':>14}{'p90':>8}{'node ms':>10}{'p90':>8}{'ratio':>8}")
     for r in rows:
         node_part = (
