@@ -7,10 +7,12 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 COMPATSTAMP := tests/compat/node_modules/.installed
+DASHBOARD := dashboard/dist/index.html
+DASHBOARD_SRC := $(wildcard dashboard/src/*.ts dashboard/src/pages/*.ts dashboard/src/*.css dashboard/src/*.html)
 
 .PHONY: setup run test test-fast lint typecheck format bench clean
 
-setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP)
+setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP) $(DASHBOARD)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +31,11 @@ $(COMPATSTAMP): tests/compat/package.json tests/compat/package-lock.json
 	cd tests/compat && npm ci --no-audit --no-fund --loglevel=error
 	touch $(COMPATSTAMP)
 
+# The web dashboard (served at /dashboard), built with the esbuild installed above; rebuilt when a
+# source changes. Its output, dashboard/dist/, is git-ignored.
+$(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
+	node dashboard/build.mjs
+
 run: setup
 	$(VENV)/bin/statehost serve
 
@@ -44,6 +51,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+	node_modules/.bin/tsc -p dashboard/tsconfig.json
 
 format: setup
 	$(VENV)/bin/ruff format runtime server client tests bench
@@ -55,4 +63,4 @@ bench: setup
 	$(VPY) -m bench.realtime_fanout
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules dashboard/dist .pytest_cache .mypy_cache .ruff_cache

@@ -184,6 +184,15 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
     ),
     ("GET", "/openapi.json", "This document", None, 200, None),
+    (
+        "GET",
+        "/dashboard",
+        "The web dashboard (HTML; a client of this API). 503 when its assets were not built (make setup)",
+        None,
+        200,
+        None,
+    ),
+    ("GET", "/dashboard/{path}", "The dashboard's static assets (content-hashed, cached a year)", None, 200, None),
 ]
 
 # The routes that answer with the State object (wire-api 3.8).
