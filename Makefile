@@ -10,7 +10,7 @@ COMPATSTAMP := tests/compat/node_modules/.installed
 DASHBOARD := dashboard/dist/index.html
 DASHBOARD_SRC := $(wildcard dashboard/src/*.ts dashboard/src/pages/*.ts dashboard/src/*.css dashboard/src/*.html)
 
-.PHONY: setup run test test-fast lint typecheck format bench clean
+.PHONY: setup run test test-fast lint typecheck format bench clean browser
 
 setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP) $(DASHBOARD)
 
@@ -36,10 +36,16 @@ $(COMPATSTAMP): tests/compat/package.json tests/compat/package-lock.json
 $(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
 	node dashboard/build.mjs
 
+# Debian's chromium for the dashboard's end-to-end test (tests/dashboard); never a downloaded
+# browser build. Installs it where it is missing and apt-get can (root); otherwise that test skips
+# and says why.
+browser:
+	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip"
+
 run: setup
 	$(VENV)/bin/statehost serve
 
-test: setup
+test: setup browser
 	$(VPY) -m pytest -q
 
 test-fast: setup
