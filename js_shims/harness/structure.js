@@ -13,6 +13,8 @@
 const Structure = (() => {
   const MAX_NODES = 2000;
   const MAX_NAME = 200;
+  // Names JavaScript gives an inline function from the property it is written in: not a name.
+  const INFERRED = new Set(["entry", "exit", "onEntry", "onExit", "actions", "cond", "guard", "src", "delay", "predicate", "exec"]);
 
   function clip(value) {
     const text = String(value);
@@ -26,15 +28,16 @@ const Structure = (() => {
     if (typeof thing === "number") return clip(thing);
     if (typeof thing === "function") {
       if (typeof thing.type === "string" && thing.type) return clip(thing.type); // v5 built-ins (assign, raise…)
-      return thing.name ? clip(thing.name) : "(inline)";
+      return thing.name && !INFERRED.has(thing.name) ? clip(thing.name) : "(inline)";
     }
     if (typeof thing === "object") {
       const name = thing.name || thing.type;
       if (typeof name === "string" && name && name !== "xstate.guard") return clip(name);
       if (typeof thing.type === "string" && thing.type === "xstate.guard") {
-        return thing.predicate && thing.predicate.name ? clip(thing.predicate.name) : "(inline)";
+        const name = thing.predicate && thing.predicate.name;
+        return name && !INFERRED.has(name) ? clip(name) : "(inline)";
       }
-      if (typeof thing.exec === "function" && thing.exec.name) return clip(thing.exec.name);
+      if (typeof thing.exec === "function" && thing.exec.name && !INFERRED.has(thing.exec.name)) return clip(thing.exec.name);
       return "(inline)";
     }
     return "(inline)";
@@ -48,7 +51,7 @@ const Structure = (() => {
   function delayOf(delay) {
     if (typeof delay === "number") return delay;
     if (typeof delay === "string") return clip(delay);
-    if (typeof delay === "function") return delay.name ? clip(delay.name) : "(expression)";
+    if (typeof delay === "function") return delay.name && !INFERRED.has(delay.name) ? clip(delay.name) : "(expression)";
     return undefined;
   }
 

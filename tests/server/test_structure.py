@@ -17,7 +17,7 @@ export default createMachine({
   states: {
     browsing: {
       entry: "track",
-      on: { checkout: { target: "paying", guard: "hasItems" }, peek: { actions: "log" } },
+      on: { checkout: { target: "paying", guard: "hasItems" }, peek: { actions: "log" }, poke: { guard: () => true, actions: () => {} } },
       after: { 5000: "idle" },
     },
     idle: { on: { wake: "browsing" }, always: { target: "paying", guard: isReady } },
@@ -75,6 +75,8 @@ async def test_structure_of_an_xstate5_machine_with_every_kind_of_state(api: Api
     by_event = {t["event"]: t for t in browsing["transitions"]}
     assert by_event["checkout"]["guard"] == "hasItems" and by_event["checkout"]["targets"] == ["shop.paying"]
     assert by_event["peek"]["targets"] == [] and by_event["peek"]["actions"] == ["log"]
+    # an inline function is "(inline)", not the name JavaScript infers from its property
+    assert by_event["poke"]["guard"] == "(inline)" and by_event["poke"]["actions"] == ["(inline)"]
     after = next(t for t in browsing["transitions"] if t["kind"] == "after")
     assert after["delay"] == 5000 and after["targets"] == ["shop.idle"]
     always = next(t for t in nodes["shop.idle"]["transitions"] if t["kind"] == "always")
