@@ -199,7 +199,7 @@ export async function machinePage(page: Page, slug: string): Promise<void> {
           xstateMajor: major.value ? (Number(major.value) as 4 | 5) : undefined,
           filename: "machine.ts",
         });
-        localStorage.removeItem(draftKey);
+        localStorage.setItem(draftKey, editor.text()); // the next version starts from this one
         sessionStorage.setItem("statehost.dashboard.flash", `Version ${id} deployed${makeCurrent.checked ? " and made current" : ""}.`);
         await machinePage(page, slug);
       } catch (err) {
