@@ -7,10 +7,12 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 COMPATSTAMP := tests/compat/node_modules/.installed
+DASHBOARD := dashboard/dist/index.html
+DASHBOARD_SRC := $(wildcard dashboard/src/*.ts dashboard/src/pages/*.ts dashboard/src/*.css dashboard/src/*.html)
 
-.PHONY: setup run test test-fast lint typecheck format bench clean
+.PHONY: setup run test test-fast lint typecheck format bench clean browser
 
-setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP)
+setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP) $(DASHBOARD)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,10 +31,21 @@ $(COMPATSTAMP): tests/compat/package.json tests/compat/package-lock.json
 	cd tests/compat && npm ci --no-audit --no-fund --loglevel=error
 	touch $(COMPATSTAMP)
 
+# The web dashboard (served at /dashboard), built with the esbuild installed above; rebuilt when a
+# source changes. Its output, dashboard/dist/, is git-ignored.
+$(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
+	node dashboard/build.mjs
+
+# Debian's chromium for the dashboard's end-to-end test (tests/dashboard); never a downloaded
+# browser build. Installs it where it is missing and apt-get can (root); otherwise that test skips
+# and says why.
+browser:
+	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip"
+
 run: setup
 	$(VENV)/bin/statehost serve
 
-test: setup
+test: setup browser
 	$(VPY) -m pytest -q
 
 test-fast: setup
@@ -44,6 +57,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+	node_modules/.bin/tsc -p dashboard/tsconfig.json
 
 format: setup
 	$(VENV)/bin/ruff format runtime server client tests bench
@@ -55,4 +69,4 @@ bench: setup
 	$(VPY) -m bench.realtime_fanout
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules dashboard/dist .pytest_cache .mypy_cache .ruff_cache

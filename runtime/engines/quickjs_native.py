@@ -47,6 +47,7 @@ from ..protocol import (
     Round,
     StateDescription,
     StepRequest,
+    Structured,
     TimerOp,
     Transition,
     Usage,
@@ -651,6 +652,16 @@ class _NativePrepared(PreparedMachine):
 
     def invoke(self, path: Sequence[str], arg: Any, now_ms: int) -> Invoked:
         return _InvokeGuest(self).invoke(path, arg, now_ms)
+
+    def structure(self, now_ms: int) -> Structured:
+        guest = _OneShotGuest(self.scripts, self.limits, attach=self.runtime_api_mode)
+        reply, round_ = guest.once("structure", {}, now_ms)
+        if reply is None:
+            return Structured(round_.outcome, logs=round_.logs, error=round_.error)
+        shape = reply.get("structure")
+        if not isinstance(shape, dict) or not isinstance(shape.get("root"), dict):
+            return Structured(Outcome.GUEST_ERROR, logs=round_.logs, error="malformed structure reply")
+        return Structured(Outcome.OK, shape, round_.logs)
 
 
 class _InvokeGuest(_NativeGuest):
