@@ -11,12 +11,16 @@ COMPATSTAMP := tests/compat/node_modules/.installed
 .PHONY: setup run test test-fast lint typecheck format bench clean
 
 setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP)
+	@$(VPY) -m runtime.wasm_build --quiet
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The WASM engine's guest (QuickJS-NG compiled by zig) is a build artifact cached outside the tree,
+# keyed by a hash of its inputs; `runtime.wasm_build` is a no-op when it is there (about 40 s if not).
 
 # package-lock.json pins every JS package; `npm ci` installs exactly that.
 $(NPMSTAMP): package.json package-lock.json
