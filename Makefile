@@ -57,6 +57,7 @@ bench: setup
 	$(VPY) -m bench.runtime_steps
 	$(VPY) -m bench.engine_throughput
 	$(VPY) -m bench.realtime_fanout
+	$(VPY) -m bench.wasm_engine
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
