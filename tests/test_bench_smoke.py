@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["bench.runtime_steps", "bench.engine_throughput", "bench.realtime_fanout"])
+@pytest.mark.parametrize(
+    "module", ["bench.runtime_steps", "bench.engine_throughput", "bench.realtime_fanout", "bench.wasm_engine"]
+)
 def test_benchmark_runs_in_quick_mode(module):
     proc = subprocess.run(
         [sys.executable, "-m", module, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
