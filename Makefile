@@ -8,16 +8,22 @@ STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 COMPATSTAMP := tests/compat/node_modules/.installed
 BASELINESTAMP := bench/baseline/node_modules/.installed
+DASHBOARD := dashboard/dist/index.html
+DASHBOARD_SRC := $(wildcard dashboard/src/*.ts dashboard/src/pages/*.ts dashboard/src/*.css dashboard/src/*.html)
 
-.PHONY: setup run test test-fast lint typecheck format bench clean
+.PHONY: setup run test test-fast lint typecheck format bench clean browser
 
-setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP)
+setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP) $(DASHBOARD)
+	@$(VPY) -m runtime.wasm_build --quiet
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The WASM engine's guest (QuickJS-NG compiled by zig) is a build artifact cached outside the tree,
+# keyed by a hash of its inputs; `runtime.wasm_build` is a no-op when it is there (about 40 s if not).
 
 # package-lock.json pins every JS package; `npm ci` installs exactly that.
 $(NPMSTAMP): package.json package-lock.json
@@ -36,11 +42,23 @@ $(BASELINESTAMP): bench/baseline/package.json bench/baseline/package-lock.json
 	cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error
 	touch $(BASELINESTAMP)
 
+# The web dashboard (served at /dashboard), built with the esbuild installed above; rebuilt when a
+# source changes. Its output, dashboard/dist/, is git-ignored.
+$(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
+	node dashboard/build.mjs
+
+# Debian's chromium for the dashboard's end-to-end test (tests/dashboard); never a downloaded
+# browser build. Installs it where it is missing and apt-get can (root); otherwise that test skips
+# and says why.
+browser:
+	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip"
+
 run: setup
 	$(VENV)/bin/statehost serve
 
-# The tests also run the benchmarks' quick modes, which need the Node.js baseline (bench/baseline).
-test: setup $(BASELINESTAMP)
+# The tests also run the benchmarks' quick modes, which need the Node.js baseline (bench/baseline),
+# and the dashboard's browser test, which needs Debian's chromium.
+test: setup browser $(BASELINESTAMP)
 	$(VPY) -m pytest -q
 
 test-fast: setup
@@ -52,6 +70,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+	node_modules/.bin/tsc -p dashboard/tsconfig.json
 
 format: setup
 	$(VENV)/bin/ruff format runtime server client tests bench
@@ -61,7 +80,8 @@ bench: setup $(BASELINESTAMP)
 	$(VPY) -m bench.runtime_steps
 	$(VPY) -m bench.engine_throughput
 	$(VPY) -m bench.realtime_fanout
+	$(VPY) -m bench.wasm_engine
 	$(VPY) -m bench.load
 
 clean:
-	rm -rf $(VENV) node_modules bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules dashboard/dist bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache

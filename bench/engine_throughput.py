@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from runtime import Bundler, Upload
 from server.config import Settings
@@ -51,11 +51,16 @@ def raw_sqlite(folder: Path, seconds: float, synchronous: str) -> float:
 
 
 async def engine_run(
-    folder: Path, group_commit: bool, seconds: float, instances: int, clients: int, bundler: Bundler
+    folder: Path,
+    group_commit: bool,
+    seconds: float,
+    instances: int,
+    clients: int,
+    bundler: Bundler,
+    engine_name: Literal["quickjs-native", "quickjs-wasm"] = "quickjs-native",
 ) -> dict[str, Any]:
-    engine = DurableEngine(
-        Settings(database=folder / f"engine-{group_commit}.db", group_commit=group_commit), bundler=bundler
-    )
+    database = folder / f"engine-{engine_name}-{group_commit}.db"
+    engine = DurableEngine(Settings(database=database, group_commit=group_commit, engine=engine_name), bundler=bundler)
     await engine.start()
     try:
         org = await engine.store.create_org("bench", engine.clock.now_ms())

@@ -22,6 +22,7 @@ declare function __statehost_entry(op: "collect", arg: string /* "{}" */): strin
 declare function __statehost_entry(op: "authorize_read", arg: string /* ReadRequest */): string /* Decision */;
 declare function __statehost_entry(op: "eval", arg: string /* { code } */): string /* "" */;
 declare function __statehost_entry(op: "describe", arg: string /* DescribeRequest */): string /* Described */;
+declare function __statehost_entry(op: "structure", arg: string /* StepContext */): string /* Structured */;
 declare function __statehost_entry(op: "migrate", arg: string /* MigrateRequest */): string /* Described | { exports } */;
 
 interface AttachRequest { runtimeApi: "bundle" | "global" }  // where interpret/createActor come from
@@ -44,6 +45,25 @@ interface MigrateRequest extends StepContext {   // the sandbox holds a migratio
   description?: Description;
 }
 interface Described { description: Description; logs: LogLine[]; fault?: GuestFault }
+
+// The machine's shape for drawing it (harness/structure.js), the same for both XState majors.
+interface StructureNode {
+  id: string; key: string; path: string[];
+  type: "atomic" | "compound" | "parallel" | "final" | "history";
+  initial?: string;                      // compound: the initial child's key
+  history?: "shallow" | "deep"; historyTarget?: string;
+  tags: string[]; description?: string;
+  entry: string[]; exit: string[];       // action names ("(inline)" for anonymous functions)
+  invoke: { id: string; src: string }[];
+  transitions: {
+    event: string;                       // "" for eventless (always) transitions
+    kind: "on" | "always" | "after" | "done" | "invoke-done" | "invoke-error" | "invoke-snapshot";
+    targets: string[];                   // state ids; [] for a targetless transition
+    guard?: string; delay?: number | string; reenter: boolean; actions: string[];
+  }[];
+  states: StructureNode[];
+}
+interface Structured { structure: { major: 4 | 5; id: string; root: StructureNode }; logs: LogLine[]; fault?: GuestFault }
 
 interface BeginRequest extends StepContext {
   // restore: load the snapshot, deliver nothing, persist it again. upgrade: build the instance from

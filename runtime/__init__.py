@@ -23,6 +23,7 @@ from .protocol import (
     Round,
     StateDescription,
     StepRequest,
+    Structured,
     TimerOp,
     Transition,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "SandboxInstance",
     "StateDescription",
     "StepRequest",
+    "Structured",
     "SystemClock",
     "TimerOp",
     "Transition",

@@ -25,6 +25,7 @@ from .protocol import (
     Round,
     StateDescription,
     StepRequest,
+    Structured,
 )
 
 __all__ = ["Engine", "GuestSandbox", "PreparedMachine", "PreparedMigration", "SandboxInstance", "ScriptSandbox"]
@@ -106,6 +107,13 @@ class PreparedMachine(abc.ABC):
     @abc.abstractmethod
     def describe(self, persisted: Mapping[str, Any], now_ms: int) -> Described:
         """A persisted instance of this machine as state paths and context (for migrations)."""
+
+    @abc.abstractmethod
+    def structure(self, now_ms: int) -> Structured:
+        """The machine's shape for drawing it (states, nesting, transitions, guards' names, delays,
+        invokes), read from the loaded machine in a fresh sandbox: the harness op ``structure``
+        (js_shims/host.d.ts ``Structured``), a one-shot call like ``describe``. Runs no user code
+        beyond loading the module."""
 
     @abc.abstractmethod
     def invoke(self, path: Sequence[str], arg: Any, now_ms: int) -> Invoked:

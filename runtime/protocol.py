@@ -83,6 +83,20 @@ class Described:
 
 
 @dataclass(frozen=True)
+class Structured:
+    """The answer of ``PreparedMachine.structure``: the machine's shape as JSON (js_shims/host.d.ts)."""
+
+    outcome: Outcome
+    structure: JSON = None
+    logs: tuple[LogLine, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True)
 class Invoked:
     """The outcome of calling one of the module's exported functions (PreparedMachine.invoke)."""
 

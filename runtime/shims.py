@@ -33,6 +33,7 @@ PRELUDE_FILES = (
     "statebacked/rt.js",
     "harness/common.js",
     "harness/paths.js",
+    "harness/structure.js",
     "harness/v4.js",
     "harness/v5.js",
     "harness/entry.js",

@@ -21,7 +21,7 @@ from .engine import DurableEngine
 from .errors import ApiError
 from .exchange import JwksCache
 from .openapi import document
-from .routes import http_api, indexes, instances, logs, machines, orgs, providers, realtime
+from .routes import dashboard, http_api, indexes, instances, logs, machines, orgs, providers, realtime
 from .routes.common import ENGINE, HUB, JWKS, SECRETS, SETTINGS
 from .subscriptions import Hub
 
@@ -120,7 +120,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
             await app[HUB].close_connections()
 
     app.on_shutdown.append(close_sockets)
-    for module in (orgs, machines, instances, providers, realtime, logs, indexes, http_api):
+    for module in (orgs, machines, instances, providers, realtime, logs, indexes, http_api, dashboard):
         app.router.add_routes(module.routes)
 
     async def openapi(request: web.Request) -> web.Response:

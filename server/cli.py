@@ -34,10 +34,10 @@ from runtime import (
     InvalidMachineError,
     Limits,
     PreparedMachine,
-    QuickJSNativeEngine,
     SandboxError,
     Upload,
 )
+from runtime.engines import ENGINE_NAMES, make_engine
 from runtime.local import LocalInstance
 from runtime.settle import WindowResult
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
             "--xstate", type=int, choices=(4, 5), help="the XState major (default: from the imports, else 4)"
         )
         p.add_argument("--entry", help="entry module inside an archive")
+        p.add_argument("--engine", choices=ENGINE_NAMES, default="quickjs-native", help="the engine to run it on")
 
     serve = sub.add_parser(
         "serve", help="run the server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the URL clients reach this server at, if not http://HOST:PORT (default $STATEHOST_PUBLIC_URL)",
     )
     serve.add_argument("--workers", type=int, default=0, help="sandbox worker threads (default: one per CPU)")
+    serve.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=os.environ.get("STATEHOST_ENGINE", "quickjs-native"),
+        help="the engine that runs machines; quickjs-wasm confines QuickJS in WebAssembly "
+        "(default $STATEHOST_ENGINE, else quickjs-native)",
+    )
     serve.add_argument(
         "--synchronous",
         choices=("FULL", "NORMAL"),
@@ -170,7 +178,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Bundler, PreparedMachine]:
     bundler = Bundler()
     upload = Upload(args.file.name, args.file.read_bytes(), entry=args.entry, xstate_major=args.xstate)
     bundle = bundler.bundle(upload)
-    return bundler, QuickJSNativeEngine(bundler.runtime_api).prepare(bundle)
+    return bundler, make_engine(args.engine, bundler.runtime_api).prepare(bundle)
 
 
 def _event(value: str) -> dict[str, Any]:
@@ -362,6 +370,7 @@ def _serve(args: argparse.Namespace) -> int:
         database=args.data_dir / "statehost.db",
         synchronous=args.synchronous,
         workers=args.workers,
+        engine=args.engine,
         host=args.host,
         port=args.port,
         public_url=args.public_url,

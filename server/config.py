@@ -25,6 +25,11 @@ class Settings:
     """Commit the transitions of many instances that are ready together in one transaction."""
     workers: int = 0
     """Sandbox worker threads; 0 = one per CPU (at least 2)."""
+    engine: Literal["quickjs-native", "quickjs-wasm"] = "quickjs-native"
+    """Which engine runs machines (docs/runtime.md, docs/threat-model.md). ``quickjs-wasm`` runs
+    QuickJS inside WebAssembly under wasmtime: a QuickJS memory-safety bug is confined to one
+    instance, and every event gets a pristine instance from a pre-initialised image; use it for
+    untrusted tenants. ``quickjs-native`` runs QuickJS in the server process."""
     limits: Limits = field(default_factory=Limits)
     """Per-sandbox limits (docs/limits.md)."""
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
@@ -32,7 +37,8 @@ class Settings:
     parked_sandboxes: int = 256
     """Live sandboxes kept for the next event of the same instance (skips re-loading the machine,
     ~8 ms of CPU per event). Only quiescent sandboxes are kept, each serves only its own instance,
-    and it is used only if the instance is still at the state it committed; 0 disables parking."""
+    and it is used only if the instance is still at the state it committed; 0 disables parking.
+    Native engine only: the WASM engine starts every event from a pristine instance."""
     host: str = "127.0.0.1"
     """Address ``statehost serve`` listens on."""
     port: int = 8787

@@ -182,6 +182,8 @@ class InstanceService:
         self._prepared: collections.OrderedDict[str, PreparedMachine] = collections.OrderedDict()
         self._migrations: collections.OrderedDict[str, PreparedMigration] = collections.OrderedDict()
         self._preparing: dict[str, asyncio.Lock] = {}
+        self._structures: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        """version id -> its structure (versions never change, so neither does their shape)."""
         self._closing = False
 
     # -- machines ---------------------------------------------------------------------------------
@@ -417,6 +419,22 @@ class InstanceService:
         result = await self.executor.run(prepared.invoke, path, arg, self.clock.now_ms())
         await self._store_logs(org_id, machine_slug, instance_name, version_id, result.logs)
         return result
+
+    async def structure(self, version_id: str) -> dict[str, Any]:
+        """The version's shape for drawing it (``PreparedMachine.structure``), cached per version.
+
+        Raises MachineError when the machine cannot be walked (a fault or a limit in the sandbox).
+        """
+        cached = self._structures.get(version_id)
+        if cached is not None:
+            self._structures.move_to_end(version_id)
+            return cached
+        prepared = await self._prepared_machine(version_id)
+        result = await self.executor.run(prepared.structure, self.clock.now_ms())
+        if not result.ok or not isinstance(result.structure, dict):
+            raise MachineError(f"the machine's structure could not be read: {result.error}")
+        _cache(self._structures, version_id, result.structure)
+        return result.structure
 
     async def may_read(
         self,

@@ -38,6 +38,15 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
     ),
     ("GET", "/machines/{machine}/v", "List versions", "machine-versions.read", 200, None),
     (
+        "GET",
+        "/machines/{machine}/v/{version}/structure",
+        "statehost extension (read-only): the version's states, nesting, initial states, transitions with "
+        "events, targets, guards' names and delays, and invokes, read from the loaded machine (XState 4 and 5)",
+        "machine-versions.read",
+        200,
+        None,
+    ),
+    (
         "POST",
         "/machines/{machine}/v",
         "Provisionally create a version: returns the upload URL and fields",
@@ -175,6 +184,15 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
     ),
     ("GET", "/openapi.json", "This document", None, 200, None),
+    (
+        "GET",
+        "/dashboard",
+        "The web dashboard (HTML; a client of this API). 503 when its assets were not built (make setup)",
+        None,
+        200,
+        None,
+    ),
+    ("GET", "/dashboard/{path}", "The dashboard's static assets (content-hashed, cached a year)", None, 200, None),
 ]
 
 # The routes that answer with the State object (wire-api 3.8).
@@ -198,7 +216,73 @@ _STATE = {
 _ERROR = {
     "type": "object",
     "required": ["error", "code"],
-    "properties": {"error": {"type": "string"}, "code": {"type": "string"}, "parameter": {"type": "string"}},
+    "properties": {
+        "error": {"type": "string"},
+        "code": {"type": "string"},
+        "parameter": {"type": "string"},
+        "reason": {"type": "string", "description": "statehost extension: why an upload could not be bundled"},
+        "diagnostics": {
+            "type": "array",
+            "description": "statehost extension: where the bundler found each problem in an upload",
+            "items": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "file": {"type": "string"},
+                    "line": {"type": "integer", "description": "1-based"},
+                    "column": {"type": "integer", "description": "1-based"},
+                    "lineText": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_STRUCTURE_NODE: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "key", "path", "type", "tags", "entry", "exit", "invoke", "transitions", "states"],
+    "properties": {
+        "id": {"type": "string"},
+        "key": {"type": "string"},
+        "path": {"type": "array", "items": {"type": "string"}},
+        "type": {"enum": ["atomic", "compound", "parallel", "final", "history"]},
+        "initial": {"type": "string", "description": "a compound state's initial child (its key)"},
+        "history": {"enum": ["shallow", "deep"]},
+        "historyTarget": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "description": {"type": "string"},
+        "entry": {"type": "array", "items": {"type": "string"}},
+        "exit": {"type": "array", "items": {"type": "string"}},
+        "invoke": {"type": "array", "items": {"type": "object"}},
+        "transitions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "description": "empty for an eventless (always) transition"},
+                    "kind": {
+                        "enum": ["on", "always", "after", "done", "invoke-done", "invoke-error", "invoke-snapshot"]
+                    },
+                    "targets": {"type": "array", "items": {"type": "string"}, "description": "state ids"},
+                    "guard": {"type": "string"},
+                    "delay": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+                    "reenter": {"type": "boolean"},
+                    "actions": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "states": {"type": "array", "items": {"$ref": "#/components/schemas/StructureNode"}},
+    },
+}
+_STRUCTURE = {
+    "type": "object",
+    "required": ["machineVersionId", "major", "id", "root"],
+    "properties": {
+        "machineVersionId": {"type": "string"},
+        "major": {"enum": [4, 5]},
+        "id": {"type": "string"},
+        "root": {"$ref": "#/components/schemas/StructureNode"},
+    },
 }
 
 
@@ -278,6 +362,10 @@ def document(server_url: str | None = None) -> dict[str, Any]:
             operation["responses"]["200"]["content"]["application/json"]["schema"] = {
                 "$ref": "#/components/schemas/State"
             }
+        if (method, path) == ("GET", "/machines/{machine}/v/{version}/structure"):
+            operation["responses"]["200"]["content"]["application/json"]["schema"] = {
+                "$ref": "#/components/schemas/Structure"
+            }
         if scope is None:
             operation["security"] = []
         else:
@@ -303,7 +391,13 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"State": _STATE, "Error": _ERROR, **_BODIES},
+            "schemas": {
+                "State": _STATE,
+                "Error": _ERROR,
+                "Structure": _STRUCTURE,
+                "StructureNode": _STRUCTURE_NODE,
+                **_BODIES,
+            },
         },
         "security": [{"bearer": []}],
     }

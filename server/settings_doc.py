@@ -23,6 +23,7 @@ FLAGS = {
     "database": "`--data-dir`, `$STATEHOST_DATA_DIR` (the file is `<data-dir>/statehost.db`)",
     "synchronous": "`--synchronous`",
     "workers": "`--workers`",
+    "engine": "`--engine`, `$STATEHOST_ENGINE`",
     "host": "`--host`, `$STATEHOST_HOST`",
     "port": "`--port`, `$STATEHOST_PORT`",
     "public_url": "`--public-url`, `$STATEHOST_PUBLIC_URL`",

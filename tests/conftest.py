@@ -1,5 +1,5 @@
-"""Shared fixtures: the real bundler (esbuild), the real QuickJS engine, a worker pool, a loopback
-stub HTTP server, an aiohttp transport, and a fake clock."""
+"""Shared fixtures: the real bundler (esbuild), both real QuickJS engines (native, WASM), a worker
+pool, a loopback stub HTTP server, an aiohttp transport, and a fake clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from client import StatehostClient
-from runtime import Bundler, Executor, FakeClock, FetchPolicy, QuickJSNativeEngine
+from runtime import Bundler, Engine, Executor, FakeClock, FetchPolicy
+from runtime.engines import ENGINE_NAMES, make_engine
 from server.fetch import AiohttpTransport
 from tests.node.stub import start_stub
 from tests.server.api_support import Api, api_client
@@ -20,9 +21,11 @@ def bundler() -> Bundler:
     return Bundler()
 
 
-@pytest.fixture(scope="session")
-def engine(bundler: Bundler) -> QuickJSNativeEngine:
-    return QuickJSNativeEngine(bundler.runtime_api)
+@pytest.fixture(scope="session", params=ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest, bundler: Bundler) -> Engine:
+    """Every engine: a test that takes this fixture runs once per engine (one suite, not copies).
+    The WASM runtime (compiled modules, the prelude image) is built once per process."""
+    return make_engine(request.param, bundler.runtime_api)
 
 
 @pytest.fixture(scope="session")

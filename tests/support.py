@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from runtime import (
     Bundler,
+    Engine,
     Executor,
     FakeClock,
     Limits,
     PreparedMachine,
-    QuickJSNativeEngine,
     Transport,
     Upload,
 )
@@ -23,7 +23,7 @@ ALLOW_ALL = "export const allowRead = () => true;\nexport const allowWrite = () 
 
 def prepare(
     bundler: Bundler,
-    engine: QuickJSNativeEngine,
+    engine: Engine,
     body: str,
     major: int,
     limits: Limits | None = None,

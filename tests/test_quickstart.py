@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.wasm_build import cache_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "quickstart.md"
 BLOCK = re.compile(r"^<!-- quickstart: (?P<kind>[a-z]+)(?: (?P<arg>\S+))? -->\n```\w*\n(?P<body>.*?)^```$", re.M | re.S)
@@ -132,6 +134,8 @@ def test_quickstart_runs_as_written(tmp_path: Path):
         "npm_config_cache": os.environ.get("npm_config_cache", str(Path.home() / ".npm")),  # noqa: SIM112 - npm reads lower case
         "npm_config_prefer_offline": "true",
         "npm_config_update_notifier": "false",
+        # So does the WASM guest's build cache (`make setup` builds the guest only when it is missing).
+        "STATEHOST_CACHE": str(cache_dir()),
     }
     for name in ("VIRTUAL_ENV", "STATEHOST_API_URL", "STATEHOST_TOKEN", "STATEHOST_ORG", "FORCE_COLOR"):
         env.pop(name, None)

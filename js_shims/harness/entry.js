@@ -170,6 +170,12 @@
     return { description: Common.jsonSafe(driver.describe(M.machine, req.snapshot.xstate), "the instance"), logs: H.drainLogs() };
   }
 
+  // The machine's shape (states, transitions, guards' names, delays, invokes) for drawing it.
+  function structure(req) {
+    H.begin(req);
+    return { structure: Common.jsonSafe(Structure.of(M.machine, M.major), "the structure"), logs: H.drainLogs() };
+  }
+
   // A migration module (wire-api 7.8) instead of a machine: check its exports, or map a description
   // of an instance through upgradeState and upgradeContext.
   function migrate(req) {
@@ -243,7 +249,7 @@
   }
 
   const ops = {
-    attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, migrate, invoke,
+    attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, structure, migrate, invoke,
     invoke_result: invokeResult,
   };
 

@@ -110,6 +110,20 @@ async def list_versions(request: web.Request) -> web.Response:
     return page_response("versions", versions, page.cursor)
 
 
+@routes.get("/machines/{machine}/v/{version}/structure")
+async def version_structure(request: web.Request) -> web.Response:
+    """statehost extension (read-only, for the dashboard's statechart): the version's states,
+    nesting, transitions, guards' names, delays and invokes, read from the loaded machine."""
+    org = (await caller(request)).require("machine-versions.read")
+    engine = request.app[ENGINE]
+    machine = await engine.store.machine(org, request.match_info["machine"])
+    version_id = request.match_info["version"]
+    version = await engine.store.get_version(version_id)
+    if version.machine_id != machine.id:
+        raise NotFound(f"machine version {version_id!r} not found")
+    return ok({"machineVersionId": version_id, **await engine.instances.structure(version_id)})
+
+
 @routes.post("/machines/{machine}/v")
 async def provisionally_create_version(request: web.Request) -> web.Response:
     org = (await caller(request)).require("machine-versions.write")
@@ -176,7 +190,7 @@ async def finalize_version(request: web.Request) -> web.Response:
     try:
         bundle, prepared = await engine.instances.prepare_upload(upload)
     except (BundleError, InvalidMachineError) as exc:
-        raise InvalidParameter(str(exc), parameter="code") from None
+        raise upload_error(exc) from None
     # omitted selectors inherit the current version's (read now: bundling may have taken a while)
     current = await engine.store.version_selectors(await engine.store.current_version_id(machine.id))
     selectors = inherit_selectors(selectors, current, machine.indexes)
@@ -251,10 +265,27 @@ async def finalize_migration(request: web.Request) -> web.Response:
     try:
         bundle, prepared = await engine.instances.prepare_migration_upload(upload)
     except (BundleError, InvalidMachineError) as exc:
-        raise InvalidParameter(str(exc), parameter="code") from None
+        raise upload_error(exc) from None
     await engine.store.finalize_migration(migration_id, bundle=bundle.code, bundle_hash=bundle.hash)
     engine.instances.remember_migration(migration_id, prepared)
     return ok({"machineVersionMigrationId": migration_id})
+
+
+def upload_error(exc: BundleError | InvalidMachineError) -> InvalidParameter:
+    """The 400 for an upload that cannot be a version or migration. statehost extension: a bundling
+    failure also carries ``reason`` (BundleError's stable code) and ``diagnostics`` (each with
+    ``message`` and, where esbuild located it, ``file``, 1-based ``line`` and ``column``, and
+    ``lineText``), so an editor can mark the line. Official clients read only ``error``."""
+    if not isinstance(exc, BundleError):
+        return InvalidParameter(str(exc), parameter="code")
+    diagnostics = []
+    for d in exc.diagnostics:
+        item: dict[str, Any] = {"message": d.message}
+        for key, value in (("file", d.file), ("line", d.line), ("column", d.column), ("lineText", d.line_text)):
+            if value is not None:
+                item[key] = value
+        diagnostics.append(item)
+    return InvalidParameter(str(exc), parameter="code", reason=exc.code, diagnostics=diagnostics)
 
 
 def _js_name(filename: str | None) -> str:

@@ -231,6 +231,11 @@ async def test_a_sandbox_that_fails_to_start_answers_with_the_fault(bundler, eng
     prepared.limits = replace(prepared.limits, cpu_ms=5)  # the next sandboxes cannot finish loading
     with prepared.new_instance() as sandbox:
         round_ = sandbox.begin(StepRequest("create", "x", {}), clock.now_ms())
+    if engine.name == "quickjs-wasm":
+        # The WASM engine ran the machine's top-level code once, into its memory image, at prepare:
+        # windows start from that image and never load the machine again.
+        assert round_.ok, round_.error
+        return
     assert round_.outcome is Outcome.EXCEEDED_CPU
     assert "failed to load" in (round_.error or "")
     decision = prepared.authorize_read(ReadRequest("x", "idle", {}, {}))
