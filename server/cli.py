@@ -103,9 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engine",
         choices=ENGINE_NAMES,
-        default=os.environ.get("STATEHOST_ENGINE", "quickjs-native"),
+        default=os.environ.get("STATEHOST_ENGINE", "quickjs-wasm"),
         help="the engine that runs machines; quickjs-wasm confines QuickJS in WebAssembly "
-        "(default $STATEHOST_ENGINE, else quickjs-native)",
+        "(default $STATEHOST_ENGINE, else quickjs-wasm)",
     )
     serve.add_argument(
         "--synchronous",

@@ -25,7 +25,7 @@ class Settings:
     """Commit the transitions of many instances that are ready together in one transaction."""
     workers: int = 0
     """Sandbox worker threads; 0 = one per CPU (at least 2)."""
-    engine: Literal["quickjs-native", "quickjs-wasm"] = "quickjs-native"
+    engine: Literal["quickjs-native", "quickjs-wasm"] = "quickjs-wasm"
     """Which engine runs machines (docs/runtime.md, docs/threat-model.md). ``quickjs-wasm`` runs
     QuickJS inside WebAssembly under wasmtime: a QuickJS memory-safety bug is confined to one
     instance, and every event gets a pristine instance from a pre-initialised image; use it for

@@ -57,11 +57,15 @@ def db_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(params=[256, 0], ids=["parked", "fresh"])
+@pytest.fixture(params=[("quickjs-native", 256), ("quickjs-wasm", 0)], ids=["native-parked", "wasm"])
 async def durable(request, db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
-    """Every server test runs with sandbox parking on (an instance's next event reuses its live
-    sandbox) and off (every event restores in a fresh sandbox): both paths must behave the same."""
-    engine = DurableEngine(settings_for(db_dir, parked_sandboxes=request.param), clock=clock, bundler=bundler)
+    """Every server test runs on both engines: the native one with sandbox parking (an instance's
+    next event reuses its live sandbox) and the WASM one (a pristine instance per event, the
+    default): both paths must behave the same."""
+    engine_name, parked = request.param
+    engine = DurableEngine(
+        settings_for(db_dir, engine=engine_name, parked_sandboxes=parked), clock=clock, bundler=bundler
+    )
     await engine.start()
     try:
         yield engine

@@ -322,7 +322,9 @@ export default createMachine({ id: "m", predictableActionArguments: true, initia
 
 
 async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state(db_dir, bundler, clock):
-    engine = DurableEngine(settings_for(db_dir, parked_sandboxes=2), clock=clock, bundler=bundler)
+    engine = DurableEngine(
+        settings_for(db_dir, engine="quickjs-native", parked_sandboxes=2), clock=clock, bundler=bundler
+    )
     await engine.start()
     try:
         org = await engine.store.create_org("o", clock.now_ms())
@@ -396,7 +398,9 @@ async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets
     """Regression: the fetch count (max_fetches) and the log caps are per event, also when the
     instance's sandbox is parked between events and serves many of them."""
     engine = DurableEngine(
-        settings_for(db_dir, parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)),
+        settings_for(
+            db_dir, engine="quickjs-native", parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)
+        ),
         clock=SystemClock(),
         bundler=bundler,
     )
