@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 
 from .errors import ApiError, InvalidParameter, MissingUser
-from .exchange import KeyRecord, auth_context_of, verify_key_token
+from .exchange import KeyRecord, auth_context_of, check_key_token_times, verify_key_token
 from .store import Store
 
 __all__ = [
@@ -163,12 +163,25 @@ async def authenticate(
     return Caller(caller.kind, caller.org_id, caller.scopes, act, caller.user_id, caller.key_id, caller.memberships)
 
 
+VERIFIED_TOKENS_CACHED = 10_000
+
+
 async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
-    row = await store.key_row(kid)
-    if row is None:
-        raise MissingUser("the token's key does not exist (deleted?)")
-    key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
-    claims = verify_key_token(token, key, now_s)
+    cache = store.verified_key_tokens
+    hit = cache.get(token)
+    if hit is not None:
+        key, claims = hit
+        cache.move_to_end(token)
+        check_key_token_times(claims, now_s)  # exp and nbf are checked on every use
+    else:
+        row = await store.key_row(kid)
+        if row is None:
+            raise MissingUser("the token's key does not exist (deleted?)")
+        key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
+        claims = verify_key_token(token, key, now_s)
+        cache[token] = (key, claims)
+        while len(cache) > VERIFIED_TOKENS_CACHED:
+            cache.popitem(last=False)
     if org_header and org_header != key.org_id:
         raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
     return Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)

@@ -316,8 +316,13 @@ def verify_key_token(
         raise MissingUser(f"invalid token: {exc}") from None
     if header.get("kid") != key.id:
         raise MissingUser("the token's kid does not name its key")
-    _check_times(claims, now_s, exp_leeway_s=leeway_s, nbf_leeway_s=leeway_s)
+    check_key_token_times(claims, now_s, leeway_s)
     return claims
+
+
+def check_key_token_times(claims: Mapping[str, Any], now_s: float, leeway_s: float = LEEWAY_S) -> None:
+    """A key-signed token's exp and nbf against ``now_s`` (also for a token verified earlier)."""
+    _check_times(claims, now_s, exp_leeway_s=leeway_s, nbf_leeway_s=leeway_s)
 
 
 def auth_context_of(claims: Mapping[str, Any]) -> dict[str, Any]:

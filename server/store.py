@@ -22,6 +22,7 @@ Decision log:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -208,6 +209,7 @@ class Store(DirectoryMixin):
         group_commit: bool = True,
         max_batch: int = 512,
     ) -> None:
+        self.verified_key_tokens = collections.OrderedDict()
         self.path = Path(path)
         self.synchronous = synchronous
         self.group_commit = group_commit

@@ -8,6 +8,7 @@ base64url of the last row's key, so pages stay stable while rows are inserted (w
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import secrets
 import sqlite3
@@ -100,6 +101,11 @@ def decode_cursor(cursor: str | None) -> tuple[int, Any] | None:
 
 
 class DirectoryMixin:
+    verified_key_tokens: collections.OrderedDict[str, Any]
+    """Key-signed tokens this process has verified (server/auth.py): token -> (key, claims). Keys
+    are immutable, so a verified token stays valid until its exp, or until a key is deleted: then
+    the whole cache is dropped (delete_key)."""
+
     # Provided by Store.
     async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         raise NotImplementedError
@@ -257,6 +263,7 @@ class DirectoryMixin:
                 raise NotFound(f"key {key_id!r} not found")
 
         await self.write(op)
+        self.verified_key_tokens.clear()  # after the commit: no request verified from now on uses it
 
     # -- machines and versions ------------------------------------------------------------------------
 

@@ -416,3 +416,31 @@ async def test_hostile_inputs_get_4xx_not_500(api: Api):
         assert (status, body["parameter"]) == (400, "from"), (moment, body)
     # Nothing stored was touched.
     assert (await api.call("GET", "/machines/toggle/i/i1"))[0] == 200
+
+
+async def test_verified_tokens_are_cached_but_deletion_and_expiry_still_win(api: Api):
+    """A key-signed token is verified once per process (server/auth.py); its exp and nbf are checked
+    on every use, and deleting its key refuses it at once."""
+    from server.auth import authenticate
+    from server.errors import MissingUser
+
+    await api.deploy("toggle")
+    key_id, secret = await api.key(use="production")
+    token = key_token(key_id, secret, {"sub": "u1"}, expires_in=120)
+    store = api.engine.store
+    now = int(time.time())
+
+    async def who(at: int) -> str:
+        caller = await authenticate(store, token, org_header=None, act_header=None, now_s=at, admin_secret="unused")
+        return str(caller.auth_context["sub"])
+
+    assert await who(now) == "u1"
+    assert token in store.verified_key_tokens  # verified once, then served from the cache
+    assert await who(now + 1) == "u1"
+    with pytest.raises(MissingUser, match="expired"):
+        await who(now + 3600)  # long past exp (and the leeway): refused although cached
+    assert (await api.call("GET", "/machines/toggle/i/nope", headers=bearer(token)))[0] == 404
+    assert (await api.call("DELETE", f"/keys/{key_id}"))[0] == 204
+    assert token not in store.verified_key_tokens
+    status, body = await api.call("GET", "/machines/toggle/i/nope", headers=bearer(token))
+    assert status == 403 and body["code"] == "missing-user"
