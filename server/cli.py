@@ -382,6 +382,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def ready(_: web.Application) -> None:
         print(f"statehost is listening on {url}", flush=True)
+        print(f"  dashboard:         {url}/dashboard", flush=True)
         print(f"  database:          {settings.database}", flush=True)
         print(f"  admin credentials: {credentials} (readable by you only)", flush=True)
         print(f"  next: statehost login --credentials {credentials}", flush=True)
