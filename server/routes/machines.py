@@ -130,13 +130,18 @@ async def provisionally_create_version(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     machine = await engine.store.machine(org, request.match_info["machine"])
     version_id = await engine.store.create_provisional_version(machine.id, engine.clock.now_ms())
+    return _provisional(request, "version", version_id, "machineVersionId")
+
+
+def _provisional(request: web.Request, kind: str, object_id: str, id_field: str) -> web.Response:
+    """Step 1's answer for a version or a migration: its signed id and where to upload the code."""
     secret = request.app[SECRETS]["uploads"]
-    token = upload_token(secret, "version", version_id, engine.clock.now_ms() // 1000)
+    token = upload_token(secret, kind, object_id, request.app[ENGINE].clock.now_ms() // 1000)
     return ok(
         {
-            "machineVersionId": sign_id(secret, "version", version_id),
+            id_field: sign_id(secret, kind, object_id),
             "codeUploadUrl": f"{public_base(request)}/code-uploads/{token}",
-            "codeUploadFields": {"key": version_id},
+            "codeUploadFields": {"key": object_id},
         }
     )
 
@@ -235,15 +240,7 @@ async def provisionally_create_migration(request: web.Request) -> web.Response:
     migration_id = await engine.store.create_provisional_migration(
         machine.id, versions[0], versions[1], engine.clock.now_ms()
     )
-    secret = request.app[SECRETS]["uploads"]
-    token = upload_token(secret, "migration", migration_id, engine.clock.now_ms() // 1000)
-    return ok(
-        {
-            "machineVersionMigrationId": sign_id(secret, "migration", migration_id),
-            "codeUploadUrl": f"{public_base(request)}/code-uploads/{token}",
-            "codeUploadFields": {"key": migration_id},
-        }
-    )
+    return _provisional(request, "migration", migration_id, "machineVersionMigrationId")
 
 
 @routes.put("/machines/{machine}/migrations/{signed}")
