@@ -8,6 +8,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,31 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port that `statehost serve` and node's fetch accept (not a WHATWG bad port)."""
+    from server.cli import BAD_PORTS
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in BAD_PORTS:
+            return port
+
+
+def wait_for_line(process: subprocess.Popen[str], marker: str, what: str, within_s: float = 120) -> str:
+    """Read a server's output until a line containing ``marker``; everything read so far. Raises
+    AssertionError naming ``what`` if the process exits or the line does not come in time."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"{what}: the server exited ({process.poll()}):\n{''.join(seen)}")
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"{what}: no {marker!r} line within {within_s:.0f} s:\n{''.join(seen)}")
 
 
 def node_version() -> str | None:

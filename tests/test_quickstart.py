@@ -22,16 +22,15 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench.common import free_port, wait_for_line
 from runtime.wasm_build import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,12 +62,6 @@ def test_every_block_is_marked_and_known():
     assert {k for k, _ in kinds} <= {"server", "shell", "file", "output"}
     assert all(arg in (None, "fails") for k, arg in kinds if k in ("server", "shell", "output"))
     assert all(arg for k, arg in kinds if k == "file")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Terminal:
@@ -121,7 +114,7 @@ def _clone(tmp: Path) -> Path:
 
 
 def test_quickstart_runs_as_written(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     home.mkdir()
     clone = _clone(home)
@@ -160,7 +153,7 @@ def test_quickstart_runs_as_written(tmp_path: Path):
                     text=True,
                     start_new_session=True,
                 )
-                previous = (what, _wait_for_listening(server, what))
+                previous = (what, wait_for_line(server, "next: statehost login", what))
                 assert server.stdout is not None
                 # Keep reading, so that the server never blocks on a full pipe.
                 drained = threading.Thread(target=server.stdout.read, daemon=True)
@@ -191,17 +184,3 @@ def test_quickstart_runs_as_written(tmp_path: Path):
                     server.stdout.close()
     # The server wrote its data where the page says, in the clone.
     assert (clone / ".statehost" / "admin.json").exists()
-
-
-def _wait_for_listening(server: subprocess.Popen[str], what: str) -> str:
-    assert server.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        if not line:
-            raise AssertionError(f"{what}: the server exited ({server.poll()}):\n{''.join(seen)}")
-        seen.append(line)
-        if "next: statehost login" in line:
-            return "".join(seen)
-    raise AssertionError(f"{what}: no 'listening' line within 120 s:\n{''.join(seen)}")

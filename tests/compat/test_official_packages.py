@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,21 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SMPLY = HERE / "node_modules" / ".bin" / "smply"
-BAD_PORTS = {6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080}
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in BAD_PORTS:
-            return port
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     if shutil.which("node") is None or not SMPLY.exists():
         pytest.skip("node or the pinned npm packages are missing (make setup installs them)")
     data = tmp_path_factory.mktemp("data")
-    port = _free_port()
+    port = free_port()
     log = (data / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.test_official_packages import HERE, ROOT, SMPLY, _free_port, first_json, smply
+from bench.common import free_port
+from tests.compat.test_official_packages import HERE, ROOT, SMPLY, first_json, smply
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
@@ -140,7 +141,7 @@ def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
         pytest.skip("node or the pinned npm packages are missing (make setup installs them)")
     data = tmp_path / "data"
     data.mkdir()
-    server = Server(_free_port(), data, tmp_path)
+    server = Server(free_port(), data, tmp_path)
     server.start()
     try:  # on failure the server is killed; on success it must stop cleanly
         credentials = json.loads((data / "admin.json").read_text())

@@ -18,15 +18,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bench.common import free_port, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPAT = ROOT / "tests" / "compat"
@@ -55,12 +55,6 @@ def _quickstart_machine() -> str:
     return match.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.exists():
@@ -78,7 +72,7 @@ def chromium() -> Path:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[dict[str, str]]:
     assert (ROOT / "dashboard" / "dist" / "index.html").exists(), "the dashboard is not built: run make setup"
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", str(port), "--data-dir", str(data)],
@@ -89,15 +83,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, str]]:
         start_new_session=True,
     )
     assert process.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise AssertionError(f"the server exited ({process.poll()}):\n{''.join(seen)}")
-        seen.append(line)
-        if "listening on" in line:
-            break
+    wait_for_line(process, "listening on", "statehost serve", within_s=60)
     drain = threading.Thread(target=process.stdout.read, daemon=True)  # never block on a full pipe
     drain.start()
     credentials = json.loads((data / "admin.json").read_text())
