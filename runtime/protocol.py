@@ -122,9 +122,11 @@ class StepRequest:
     services in flight): it checks that a snapshot loads, and persists it again. ``upgrade`` builds
     the instance from ``description`` (migrated state paths and context) in this machine, and
     records one transition whose event is ``event`` (``statebacked.upgrade``); nothing is delivered.
+    ``recover`` loads a persisted instance and delivers only the error events of the services that
+    were in flight at its last commit (their node died): no event, no authorizer.
     """
 
-    kind: Literal["create", "event", "restore", "upgrade"]
+    kind: Literal["create", "event", "restore", "upgrade", "recover"]
     instance_name: str
     auth_context: Mapping[str, JSON] | None
     """Whose request this is; None for host-originated events (timers), which skip allowWrite."""

@@ -95,6 +95,29 @@ def _parser() -> argparse.ArgumentParser:
         help="where the database and admin credentials live (default $STATEHOST_DATA_DIR, else ./.statehost)",
     )
     serve.add_argument(
+        "--database-url",
+        default=os.environ.get("STATEHOST_DATABASE_URL"),
+        help="a PostgreSQL database (postgresql://...) shared by several nodes, instead of the SQLite file "
+        "in --data-dir (default $STATEHOST_DATABASE_URL)",
+    )
+    serve.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=os.environ.get("STATEHOST_DB_POOL_SIZE", "10"),
+        help="PostgreSQL connections this node keeps (default $STATEHOST_DB_POOL_SIZE, else 10)",
+    )
+    serve.add_argument(
+        "--node-id",
+        default=os.environ.get("STATEHOST_NODE_ID"),
+        help="this node's name in leases and /health (default $STATEHOST_NODE_ID, else host name and pid)",
+    )
+    serve.add_argument(
+        "--lease-ttl-s",
+        type=float,
+        default=10.0,
+        help="PostgreSQL: how long a dead node's instance leases last (default 10)",
+    )
+    serve.add_argument(
         "--public-url",
         default=os.environ.get("STATEHOST_PUBLIC_URL"),
         help="the URL clients reach this server at, if not http://HOST:PORT (default $STATEHOST_PUBLIC_URL)",
@@ -354,6 +377,19 @@ BAD_PORTS = frozenset(
 )
 
 
+def _redacted(url: str | None) -> str | None:
+    """A database URL without its password (for printing)."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -368,6 +404,10 @@ def _serve(args: argparse.Namespace) -> int:
     credentials = args.data_dir / "admin.json"
     settings = Settings(
         database=args.data_dir / "statehost.db",
+        database_url=args.database_url,
+        db_pool_size=args.db_pool_size,
+        node_id=args.node_id,
+        lease_ttl_s=args.lease_ttl_s,
         synchronous=args.synchronous,
         workers=args.workers,
         engine=args.engine,
@@ -383,7 +423,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def ready(_: web.Application) -> None:
         print(f"statehost is listening on {url}", flush=True)
         print(f"  dashboard:         {url}/dashboard", flush=True)
-        print(f"  database:          {settings.database}", flush=True)
+        print(f"  database:          {_redacted(settings.database_url) or settings.database}", flush=True)
         print(f"  admin credentials: {credentials} (readable by you only)", flush=True)
         print(f"  next: statehost login --credentials {credentials}", flush=True)
         print("        then point smply or @statebacked/client at it: docs/compatibility.md", flush=True)

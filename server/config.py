@@ -17,7 +17,17 @@ __all__ = ["Settings"]
 @dataclass(frozen=True)
 class Settings:
     database: Path = Path(".statehost/statehost.db")
-    """The SQLite file (created with its folder on first start)."""
+    """The SQLite file (created with its folder on first start); unused with ``database_url``."""
+    database_url: str | None = None
+    """A PostgreSQL database (``postgresql://user:password@host:port/name``) instead of the SQLite
+    file: several nodes may share it (docs/deployment.md). The schema is created on first start."""
+    db_pool_size: int = 10
+    """PostgreSQL connections this node keeps open (its share of the server's max_connections)."""
+    node_id: str | None = None
+    """This node's name in instance leases and the health endpoint; default: host name and process id."""
+    lease_ttl_s: float = 10.0
+    """PostgreSQL: how long an instance lease outlives its node's last renewal (renewed every third
+    of it). A node that dies holds its instances for at most this long; then another node takes them."""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite ``synchronous``. FULL: an acknowledged commit survives power loss. NORMAL: faster, and
     may lose the last commits on power loss (never on a process crash)."""

@@ -30,7 +30,12 @@ class DurableEngine:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.bundler = bundler or Bundler()
-        self.store = Store(settings.database, synchronous=settings.synchronous, group_commit=settings.group_commit)
+        self.store = Store(
+            settings.database_url or settings.database,
+            synchronous=settings.synchronous,
+            group_commit=settings.group_commit,
+            pool_size=settings.db_pool_size,
+        )
         self._executor: Executor | None = None
         self._transport: AiohttpTransport | None = None
         self._instances: InstanceService | None = None

@@ -44,7 +44,8 @@ from runtime import (
 from runtime.settle import Delivery, Inbox, WindowResult
 
 from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
-from .store import InstanceRow, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
+from .leases import Leases
+from .store import InstanceRow, Lease, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
 from .upgrades import migration_chain
 
 __all__ = ["Committed", "InstanceService", "InstanceState", "TimerDelivery"]
@@ -96,7 +97,7 @@ class Committed:
 
 @dataclass(eq=False)
 class _Request:
-    kind: Literal["create", "event", "timer"]
+    kind: Literal["create", "event", "timer", "recover"]
     machine_id: int
     org_id: str
     machine_slug: str
@@ -108,6 +109,8 @@ class _Request:
     timer: TimerRow | None = None
     parent: Mapping[str, Any] | None = None
     """create: the persistent instance that spawned this one."""
+    lease: Lease | None = None
+    """The lease of the window this request opened (several nodes on one database)."""
     done: asyncio.Future[InstanceState] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def resolve(self, state: InstanceState) -> None:
@@ -132,6 +135,7 @@ class _Window:
     participants: list[_Request] = field(default_factory=list)
     parent: Mapping[str, Any] | None = None
     """The instance's persistent parent; with an ``invokeId`` it hears of the instance's end."""
+    lease: Lease | None = None
 
 
 def _error_for(outcome: Outcome, message: str | None) -> ApiError:
@@ -158,8 +162,11 @@ class InstanceService:
         limits: Limits,
         on_timers_changed: Callable[[], None] = lambda: None,
         parked_sandboxes: int = 0,
+        leases: Leases | None = None,
     ) -> None:
         self.limits = limits
+        self.leases = leases
+        """Several nodes on one database: a window runs only under its instance's lease."""
         self.parking = parked_sandboxes
         self._parked: collections.OrderedDict[int, tuple[int, str, SandboxInstance]] = collections.OrderedDict()
         """instance id -> (seq, version id, the live sandbox of its last quiescent window)."""
@@ -305,6 +312,15 @@ class InstanceService:
         body = {"type": event} if isinstance(event, str) else dict(event)
         request = _Request("event", machine_id, org_id, machine_slug, instance_name, auth_context, event=body)
         return await self._submit(request)
+
+    async def recover(self, machine_id: int, instance_name: str) -> None:
+        """Deliver the error events of the services a dead node cut off (server/leases.py)."""
+        row = await self.store.find_instance(machine_id, instance_name)
+        if row is None:
+            return
+        request = _Request("recover", machine_id, row.org_id, row.machine_slug, instance_name, None)
+        with contextlib.suppress(ApiError):
+            await self._submit(request)
 
     async def deliver_timer(self, timer: TimerRow) -> TimerDelivery:
         """Deliver a due timer as an ordinary event (no allowWrite); say what became of it.
@@ -523,6 +539,18 @@ class InstanceService:
     # -- one settle window ---------------------------------------------------------------------------
 
     async def _window(self, request: _Request, delivery: Delivery, inbox: Inbox) -> None:
+        if self.leases is None:
+            await self._leased_window(request, delivery, inbox)
+            return
+        within_s = self.limits.settle_window_ms / 1000 + 2 * self.leases.ttl_ms / 1000
+        request.lease = await self.leases.acquire(request.machine_id, request.instance_name, within_s)
+        try:
+            await self._leased_window(request, delivery, inbox)
+        finally:
+            await self.leases.release(request.lease)
+
+    async def _leased_window(self, request: _Request, delivery: Delivery, inbox: Inbox) -> None:
+        # Read only now: under the lease, the row is the instance's latest committed state.
         row = await self.store.find_instance(request.machine_id, request.instance_name)
         if request.kind == "create":
             if row is not None:
@@ -533,7 +561,7 @@ class InstanceService:
             step = StepRequest(
                 "create", request.instance_name, request.auth_context, context=request.context, parent=request.parent
             )
-            window = _Window(request, None, 0, 0, version_id, None, parent=request.parent)
+            window = _Window(request, None, 0, 0, version_id, None, parent=request.parent, lease=request.lease)
         else:
             if row is None:
                 raise NotFound(f"instance {request.instance_name!r} not found")
@@ -541,17 +569,29 @@ class InstanceService:
                 raise Paused(f"instance {request.instance_name!r} is paused")
             if delivery.precheck is not None and not await delivery.precheck():
                 raise Conflict("the timer was cancelled before it was delivered")
+            if request.kind == "recover" and not row.persisted.get("inflight"):
+                request.resolve(InstanceState.of(row))  # recovered meanwhile (by another node)
+                return
             if row.desired_version_id is not None and row.desired_version_id != row.version_id:
                 row = await self._upgrade(request, row)
             step = StepRequest(
-                "event",
+                "recover" if request.kind == "recover" else "event",
                 row.name,
                 request.auth_context,
                 persisted=row.persisted,
                 event=request.event,
                 parent=row.parent,
             )
-            window = _Window(request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row), parent=row.parent)
+            window = _Window(
+                request,
+                row.id,
+                row.seq,
+                row.ts,
+                row.version_id,
+                InstanceState.of(row),
+                parent=row.parent,
+                lease=request.lease,
+            )
         prepared = await self._prepared_machine(window.version_id)
         parked = self._unpark(row) if row is not None and step.kind == "event" else None
 
@@ -625,7 +665,9 @@ class InstanceService:
             "migrationPath": chain,
         }
         step = StepRequest("upgrade", row.name, None, event=event, description=description, parent=row.parent)
-        window = _Window(request, row.id, row.seq, row.ts, target, InstanceState.of(row), parent=row.parent)
+        window = _Window(
+            request, row.id, row.seq, row.ts, target, InstanceState.of(row), parent=row.parent, lease=request.lease
+        )
         result = await run_window(
             await self._prepared_machine(target),
             step,
@@ -711,7 +753,9 @@ class InstanceService:
             window.seq += 1
             window.ts = max(now, window.ts + 1)
             transitions.append(
-                TransitionRecord(window.seq, window.ts, t.state, t.event or {}, t.public_context, t.tags, t.done)
+                TransitionRecord(
+                    window.seq, window.ts, t.state, t.event or {}, t.public_context, t.tags, t.done, t.context
+                )
             )
         timer_ops: list[tuple[Literal["set", "cancel", "cancel_all"], Any]] = []
         for op in round_.timers:
@@ -749,6 +793,7 @@ class InstanceService:
             org_id=request.org_id,
             machine_slug=request.machine_slug,
             instance_name=request.instance_name,
+            lease=window.lease,
         )
         if window.instance_id is None:
             window.instance_id = await self.store.insert_instance(

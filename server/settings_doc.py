@@ -21,6 +21,10 @@ SOURCES = [
 ]
 FLAGS = {
     "database": "`--data-dir`, `$STATEHOST_DATA_DIR` (the file is `<data-dir>/statehost.db`)",
+    "database_url": "`--database-url`, `$STATEHOST_DATABASE_URL`",
+    "db_pool_size": "`--db-pool-size`, `$STATEHOST_DB_POOL_SIZE`",
+    "node_id": "`--node-id`, `$STATEHOST_NODE_ID`",
+    "lease_ttl_s": "`--lease-ttl-s`",
     "synchronous": "`--synchronous`",
     "workers": "`--workers`",
     "engine": "`--engine`, `$STATEHOST_ENGINE`",

@@ -1,40 +1,30 @@
-"""Storage: every SQL statement of statehost lives here (aiosqlite, one SQLite file).
+"""Storage: every SQL statement of statehost lives here and in store_directory.py, written once for
+both databases (server/db.py: SQLite, the embedded default, and PostgreSQL for several nodes).
 
 Decision log:
 
-- **One writer connection fed by a queue** (datasette's single write thread). The writer takes
-  every operation that is waiting, runs them in one transaction with a SAVEPOINT each, and commits
-  once: one fsync for the whole batch (group commit). An operation that fails (a lost optimistic
-  lock, a unique violation) is rolled back to its savepoint alone; the others commit. Each caller
-  is released only after the commit that contains its operation. With ``group_commit=False`` every
-  operation gets its own transaction (for comparison in bench/).
-- **Reads on a second connection.** In WAL mode readers see the last commit and never block the
-  writer; reads may be slightly stale but are always a committed state.
-- **Durability defaults**: ``journal_mode=WAL``, ``synchronous=FULL``: a commit that returned has
-  reached the disk. ``synchronous=NORMAL`` is a documented setting that may lose the last commits
-  on power loss (not on a process crash).
+- **Durability**: a call that returned has committed. On SQLite ``synchronous=FULL`` (the default)
+  means the commit reached the disk; ``synchronous=NORMAL`` is a documented setting that may lose
+  the last commits on power loss (not on a process crash). Group commit and the rest of each
+  backend's transaction handling: server/db.py.
 - **Optimistic concurrency**: a round commits only if the instance's ``seq`` is still the one the
-  window started from, so two writers (two processes on one file) can never both win.
-- **Schema versions**: numbered files in ``server/migrations``, applied in order, recorded in
-  ``PRAGMA user_version``.
+  window started from, so two writers (two processes, two nodes) can never both win. On PostgreSQL
+  a round also carries its lease (node and epoch): it commits only while that lease is the
+  instance's current one (server/leases.py).
+- **Schema versions**: numbered files in ``server/migrations`` (and ``server/migrations/postgres``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import json
-import os
-import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import aiosqlite
-
+from .db import Database, IntegrityError, Row, Synchronous, Tx, latest_schema_version, open_database
 from .errors import Conflict, NotFound
 from .ids import new_id
 from .store_directory import DirectoryMixin
@@ -50,9 +40,7 @@ __all__ = [
     "VersionRow",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 T = TypeVar("T")
-Synchronous = Literal["FULL", "NORMAL"]
 
 
 def _dumps(value: Any) -> str:
@@ -103,6 +91,18 @@ class TransitionRecord:
     public_context: Any
     tags: Sequence[str]
     done: bool
+    context: Any = None
+    """The full context after the transition (for allowRead where another node relays it)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This node's right to run one instance's settle window (server/leases.py)."""
+
+    machine_id: int
+    name: str
+    node_id: str
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,8 @@ class RoundCommit:
     org_id: str = ""
     machine_slug: str = ""
     instance_name: str = ""
+    lease: Lease | None = None
+    """PostgreSQL: the lease the window holds; the round commits only while it is current."""
 
     @property
     def new_seq(self) -> int:
@@ -178,10 +180,13 @@ class TimerRow:
     """None: an event of the instance to itself; else a message to another instance, or a spawn."""
 
 
+_DB_NOW_MS = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+"""PostgreSQL's clock in epoch milliseconds (leases and timer claims use the database's time)."""
+
 _TIMER_COLUMNS = "id, instance_id, timer_key, event_json, due_ms, attempts, target_json"
 
 
-def _timer_row(r: sqlite3.Row) -> TimerRow:
+def _timer_row(r: Row) -> TimerRow:
     target = r["target_json"]
     return TimerRow(
         r["id"],
@@ -194,70 +199,37 @@ def _timer_row(r: sqlite3.Row) -> TimerRow:
     )
 
 
-@dataclass
-class _Op:
-    fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
-    future: asyncio.Future[Any]
-
-
 class Store(DirectoryMixin):
     def __init__(
         self,
-        path: Path | str,
+        target: Path | str,
         *,
         synchronous: Synchronous = "FULL",
         group_commit: bool = True,
         max_batch: int = 512,
+        pool_size: int = 10,
     ) -> None:
+        """``target``: a SQLite file, or a ``postgresql://`` URL (server/db.py)."""
         self.verified_key_tokens = collections.OrderedDict()
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self.group_commit = group_commit
-        self.max_batch = max_batch
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
-        self.batches = 0
-        """Transactions committed by the writer (bench/ reads it to show batching)."""
+        self.db: Database = open_database(
+            target, synchronous=synchronous, group_commit=group_commit, max_batch=max_batch, pool_size=pool_size
+        )
         self._last_log_ms = 0
+
+    @property
+    def batches(self) -> int:
+        """Transactions committed (bench/ reads it to show batching)."""
+        return self.db.batches
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # The database holds key secrets and the server's signing keys: owner-only, like the folder.
-        # (SQLite gives its -wal and -shm files the database file's permissions.)
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, mode=0o700)
-        self.path.touch(mode=0o600, exist_ok=True)
-        os.chmod(self.path, 0o600)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only = ON")
+        await self.db.open()
         newest = await self._read_one("SELECT MAX(ts_ms) AS ts FROM logs")
         self._last_log_ms = int(newest["ts"]) if newest is not None and newest["ts"] is not None else 0
-        self._writer_task = asyncio.create_task(self._write_loop(), name="statehost-store-writer")
-
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
-            self._writer_task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        await self.db.close()
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -266,83 +238,20 @@ class Store(DirectoryMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        current = int(row[0]) if row else 0
-        files = sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"))
-        latest = int(files[-1].name[:4]) if files else 0
-        if current > latest:
-            raise RuntimeError(
-                f"{self.path} has schema version {current}, newer than this statehost ({latest}); upgrade statehost"
-            )
-        for path in files:
-            version = int(path.name[:4])
-            if version <= current:
-                continue
-            await conn.executescript(f"BEGIN IMMEDIATE;\n{path.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;")
-
     @property
     def schema_version(self) -> int:
-        files = sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"))
-        return int(files[-1].name[:4]) if files else 0
+        return latest_schema_version()
 
-    # -- the writer ---------------------------------------------------------------------------------
+    # -- transactions -------------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``fn`` inside a write transaction; return once it is durably committed."""
-        if self._writer_task is None:
-            raise RuntimeError("the store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Op(fn, future))
-        return await future
+        return await self.db.write(fn)
 
-    async def _write_loop(self) -> None:
-        conn = self._writer
-        assert conn is not None
-        while True:
-            batch = [await self._queue.get()]
-            while self.group_commit and len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                for op in batch:
-                    await conn.execute("SAVEPOINT op")
-                    try:
-                        result = await op.fn(conn)
-                    except Exception as exc:
-                        await conn.execute("ROLLBACK TO op")
-                        await conn.execute("RELEASE op")
-                        outcomes.append((op, None, exc))
-                    else:
-                        await conn.execute("RELEASE op")
-                        outcomes.append((op, result, None))
-                await conn.execute("COMMIT")
-                self.batches += 1
-            except Exception as exc:  # the transaction itself failed: nothing of the batch is durable
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(exc)
-                continue
-            for op, result, error in outcomes:
-                if op.future.done():
-                    continue
-                if error is not None:
-                    op.future.set_exception(error)
-                else:
-                    op.future.set_result(result)
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self.db.read(sql, params)
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        # One job on the connection's thread: execute and fetch everything at once. With separate
-        # execute and fetch jobs, a concurrent query's open statement keeps the connection's WAL read
-        # transaction alive, and reads keep seeing an old snapshot (stale instance seq numbers).
-        assert self._reader is not None, "the store is not open"
-        return list(await self._reader.execute_fetchall(sql, params))
-
-    async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self._read(sql, params)
         return rows[0] if rows else None
 
@@ -351,23 +260,23 @@ class Store(DirectoryMixin):
     async def create_org(self, name: str, now_ms: int) -> str:
         org_id = new_id("org")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org_id, name, now_ms))
+        async def op(tx: Tx) -> str:
+            await tx.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org_id, name, now_ms))
             return org_id
 
         return await self.write(op)
 
     async def create_machine(self, org_id: str, slug: str, indexes: Sequence[str], now_ms: int) -> int:
-        async def op(conn: aiosqlite.Connection) -> int:
+        async def op(tx: Tx) -> int:
             try:
-                cursor = await conn.execute(
-                    "INSERT INTO machines (org_id, slug, indexes_json, created_ms) VALUES (?, ?, ?, ?)",
+                row = await tx.fetchone(
+                    "INSERT INTO machines (org_id, slug, indexes_json, created_ms) VALUES (?, ?, ?, ?) RETURNING id",
                     (org_id, slug, _dumps(list(indexes)), now_ms),
                 )
-            except sqlite3.IntegrityError as exc:
+            except IntegrityError as exc:
                 raise Conflict(f"machine {slug!r} already exists") from exc
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            assert row is not None
+            return int(row["id"])
 
         return await self.write(op)
 
@@ -393,8 +302,8 @@ class Store(DirectoryMixin):
     ) -> str:
         version_id = new_id("ver")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO machine_versions (id, machine_id, client_info, xstate_major, bundle_hash, bundle,"
                 " runtime_api, source, source_name, status, created_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'final', ?)",
@@ -412,7 +321,7 @@ class Store(DirectoryMixin):
                 ),
             )
             if make_current:
-                await conn.execute("UPDATE machines SET current_version_id = ? WHERE id = ?", (version_id, machine_id))
+                await tx.execute("UPDATE machines SET current_version_id = ? WHERE id = ?", (version_id, machine_id))
             return version_id
 
         return await self.write(op)
@@ -449,7 +358,7 @@ class Store(DirectoryMixin):
     )
 
     @staticmethod
-    def _instance(row: sqlite3.Row) -> InstanceRow:
+    def _instance(row: Row) -> InstanceRow:
         return InstanceRow(
             id=row["id"],
             machine_id=row["machine_id"],
@@ -491,12 +400,13 @@ class Store(DirectoryMixin):
     ) -> int:
         """Create an instance with its first round, in one transaction. Conflict if it exists."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
+        async def op(tx: Tx) -> int:
+            await self._fence(tx, commit)
             try:
-                cursor = await conn.execute(
+                row = await tx.fetchone(
                     "INSERT INTO instances (machine_id, name, version_id, seq, ts, persisted_json, inflight_json,"
                     " state_json, context_json, public_json, tags_json, done, created_ms, parent_json)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         machine_id,
                         name,
@@ -506,21 +416,22 @@ class Store(DirectoryMixin):
                         None if parent is None else _dumps(parent),
                     ),
                 )
-            except sqlite3.IntegrityError as exc:
+            except IntegrityError as exc:
                 raise Conflict(f"instance {name!r} already exists") from exc
-            assert cursor.lastrowid is not None
-            commit.instance_id = cursor.lastrowid
-            await self._write_round_rows(conn, commit, now_ms)
-            return cursor.lastrowid
+            assert row is not None
+            commit.instance_id = int(row["id"])
+            await self._write_round_rows(tx, commit, now_ms)
+            return commit.instance_id
 
         return await self.write(op)
 
     async def commit_round(self, commit: RoundCommit, now_ms: int) -> None:
         """Write one round; Conflict if the instance moved on (or vanished) since ``expected_seq``."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        async def op(tx: Tx) -> None:
+            await self._fence(tx, commit)
             if commit.transitions:
-                cursor = await conn.execute(
+                changed = await tx.execute(
                     "UPDATE instances SET seq = ?, ts = ?, persisted_json = ?, inflight_json = ?, state_json = ?,"
                     " context_json = ?, public_json = ?, tags_json = ?, done = ?, version_id = ?,"
                     # an upgrade that reached the desired version clears it
@@ -535,7 +446,7 @@ class Store(DirectoryMixin):
                     ),
                 )
             else:
-                cursor = await conn.execute(
+                changed = await tx.execute(
                     "UPDATE instances SET persisted_json = ?, inflight_json = ? WHERE id = ? AND seq = ?",
                     (
                         _dumps(commit.persisted),
@@ -544,17 +455,38 @@ class Store(DirectoryMixin):
                         commit.expected_seq,
                     ),
                 )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise Conflict(f"instance {commit.instance_name!r} changed since seq {commit.expected_seq}")
-            await self._write_round_rows(conn, commit, now_ms)
+            await self._write_round_rows(tx, commit, now_ms)
 
         await self.write(op)
 
-    async def _write_round_rows(self, conn: aiosqlite.Connection, commit: RoundCommit, now_ms: int) -> None:
+    @staticmethod
+    async def _fence(tx: Tx, commit: RoundCommit) -> None:
+        """Conflict unless the window's lease is still the instance's current one. FOR SHARE keeps
+        another node from taking the lease over until this transaction ends (fencing)."""
+        lease = commit.lease
+        if lease is None:
+            return
+        held = await tx.fetchone(
+            "SELECT epoch FROM instance_leases WHERE machine_id = ? AND name = ? AND node_id = ? AND epoch = ?"
+            " FOR SHARE",
+            (lease.machine_id, lease.name, lease.node_id, lease.epoch),
+        )
+        if held is None:
+            raise Conflict(f"instance {lease.name!r}: this node's lease was taken over by another node")
+
+    async def _write_round_rows(self, tx: Tx, commit: RoundCommit, now_ms: int) -> None:
+        # The delivered timer goes first, before the round's own timer changes (a cancel of the same
+        # id must not reach it). A timer that is gone was delivered or withdrawn already: the round
+        # must not commit (a timer fires once in effect, even when two nodes race).
+        timer = commit.delete_timer_id
+        if timer is not None and await tx.execute("DELETE FROM timers WHERE id = ?", (timer,)) != 1:
+            raise Conflict("the timer was delivered or cancelled meanwhile")
         if commit.transitions:
-            await conn.executemany(
+            await tx.executemany(
                 "INSERT INTO transitions (instance_id, seq, ts, version_id, state_json, event_json, public_json,"
-                " tags_json, done, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tags_json, done, created_ms, context_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         commit.instance_id,
@@ -567,6 +499,7 @@ class Store(DirectoryMixin):
                         _dumps(list(t.tags)),
                         int(t.done),
                         now_ms,
+                        _dumps(t.context),
                     )
                     for t in commit.transitions
                 ],
@@ -574,7 +507,7 @@ class Store(DirectoryMixin):
         for kind, value in commit.timer_ops:
             if kind == "set":
                 key = value.key if value.key is not None else f"anonymous:{uuid.uuid4()}"
-                await conn.execute(
+                await tx.execute(
                     "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms, target_json)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (
@@ -588,7 +521,7 @@ class Store(DirectoryMixin):
                 )
             elif kind == "cancel":
                 # XState's cancel(id) reaches the most recent delayed event with that id only.
-                await conn.execute(
+                await tx.execute(
                     "DELETE FROM timers WHERE id = (SELECT id FROM timers WHERE instance_id = ? AND timer_key = ?"
                     " ORDER BY id DESC LIMIT 1)",
                     (commit.instance_id, value),
@@ -596,40 +529,37 @@ class Store(DirectoryMixin):
             else:
                 # The instance stopped: its own timers and its delayed messages go; messages it already
                 # sent (due now) stay sent.
-                await conn.execute(
+                await tx.execute(
                     "DELETE FROM timers WHERE instance_id = ? AND (target_json IS NULL OR due_ms > ?)",
                     (commit.instance_id, now_ms),
                 )
-        if commit.delete_timer_id is not None:
-            await conn.execute("DELETE FROM timers WHERE id = ?", (commit.delete_timer_id,))
         if commit.index_values is not None:
-            await conn.execute("DELETE FROM index_entries WHERE instance_id = ?", (commit.instance_id,))
-            await conn.executemany(
-                "INSERT OR IGNORE INTO index_entries (instance_id, index_name, value) VALUES (?, ?, ?)",
+            await tx.execute("DELETE FROM index_entries WHERE instance_id = ?", (commit.instance_id,))
+            await tx.executemany(
+                "INSERT INTO index_entries (instance_id, index_name, value) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(commit.instance_id, name, value) for name, values in commit.index_values.items() for value in values],
             )
         if commit.logs:
             await self._insert_logs(
-                conn, commit.org_id, commit.machine_slug, commit.instance_name, commit.version_id, commit.logs
+                tx, commit.org_id, commit.machine_slug, commit.instance_name, commit.version_id, commit.logs
             )
 
     async def set_status(self, instance_id: int, status: Literal["running", "paused"]) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute("UPDATE instances SET status = ? WHERE id = ?", (status, instance_id))
-            if cursor.rowcount != 1:
+        async def op(tx: Tx) -> None:
+            if await tx.execute("UPDATE instances SET status = ? WHERE id = ?", (status, instance_id)) != 1:
                 raise NotFound("instance not found")
 
         await self.write(op)
 
     async def delete_instance(self, instance_id: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+        async def op(tx: Tx) -> None:
+            await tx.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
         await self.write(op)
 
     async def transitions(self, instance_id: int, after_seq: int = 0, limit: int = 100) -> list[TransitionRecord]:
         rows = await self._read(
-            "SELECT seq, ts, state_json, event_json, public_json, tags_json, done FROM transitions"
+            "SELECT seq, ts, state_json, event_json, public_json, tags_json, done, context_json FROM transitions"
             " WHERE instance_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (instance_id, after_seq, limit),
         )
@@ -642,6 +572,7 @@ class Store(DirectoryMixin):
                 json.loads(r["public_json"]),
                 json.loads(r["tags_json"]),
                 bool(r["done"]),
+                None if r["context_json"] is None else json.loads(r["context_json"]),
             )
             for r in rows
         ]
@@ -675,27 +606,121 @@ class Store(DirectoryMixin):
         return [_timer_row(r) for r in rows]
 
     async def retry_timer(self, timer_id: int, due_ms: int, attempts: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE timers SET due_ms = ?, attempts = ? WHERE id = ?", (due_ms, attempts, timer_id))
+        async def op(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE timers SET due_ms = ?, attempts = ?, claimed_by = NULL, claim_until = NULL WHERE id = ?",
+                (due_ms, attempts, timer_id),
+            )
 
         await self.write(op)
 
     async def drop_timer(self, timer_id: int, log: tuple[str, str, str | None, str | None, LogRecord] | None) -> None:
         """Delete a timer that will not be delivered, with the log line that says why."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+        async def op(tx: Tx) -> None:
+            await tx.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
             if log is not None:
                 org_id, machine_slug, instance_name, version_id, line = log
-                await self._insert_logs(conn, org_id, machine_slug, instance_name, version_id, [line])
+                await self._insert_logs(tx, org_id, machine_slug, instance_name, version_id, [line])
 
         await self.write(op)
+
+    # -- several nodes (PostgreSQL) ------------------------------------------------------------------
+    # Times here are the database's clock, not the node's: nodes need not agree on the time.
+
+    @property
+    def shared(self) -> bool:
+        """Several nodes may share this database (leases, timer claims and commit hints apply)."""
+        return self.db.kind == "postgres"
+
+    async def acquire_lease(self, machine_id: int, name: str, node_id: str, ttl_ms: int) -> Lease | None:
+        """Take the instance's lease if it is free, released, lapsed, or already this node's; each
+        acquisition bumps its epoch. None while another node holds it."""
+
+        async def op(tx: Tx) -> Lease | None:
+            row = await tx.fetchone(
+                "INSERT INTO instance_leases (machine_id, name, node_id, epoch, expires_ms)"
+                f" VALUES (?, ?, ?, 1, {_DB_NOW_MS} + ?) ON CONFLICT (machine_id, name) DO UPDATE"
+                " SET node_id = EXCLUDED.node_id, epoch = instance_leases.epoch + 1, expires_ms = EXCLUDED.expires_ms"
+                f" WHERE instance_leases.expires_ms < {_DB_NOW_MS} OR instance_leases.node_id = EXCLUDED.node_id"
+                " RETURNING epoch",
+                (machine_id, name, node_id, ttl_ms),
+            )
+            return None if row is None else Lease(machine_id, name, node_id, int(row["epoch"]))
+
+        return await self.write(op)
+
+    async def release_lease(self, lease: Lease) -> None:
+        async def op(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE instance_leases SET expires_ms = 0 WHERE machine_id = ? AND name = ? AND node_id = ?"
+                " AND epoch = ?",
+                (lease.machine_id, lease.name, lease.node_id, lease.epoch),
+            )
+
+        await self.write(op)
+
+    async def renew_leases(self, node_id: str, ttl_ms: int) -> int:
+        """Extend every lease this node holds (and has not released); how many."""
+
+        async def op(tx: Tx) -> int:
+            return await tx.execute(
+                f"UPDATE instance_leases SET expires_ms = {_DB_NOW_MS} + ? WHERE node_id = ? AND expires_ms > 0",
+                (ttl_ms, node_id),
+            )
+
+        return await self.write(op)
+
+    async def lease_counts(self, node_id: str) -> dict[str, int]:
+        """Live leases: held by this node, and by all nodes."""
+        row = await self._read_one(
+            f"SELECT COUNT(*) FILTER (WHERE node_id = ?) AS mine, COUNT(*) AS total FROM instance_leases"
+            f" WHERE expires_ms > {_DB_NOW_MS}",
+            (node_id,),
+        )
+        return {"held": int(row["mine"]) if row else 0, "all_nodes": int(row["total"]) if row else 0}
+
+    async def orphaned_instances(self, limit: int) -> list[tuple[int, str]]:
+        """Instances whose lease lapsed unreleased (their node died) and that had services running
+        when it did: (machine id, name)."""
+        rows = await self._read(
+            "SELECT l.machine_id, l.name FROM instance_leases l"
+            " JOIN instances i ON i.machine_id = l.machine_id AND i.name = l.name"
+            f" WHERE l.expires_ms > 0 AND l.expires_ms < {_DB_NOW_MS} AND i.inflight_json <> '[]' LIMIT ?",
+            (limit,),
+        )
+        return [(int(r["machine_id"]), str(r["name"])) for r in rows]
+
+    async def claim_due_timers(self, now_ms: int, limit: int, node_id: str, ttl_ms: int) -> list[TimerRow]:
+        """Claim due timers nobody else holds (SKIP LOCKED: racing nodes claim disjoint rows); a
+        claim lapses after ``ttl_ms`` unless the timer was delivered, retried or dropped first."""
+
+        async def op(tx: Tx) -> list[TimerRow]:
+            rows = await tx.fetchall(
+                f"UPDATE timers SET claimed_by = ?, claim_until = {_DB_NOW_MS} + ? WHERE id IN ("
+                " SELECT id FROM timers WHERE due_ms <= ?"
+                f" AND (claim_until IS NULL OR claim_until < {_DB_NOW_MS})"
+                " ORDER BY due_ms, id LIMIT ? FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_TIMER_COLUMNS}",
+                (node_id, ttl_ms, now_ms, limit),
+            )
+            return sorted((_timer_row(r) for r in rows), key=lambda t: (t.due_ms, t.id))
+
+        return await self.write(op)
+
+    async def instance_seqs(self, instance_ids: Sequence[int]) -> dict[int, int]:
+        """The current seq of each of these instances (a subscriber's node checks for missed hints)."""
+        if not instance_ids:
+            return {}
+        marks = ",".join("?" * len(instance_ids))
+        rows = await self._read(f"SELECT id, seq FROM instances WHERE id IN ({marks})", list(instance_ids))
+        return {int(r["id"]): int(r["seq"]) for r in rows}
 
     # -- logs -------------------------------------------------------------------------------------------
 
     async def _insert_logs(
         self,
-        conn: aiosqlite.Connection,
+        tx: Tx,
         org_id: str,
         machine_slug: str,
         instance_name: str | None,
@@ -710,7 +735,7 @@ class Store(DirectoryMixin):
             rows.append(
                 (org_id, machine_slug, instance_name, version_id, self._last_log_ms, line.stream, line.level, line.text)
             )
-        await conn.executemany(
+        await tx.executemany(
             "INSERT INTO logs (org_id, machine_slug, instance_name, version_id, ts_ms, stream, level, text)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -727,8 +752,8 @@ class Store(DirectoryMixin):
         if not lines:
             return
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await self._insert_logs(conn, org_id, machine_slug, instance_name, version_id, lines)
+        async def op(tx: Tx) -> None:
+            await self._insert_logs(tx, org_id, machine_slug, instance_name, version_id, lines)
 
         await self.write(op)
 
@@ -742,7 +767,7 @@ class Store(DirectoryMixin):
         instance_name: str | None = None,
         version_id: str | None = None,
         limit: int = 100,
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """Log lines strictly after ``after_ms`` (at most ``limit``, never splitting a millisecond)."""
         where, params = ["org_id = ?", "ts_ms > ?"], [org_id, after_ms]
         for column, value in (
@@ -768,7 +793,7 @@ class Store(DirectoryMixin):
         if kept:
             return kept
         # One millisecond holds more than a page: return that whole millisecond.
-        return await self._read(f"SELECT * FROM ({sql}) WHERE ts_ms = ?", [*params, cut])
+        return await self._read(f"SELECT * FROM ({sql}) AS page WHERE ts_ms = ?", [*params, cut])
 
     async def logs(self, org_id: str, *, instance_name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         extra, params = "", [org_id]

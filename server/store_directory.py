@@ -11,13 +11,11 @@ import base64
 import collections
 import json
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiosqlite
-
+from .db import Row, Tx
 from .errors import Conflict, InvalidParameter, NotFound
 from .ids import new_id
 
@@ -29,7 +27,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[sqlite3.Row]
+    rows: list[Row]
     cursor: str | None
 
 
@@ -107,13 +105,13 @@ class DirectoryMixin:
     the whole cache is dropped (delete_key)."""
 
     # Provided by Store.
-    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         raise NotImplementedError
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         raise NotImplementedError
 
-    async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         raise NotImplementedError
 
     async def _page(self, sql: str, params: Sequence[Any], cursor: str | None, key_column: str) -> Page:
@@ -124,7 +122,7 @@ class DirectoryMixin:
             extra = f" AND (created_ms, {key_column}) > (?, ?)"
             extra_params = [after[0], after[1]]
         rows = await self._read(
-            f"SELECT * FROM ({sql}) WHERE 1 = 1{extra} ORDER BY created_ms, {key_column} LIMIT ?",
+            f"SELECT * FROM ({sql}) AS page WHERE 1 = 1{extra} ORDER BY created_ms, {key_column} LIMIT ?",
             [*params, *extra_params, PAGE_SIZE + 1],
         )
         more = len(rows) > PAGE_SIZE
@@ -141,13 +139,12 @@ class DirectoryMixin:
             return str(row["value"])
         value = secrets.token_urlsafe(48)
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO server_secrets (name, value, created_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
                 (name, value, now_ms),
             )
-            async with conn.execute("SELECT value FROM server_secrets WHERE name = ?", (name,)) as cursor:
-                found = await cursor.fetchone()
+            found = await tx.fetchone("SELECT value FROM server_secrets WHERE name = ?", (name,))
             assert found is not None
             return str(found[0])
 
@@ -162,15 +159,15 @@ class DirectoryMixin:
     async def create_user(self, name: str, email: str | None, now_ms: int) -> str:
         user_id = new_id("usr")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO users (id, name, email, created_ms) VALUES (?, ?, ?, ?)", (user_id, name, email, now_ms)
             )
             return user_id
 
         return await self.write(op)
 
-    async def user(self, user_id: str) -> sqlite3.Row | None:
+    async def user(self, user_id: str) -> Row | None:
         return await self._read_one("SELECT id, name, email, token_generation FROM users WHERE id = ?", (user_id,))
 
     async def memberships(self, user_id: str) -> dict[str, str]:
@@ -200,15 +197,15 @@ class DirectoryMixin:
         """Create an org with its members, keys and providers in one transaction."""
         org = org_id or new_id("org")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org, name, now_ms))
+        async def op(tx: Tx) -> str:
+            await tx.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org, name, now_ms))
             for user_id, role in members:
-                await conn.execute(
+                await tx.execute(
                     "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)",
                     (org, user_id, role, now_ms),
                 )
             for key in keys:
-                await conn.execute(
+                await tx.execute(
                     "INSERT INTO api_keys (id, org_id, name, secret, scopes_json, created_by, created_ms)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -222,9 +219,9 @@ class DirectoryMixin:
                     ),
                 )
             for idp in identity_providers:
-                await self._upsert_idp(conn, org, idp, now_ms)
+                await self._upsert_idp(tx, org, idp, now_ms)
             for provider in token_providers:
-                await self._upsert_token_provider(conn, org, provider, now_ms)
+                await self._upsert_token_provider(tx, org, provider, now_ms)
             return org
 
         return await self.write(op)
@@ -236,8 +233,8 @@ class DirectoryMixin:
     ) -> str:
         key_id = new_id("sbk")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO api_keys (id, org_id, name, secret, scopes_json, created_by, created_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key_id, org_id, name, secret, _dumps(list(scopes)), created_by, now_ms),
@@ -246,7 +243,7 @@ class DirectoryMixin:
 
         return await self.write(op)
 
-    async def key_row(self, key_id: str) -> sqlite3.Row | None:
+    async def key_row(self, key_id: str) -> Row | None:
         return await self._read_one(
             "SELECT id, org_id, name, secret, scopes_json FROM api_keys WHERE id = ?", (key_id,)
         )
@@ -257,9 +254,8 @@ class DirectoryMixin:
         )
 
     async def delete_key(self, org_id: str, key_id: str) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute("DELETE FROM api_keys WHERE org_id = ? AND id = ?", (org_id, key_id))
-            if cursor.rowcount != 1:
+        async def op(tx: Tx) -> None:
+            if await tx.execute("DELETE FROM api_keys WHERE org_id = ? AND id = ?", (org_id, key_id)) != 1:
                 raise NotFound(f"key {key_id!r} not found")
 
         await self.write(op)
@@ -295,12 +291,11 @@ class DirectoryMixin:
         )
 
     async def delete_machine(self, machine_id: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            async with conn.execute("SELECT 1 FROM instances WHERE machine_id = ? LIMIT 1", (machine_id,)) as cur:
-                if await cur.fetchone() is not None:
-                    raise Conflict("the machine still has instances; delete them first")
-            await conn.execute("UPDATE machines SET current_version_id = NULL WHERE id = ?", (machine_id,))
-            await conn.execute("DELETE FROM machines WHERE id = ?", (machine_id,))
+        async def op(tx: Tx) -> None:
+            if await tx.fetchone("SELECT 1 FROM instances WHERE machine_id = ? LIMIT 1", (machine_id,)) is not None:
+                raise Conflict("the machine still has instances; delete them first")
+            await tx.execute("UPDATE machines SET current_version_id = NULL WHERE id = ?", (machine_id,))
+            await tx.execute("DELETE FROM machines WHERE id = ?", (machine_id,))
 
         await self.write(op)
 
@@ -323,8 +318,8 @@ class DirectoryMixin:
     async def create_provisional_version(self, machine_id: int, now_ms: int) -> str:
         version_id = new_id("ver")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO machine_versions (id, machine_id, status, created_ms) VALUES (?, ?, 'provisional', ?)",
                 (version_id, machine_id, now_ms),
             )
@@ -335,18 +330,18 @@ class DirectoryMixin:
     async def store_upload(self, version_id: str, source: bytes, source_name: str) -> None:
         """Attach uploaded code to a provisional version (once)."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute(
+        async def op(tx: Tx) -> None:
+            changed = await tx.execute(
                 "UPDATE machine_versions SET source = ?, source_name = ?"
                 " WHERE id = ? AND status = 'provisional' AND source IS NULL",
                 (source, source_name, version_id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise Conflict("this upload URL was already used, or its version is finalized")
 
         await self.write(op)
 
-    async def provisional_version(self, version_id: str) -> sqlite3.Row | None:
+    async def provisional_version(self, version_id: str) -> Row | None:
         return await self._read_one(
             "SELECT id, machine_id, status, source, source_name FROM machine_versions WHERE id = ?", (version_id,)
         )
@@ -363,8 +358,8 @@ class DirectoryMixin:
         index_selectors: Mapping[str, str],
         make_current: bool,
     ) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute(
+        async def op(tx: Tx) -> None:
+            changed = await tx.execute(
                 "UPDATE machine_versions SET status = 'final', bundle = ?, bundle_hash = ?, xstate_major = ?,"
                 " runtime_api = ?, client_info = ?, index_selectors_json = ? WHERE id = ? AND status = 'provisional'",
                 (
@@ -377,10 +372,10 @@ class DirectoryMixin:
                     version_id,
                 ),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise Conflict("this version is already finalized")
             if make_current:
-                await conn.execute(
+                await tx.execute(
                     "UPDATE machines SET current_version_id = ?"
                     " WHERE id = (SELECT machine_id FROM machine_versions WHERE id = ?)",
                     (version_id, version_id),
@@ -408,8 +403,8 @@ class DirectoryMixin:
         )
 
     async def set_desired_version(self, instance_id: int, version_id: str | None) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE instances SET desired_version_id = ? WHERE id = ?", (version_id, instance_id))
+        async def op(tx: Tx) -> None:
+            await tx.execute("UPDATE instances SET desired_version_id = ? WHERE id = ?", (version_id, instance_id))
 
         await self.write(op)
 
@@ -427,8 +422,8 @@ class DirectoryMixin:
     async def create_provisional_migration(self, machine_id: int, from_id: str, to_id: str, now_ms: int) -> str:
         migration_id = new_id("mig")
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO migrations (id, machine_id, from_version_id, to_version_id, status, created_ms)"
                 " VALUES (?, ?, ?, ?, 'provisional', ?)",
                 (migration_id, machine_id, from_id, to_id, now_ms),
@@ -440,18 +435,18 @@ class DirectoryMixin:
     async def store_migration_upload(self, migration_id: str, source: bytes, source_name: str) -> None:
         """Attach uploaded code to a provisional migration (once)."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute(
+        async def op(tx: Tx) -> None:
+            changed = await tx.execute(
                 "UPDATE migrations SET source = ?, source_name = ?"
                 " WHERE id = ? AND status = 'provisional' AND source IS NULL",
                 (source, source_name, migration_id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise Conflict("this upload URL was already used, or its migration is finalized")
 
         await self.write(op)
 
-    async def migration(self, migration_id: str) -> sqlite3.Row | None:
+    async def migration(self, migration_id: str) -> Row | None:
         return await self._read_one(
             "SELECT id, machine_id, from_version_id, to_version_id, status, source, source_name, bundle, bundle_hash"
             " FROM migrations WHERE id = ?",
@@ -459,13 +454,13 @@ class DirectoryMixin:
         )
 
     async def finalize_migration(self, migration_id: str, *, bundle: str, bundle_hash: str) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute(
+        async def op(tx: Tx) -> None:
+            changed = await tx.execute(
                 "UPDATE migrations SET status = 'final', bundle = ?, bundle_hash = ?"
                 " WHERE id = ? AND status = 'provisional'",
                 (bundle, bundle_hash, migration_id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise Conflict("this migration is already finalized")
 
         await self.write(op)
@@ -523,8 +518,8 @@ class DirectoryMixin:
 
     # -- identity and token providers -----------------------------------------------------------------
 
-    async def _upsert_idp(self, conn: aiosqlite.Connection, org_id: str, idp: Mapping[str, Any], now_ms: int) -> None:
-        await conn.execute(
+    async def _upsert_idp(self, tx: Tx, org_id: str, idp: Mapping[str, Any], now_ms: int) -> None:
+        await tx.execute(
             "INSERT INTO identity_providers (org_id, aud, iss, key, jwks_url, algs_json, mapping_json, created_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, aud, iss) DO UPDATE SET key = excluded.key,"
             " jwks_url = excluded.jwks_url, algs_json = excluded.algs_json, mapping_json = excluded.mapping_json",
@@ -541,21 +536,21 @@ class DirectoryMixin:
         )
 
     async def upsert_identity_provider(self, org_id: str, idp: Mapping[str, Any], now_ms: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await self._upsert_idp(conn, org_id, idp, now_ms)
+        async def op(tx: Tx) -> None:
+            await self._upsert_idp(tx, org_id, idp, now_ms)
 
         await self.write(op)
 
     async def delete_identity_provider(self, org_id: str, aud: str | None, iss: str | None) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        async def op(tx: Tx) -> None:
+            await tx.execute(
                 "DELETE FROM identity_providers WHERE org_id = ? AND aud = ? AND iss = ?",
                 (org_id, aud or "", iss or ""),
             )
 
         await self.write(op)
 
-    async def identity_provider_rows(self, org_id: str) -> list[sqlite3.Row]:
+    async def identity_provider_rows(self, org_id: str) -> list[Row]:
         return await self._read(
             "SELECT org_id, aud, iss, key, jwks_url, algs_json, mapping_json FROM identity_providers WHERE org_id = ?",
             (org_id,),
@@ -563,17 +558,16 @@ class DirectoryMixin:
 
     async def identity_providers_page(self, org_id: str, cursor: str | None) -> Page:
         return await self._page(
-            "SELECT aud || char(0) || iss AS id, aud, iss, jwks_url, algs_json, mapping_json, created_ms"
+            # aud and iss joined by a unit separator (PostgreSQL's text cannot hold NUL)
+            "SELECT aud || ? || iss AS id, aud, iss, jwks_url, algs_json, mapping_json, created_ms"
             " FROM identity_providers WHERE org_id = ?",
-            [org_id],
+            ["\x1f", org_id],
             cursor,
             "id",
         )
 
-    async def _upsert_token_provider(
-        self, conn: aiosqlite.Connection, org_id: str, provider: Mapping[str, Any], now_ms: int
-    ) -> None:
-        await conn.execute(
+    async def _upsert_token_provider(self, tx: Tx, org_id: str, provider: Mapping[str, Any], now_ms: int) -> None:
+        await tx.execute(
             "INSERT INTO token_providers (org_id, service, key_id, mapping_json, created_ms) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (org_id, service) DO UPDATE SET key_id = excluded.key_id,"
             " mapping_json = excluded.mapping_json",
@@ -581,18 +575,18 @@ class DirectoryMixin:
         )
 
     async def upsert_token_provider(self, org_id: str, provider: Mapping[str, Any], now_ms: int) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await self._upsert_token_provider(conn, org_id, provider, now_ms)
+        async def op(tx: Tx) -> None:
+            await self._upsert_token_provider(tx, org_id, provider, now_ms)
 
         await self.write(op)
 
     async def delete_token_provider(self, org_id: str, service: str) -> None:
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM token_providers WHERE org_id = ? AND service = ?", (org_id, service))
+        async def op(tx: Tx) -> None:
+            await tx.execute("DELETE FROM token_providers WHERE org_id = ? AND service = ?", (org_id, service))
 
         await self.write(op)
 
-    async def token_provider_row(self, org_id: str, service: str) -> sqlite3.Row | None:
+    async def token_provider_row(self, org_id: str, service: str) -> Row | None:
         return await self._read_one(
             "SELECT org_id, service, key_id, mapping_json FROM token_providers WHERE org_id = ? AND service = ?",
             (org_id, service),
@@ -611,8 +605,8 @@ class DirectoryMixin:
     async def create_invitation(self, org_id: str, email: str, role: str, invited_by: str | None, now_ms: int) -> str:
         code = secrets.token_urlsafe(24)
 
-        async def op(conn: aiosqlite.Connection) -> str:
-            await conn.execute(
+        async def op(tx: Tx) -> str:
+            await tx.execute(
                 "INSERT INTO invitations (code, org_id, email, role, invited_by, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (code, org_id, email, role, invited_by, now_ms),
             )
@@ -621,15 +615,14 @@ class DirectoryMixin:
         return await self.write(op)
 
     async def accept_invitation(self, code: str, user_id: str, now_ms: int) -> str:
-        async def op(conn: aiosqlite.Connection) -> str:
-            async with conn.execute(
+        async def op(tx: Tx) -> str:
+            row = await tx.fetchone(
                 "SELECT org_id, role FROM invitations WHERE code = ? AND accepted_by IS NULL", (code,)
-            ) as cursor:
-                row = await cursor.fetchone()
+            )
             if row is None:
                 raise NotFound("no open invitation with that code")
-            await conn.execute("UPDATE invitations SET accepted_by = ? WHERE code = ?", (user_id, code))
-            await conn.execute(
+            await tx.execute("UPDATE invitations SET accepted_by = ? WHERE code = ?", (user_id, code))
+            await tx.execute(
                 "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
                 (row[0], user_id, row[1], now_ms),

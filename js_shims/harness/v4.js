@@ -135,7 +135,7 @@ const V4 = (() => {
       } finally {
         restoring = false;
       }
-      for (const id of req.kind === "event" ? req.snapshot.inflight : []) {
+      for (const id of req.kind === "event" || req.kind === "recover" ? req.snapshot.inflight : []) {
         const type = `error.platform.${id}`;
         if (svc.state.nextEvents.includes(type)) {
           svc.send({ type, data: Object.assign({}, Common.CUT_OFF) });

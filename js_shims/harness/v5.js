@@ -51,7 +51,7 @@ const V5 = (() => {
     }
     if (req.kind !== "create") {
       const children = Object.assign({}, req.snapshot.xstate.children);
-      if (req.kind === "event") for (const id of req.snapshot.inflight) delete children[id];
+      if (req.kind === "event" || req.kind === "recover") for (const id of req.snapshot.inflight) delete children[id];
       snapshot = Object.assign({}, req.snapshot.xstate, { children });
     }
 
@@ -123,7 +123,7 @@ const V5 = (() => {
     }
     restoring = false;
     if (req.kind === "upgrade") rec.transition(view(actor.getSnapshot(), req.event));
-    if (req.kind === "event") {
+    if (req.kind === "event" || req.kind === "recover") {
       for (const id of req.snapshot.inflight) {
         const ev = { type: `xstate.error.actor.${id}`, error: Object.assign({}, Common.CUT_OFF) };
         if (actor.getSnapshot().can(ev)) {

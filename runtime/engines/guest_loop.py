@@ -606,7 +606,7 @@ class _Instance(_Guest, SandboxInstance):
             return self._check_size("upgraded context", request.description.context)
         if request.kind != "create" and request.persisted is None:
             raise HostError(f"a {request.kind} step needs the persisted instance")
-        if request.kind == "restore":
+        if request.kind in ("restore", "recover"):
             return None
         if request.kind == "event":
             return self._check_event(request.event, request.auth_context is not None)
