@@ -7,8 +7,11 @@ status the official client expects; nothing ever answers with a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +19,7 @@ from runtime import Bundler, Clock
 
 from . import indexes as instance_indexes
 from .bootstrap import bootstrap
+from .cluster import CommitFeed
 from .config import Settings
 from .engine import DurableEngine
 from .errors import ApiError
@@ -86,6 +90,27 @@ async def cors_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+async def health(request: web.Request) -> web.Response:
+    """Liveness for load balancers and operators: this node, its database and its leases. 503 when
+    the database does not answer within 5 s (the node cannot commit anything then)."""
+    engine = request.app[ENGINE]
+    store = engine.store
+    body: dict[str, Any] = {"node": engine.node_id, "database": {"kind": store.db.kind}}
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(5):
+            await store.ping()
+            if store.shared:
+                body["leases"] = await store.lease_counts(engine.node_id)
+    except Exception as exc:
+        body.update(status="unavailable", error=f"the database did not answer: {type(exc).__name__}: {exc}")
+        body["database"]["reachable"] = False
+        return web.json_response(body, status=503)
+    body["database"].update(reachable=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    body["status"] = "ok"
+    return web.json_response(body)
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundler | None = None) -> web.Application:
     app = web.Application(middlewares=[cors_and_errors], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
@@ -103,13 +128,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         app[JWKS] = JwksCache(engine.transport, clock=lambda: engine.clock.now_ms() / 1000)
         hub = Hub(engine.instances)
         app[HUB] = hub
-        engine.instances.on_commit = hub.publish
+        feed: CommitFeed | None = None
+        if engine.store.shared:
+            # Several nodes: subscribers here also hear of other nodes' commits (server/cluster.py).
+            feed = CommitFeed(engine.store, hub)
+            await feed.start()
+            engine.instances.on_commit = feed.local
+        else:
+            engine.instances.on_commit = hub.publish
         if settings.bootstrap_file is not None:
             url = settings.public_url or f"http://{settings.host}:{settings.port}"
             await bootstrap(
                 engine, app[SECRETS]["admin"], url, settings.bootstrap_file, settings.admin_token_lifetime_s
             )
         yield
+        if feed is not None:
+            await feed.close()
         await hub.close()
         await engine.stop()
 
@@ -127,6 +161,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         return web.json_response(document(settings.public_url))
 
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/health", health)
     # smply's `invitations accept` sends PUT /{code} (wire-api 3.15): registered last, so that it
     # never shadows a real route.
     app.router.add_put("/invitations/{code}", orgs.accept_invitation)

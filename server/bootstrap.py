@@ -23,6 +23,8 @@ async def bootstrap(engine: DurableEngine, admin_secret: str, url: str, path: Pa
     if await engine.store.count_users() > 0:
         return False
     now = engine.clock.now_ms()
+    if not await engine.store.claim_once("bootstrap", now):
+        return False  # another node sharing the database bootstraps it
     user_id = await engine.store.create_user("admin", None, now)
     org_id = await create_org(engine.store, "default", user_id, now)
     token = issue_admin_token(admin_secret, user_id, 0, now // 1000, lifetime_s)

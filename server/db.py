@@ -390,3 +390,20 @@ class PostgresDatabase:
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         assert self.pool is not None, "the store is not open"
         return list(await self.pool.fetch(to_numbered(sql), *params))
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """A NOTIFY outside any data transaction (it takes PostgreSQL's notify lock only briefly)."""
+        assert self.pool is not None, "the store is not open"
+        await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``callback(payload)`` for each notification on ``channel`` (a connection of its own,
+        outside the pool); returns the function that stops listening."""
+        conn = await asyncpg.connect(self.url)
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+
+        return stop

@@ -17,6 +17,7 @@ from runtime.engines import make_engine
 from .config import Settings
 from .fetch import AiohttpTransport
 from .instances import InstanceService
+from .leases import Leases, default_node_id
 from .store import Store
 from .timers import TimerService
 
@@ -41,6 +42,10 @@ class DurableEngine:
         self._instances: InstanceService | None = None
         self._timers: TimerService | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self.node_id = settings.node_id or default_node_id()
+        self.leases: Leases | None = None
+        """Set on a shared (PostgreSQL) database: instance leases of this node."""
+        self._lease_task: asyncio.Task[None] | None = None
 
     @property
     def instances(self) -> InstanceService:
@@ -65,6 +70,8 @@ class DurableEngine:
         engine = make_engine(self.settings.engine, self.bundler.runtime_api)
         # The WASM engine's point is a pristine instance per event (and it starts one in ~0.1 ms).
         parked = self.settings.parked_sandboxes if self.settings.engine == "quickjs-native" else 0
+        if self.store.shared:
+            self.leases = Leases(self.store, self.node_id, self.settings.lease_ttl_s)
         self._instances = InstanceService(
             self.store,
             engine,
@@ -75,11 +82,21 @@ class DurableEngine:
             self.settings.limits,
             on_timers_changed=lambda: self._timers.wake() if self._timers else None,
             parked_sandboxes=parked,
+            leases=self.leases,
         )
-        self._timers = TimerService(self.store, self._instances, self.clock)
+        # A timer claim outlives the longest delivery: a settle window, plus waiting for a lease.
+        claim_ttl_ms = self.settings.limits.settle_window_ms + int(3 * self.settings.lease_ttl_s * 1000)
+        self._timers = TimerService(self.store, self._instances, self.clock, self.node_id, claim_ttl_ms)
         self._timer_task = asyncio.create_task(self._timers.run(), name="statehost-timers")
+        if self.leases is not None:
+            self._lease_task = asyncio.create_task(self.leases.run(self._instances.recover), name="statehost-leases")
 
     async def stop(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
         if self._timer_task is not None:
             self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,6 +108,9 @@ class DurableEngine:
             await self._transport.close()
         if self._executor is not None:
             self._executor.close()
+        if self.store.shared:
+            with contextlib.suppress(Exception):
+                await self.store.release_timer_claims(self.node_id)
         await self.store.close()
 
     async def __aenter__(self) -> DurableEngine:

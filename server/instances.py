@@ -93,6 +93,8 @@ class Committed:
     instance_name: str
     version_id: str
     state: InstanceState
+    instance_id: int = 0
+    seq: int = 0
 
 
 @dataclass(eq=False)
@@ -822,6 +824,8 @@ class InstanceService:
                             request.instance_name,
                             window.version_id,
                             view,
+                            window.instance_id,
+                            record.seq,
                         )
                     )
         if isinstance(tag, _Request) and tag is not request:

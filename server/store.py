@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .db import Database, IntegrityError, Row, Synchronous, Tx, latest_schema_version, open_database
+from .db import (
+    Database,
+    IntegrityError,
+    PostgresDatabase,
+    Row,
+    Synchronous,
+    Tx,
+    latest_schema_version,
+    open_database,
+)
 from .errors import Conflict, NotFound
 from .ids import new_id
 from .store_directory import DirectoryMixin
@@ -93,6 +102,8 @@ class TransitionRecord:
     done: bool
     context: Any = None
     """The full context after the transition (for allowRead where another node relays it)."""
+    version_id: str | None = None
+    """The machine version that made it (as read back; a round's own records leave it None)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,8 @@ class TimerRow:
     """None: an event of the instance to itself; else a message to another instance, or a spawn."""
 
 
+COMMITS_CHANNEL = "statehost_commits"
+"""PostgreSQL NOTIFY channel for commit hints: ``<instance id>:<seq>`` pairs, comma-separated."""
 _DB_NOW_MS = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 """PostgreSQL's clock in epoch milliseconds (leases and timer claims use the database's time)."""
 
@@ -241,6 +254,10 @@ class Store(DirectoryMixin):
     @property
     def schema_version(self) -> int:
         return latest_schema_version()
+
+    async def ping(self) -> None:
+        """One round trip to the database (raises when it does not answer)."""
+        await self._read("SELECT 1")
 
     # -- transactions -------------------------------------------------------------------------------
 
@@ -559,7 +576,8 @@ class Store(DirectoryMixin):
 
     async def transitions(self, instance_id: int, after_seq: int = 0, limit: int = 100) -> list[TransitionRecord]:
         rows = await self._read(
-            "SELECT seq, ts, state_json, event_json, public_json, tags_json, done, context_json FROM transitions"
+            "SELECT seq, ts, state_json, event_json, public_json, tags_json, done, context_json, version_id"
+            " FROM transitions"
             " WHERE instance_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (instance_id, after_seq, limit),
         )
@@ -573,6 +591,7 @@ class Store(DirectoryMixin):
                 json.loads(r["tags_json"]),
                 bool(r["done"]),
                 None if r["context_json"] is None else json.loads(r["context_json"]),
+                r["version_id"],
             )
             for r in rows
         ]
@@ -582,8 +601,9 @@ class Store(DirectoryMixin):
     async def next_timer_due(self, exclude: Iterable[int] = ()) -> int | None:
         excluded = list(exclude)
         marks = ",".join("?" * len(excluded))
-        where = f"WHERE id NOT IN ({marks})" if excluded else ""
-        row = await self._read_one(f"SELECT MIN(due_ms) AS due FROM timers {where}", excluded)
+        # Timers another node claimed are its to deliver (or to be found by polling once it lapses).
+        where = f"AND id NOT IN ({marks})" if excluded else ""
+        row = await self._read_one(f"SELECT MIN(due_ms) AS due FROM timers WHERE claimed_by IS NULL {where}", excluded)
         return None if row is None or row["due"] is None else int(row["due"])
 
     async def due_timers(self, now_ms: int, limit: int, exclude: Iterable[int] = ()) -> list[TimerRow]:
@@ -707,6 +727,22 @@ class Store(DirectoryMixin):
             return sorted((_timer_row(r) for r in rows), key=lambda t: (t.due_ms, t.id))
 
         return await self.write(op)
+
+    async def release_timer_claims(self, node_id: str) -> None:
+        """On a clean stop: timers this node claimed and did not deliver go back to all nodes."""
+
+        async def op(tx: Tx) -> None:
+            await tx.execute("UPDATE timers SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = ?", (node_id,))
+
+        await self.write(op)
+
+    async def notify_commits(self, payload: str) -> None:
+        assert isinstance(self.db, PostgresDatabase)
+        await self.db.notify(COMMITS_CHANNEL, payload)
+
+    async def listen_commits(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        assert isinstance(self.db, PostgresDatabase)
+        return await self.db.listen(COMMITS_CHANNEL, callback)
 
     async def instance_seqs(self, instance_ids: Sequence[int]) -> dict[int, int]:
         """The current seq of each of these instances (a subscriber's node checks for missed hints)."""

@@ -150,6 +150,19 @@ class DirectoryMixin:
 
         return await self.write(op)
 
+    async def claim_once(self, name: str, now_ms: int) -> bool:
+        """True for the one caller, of all nodes and all time, that claims ``name`` first."""
+
+        async def op(tx: Tx) -> bool:
+            row = await tx.fetchone(
+                "INSERT INTO server_secrets (name, value, created_ms) VALUES (?, '', ?)"
+                " ON CONFLICT (name) DO NOTHING RETURNING name",
+                (f"claimed:{name}", now_ms),
+            )
+            return row is not None
+
+        return await self.write(op)
+
     # -- users and orgs ----------------------------------------------------------------------------------
 
     async def count_users(self) -> int:

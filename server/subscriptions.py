@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,9 @@ class Hub:
         self._publishers: dict[tuple[int, str], asyncio.Task[None]] = {}
         self.pushed = 0
         self.closing = False
+        self.watcher: Callable[[tuple[int, str]], Awaitable[None]] | None = None
+        """Several nodes: told of each newly subscribed instance before its current state is read
+        (server/cluster.py relays other nodes' commits from then on)."""
 
     # -- subscriptions ------------------------------------------------------------------------------
 
@@ -117,6 +120,15 @@ class Hub:
         key = (subscription.machine_id, subscription.instance_name)
         self._by_instance.setdefault(key, set()).add(subscription)
         subscription.connection.subscriptions[subscription.request_id] = subscription
+
+    async def watch(self, subscription: Subscription) -> None:
+        """After ``add`` and before reading the instance's current state."""
+        if self.watcher is not None:
+            await self.watcher((subscription.machine_id, subscription.instance_name))
+
+    def subscribed(self) -> KeysView[tuple[int, str]]:
+        """The instances that have subscribers: (machine id, instance name)."""
+        return self._by_instance.keys()
 
     def remove(self, subscription: Subscription) -> None:
         key = (subscription.machine_id, subscription.instance_name)

@@ -16,6 +16,15 @@ Decision log:
 - Messages between instances and spawns of persistent children are timer rows of their sender with
   a target (wire-api 7.6). Deliveries to one destination run one after another, in row order, so
   a child is created before the events its parent sent it in the same transition arrive.
+- Several nodes on one database (PostgreSQL): each node claims due timers with ``FOR UPDATE SKIP
+  LOCKED`` (``Store.claim_due_timers``), so racing nodes take disjoint rows; a claim lapses after
+  the longest a delivery can take, and another node then delivers the timer. Should two nodes
+  still both deliver one (a claim lapsed under a slow node), the round that deletes the row first
+  wins and the other's round fails before anything of it is committed or performed. Nodes poll
+  every ``POLL_S`` besides waking on their own commits: a timer set on a node that then died is
+  delivered by another within that time of its due time (or of its claim lapsing). The order of
+  deliveries to one destination holds within a node; across nodes a message that arrives before
+  its receiver exists is retried.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ PAUSED_RETRY_MS = 30_000
 """A paused instance is retried about 30 s apart (wire-api 3.9)."""
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
+POLL_S = 1.0
+"""On a shared database, how often a node looks for timers that other nodes set (real time)."""
 
 
 def retry_delay_ms(attempts: int, paused: bool) -> int:
@@ -53,8 +64,13 @@ def retry_delay_ms(attempts: int, paused: bool) -> int:
 
 
 class TimerService:
-    def __init__(self, store: Store, instances: InstanceService, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, instances: InstanceService, clock: Clock, node_id: str = "", claim_ttl_ms: int = 0
+    ) -> None:
         self.store = store
+        self.node_id = node_id
+        self.claim_ttl_ms = claim_ttl_ms
+        """Shared database: how long this node's claim on a due timer lasts (its longest delivery)."""
         self.instances = instances
         self.clock = clock
         self._wake = asyncio.Event()
@@ -75,7 +91,11 @@ class TimerService:
             while True:
                 self._wake.clear()
                 now = self.clock.now_ms()
-                due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
+                if self.store.shared:
+                    claimed = await self.store.claim_due_timers(now, CLAIM_BATCH, self.node_id, self.claim_ttl_ms)
+                    due = [row for row in claimed if row.id not in self._in_flight]
+                else:
+                    due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
                 for row in due:
                     await self._slots.acquire()
                     self._in_flight.add(row.id)
@@ -93,6 +113,8 @@ class TimerService:
                 waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
                 if next_due is not None:
                     waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+                if self.store.shared:
+                    waits.append(asyncio.ensure_future(asyncio.sleep(POLL_S)))
                 try:
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:

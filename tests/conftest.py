@@ -14,6 +14,7 @@ from runtime.engines import ENGINE_NAMES, make_engine
 from server.fetch import AiohttpTransport
 from tests.node.stub import start_stub
 from tests.server.api_support import Api, api_client
+from tests.support import DATABASE_URLS
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +70,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """Where the test's database lives; every test that takes it runs on both backends: SQLite
+    (a file here) and PostgreSQL (a fresh database on the test run's server, tests/pg.py)."""
+    if request.param == "postgres":
+        DATABASE_URLS[tmp_path] = request.getfixturevalue("pg_url")
+    try:
+        yield tmp_path
+    finally:
+        DATABASE_URLS.pop(tmp_path, None)
+
+
 @pytest.fixture
-async def api(tmp_path: Path, bundler: Bundler) -> AsyncIterator[Api]:
-    """The real app on loopback, with the org and admin that first start creates."""
-    async for client in api_client(tmp_path, bundler):
+async def api(db_dir: Path, bundler: Bundler) -> AsyncIterator[Api]:
+    """The real app on loopback, with the org and admin that first start creates; on each backend
+    (db_dir: SQLite, PostgreSQL)."""
+    async for client in api_client(db_dir, bundler, DATABASE_URLS.get(db_dir)):
         yield client
 
 

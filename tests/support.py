@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runtime import (
     Bundler,
     Engine,
@@ -39,3 +41,7 @@ def local(
     prepared: PreparedMachine, executor: Executor, transport: Transport, clock: FakeClock, name: str = "i1"
 ) -> LocalInstance:
     return LocalInstance(prepared, executor, transport, clock, name=name)
+
+
+DATABASE_URLS: dict[Path, str] = {}
+"""db_dir -> the PostgreSQL database of a test that runs on PostgreSQL (the db_dir fixture)."""

@@ -111,6 +111,7 @@ async def _subscribe(
     # Registered before the current state is read, so no committed update can fall in between.
     hub.add(subscription)
     try:
+        await hub.watch(subscription)
         row = await engine.store.find_instance(machine.id, instance_name)
         if row is None:
             raise NotFound(f"instance {instance_name!r} not found")

@@ -107,8 +107,8 @@ class Api:
         now = self.engine.clock.now_ms()
         user = await store.create_user(role, None, now)
 
-        async def add(conn):
-            await conn.execute(
+        async def add(tx):
+            await tx.execute(
                 "INSERT INTO org_members (org_id, user_id, role, created_ms) VALUES (?, ?, ?, ?)",
                 (org_id or self.org_id, user, role, now),
             )
@@ -137,8 +137,13 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}", "content-type": "application/json", **extra}
 
 
-async def api_client(tmp_path: Path, bundler) -> AsyncIterator[Api]:
-    settings = Settings(database=tmp_path / "statehost.db", bootstrap_file=tmp_path / "admin.json", workers=2)
+async def api_client(tmp_path: Path, bundler, database_url: str | None = None) -> AsyncIterator[Api]:
+    settings = Settings(
+        database=tmp_path / "statehost.db",
+        database_url=database_url,
+        bootstrap_file=tmp_path / "admin.json",
+        workers=2,
+    )
     app = create_app(settings, bundler=bundler)
     async with TestClient(TestServer(app)) as client:
         credentials = json.loads((tmp_path / "admin.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from runtime import FakeClock, FetchPolicy, Limits, Upload
 from server.config import Settings
 from server.engine import DurableEngine
-from tests.support import ALLOW_ALL, HEADER
+from tests.support import ALLOW_ALL, DATABASE_URLS, HEADER
 
 ORG_NAME = "test-org"
 
@@ -41,8 +41,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.
 
 
 def settings_for(path: Path, **overrides) -> Settings:
+    """Settings for an engine on the test's database: the SQLite file in ``path``, or the
+    PostgreSQL database that the db_dir fixture created for it."""
     base = {
         "database": path / "statehost.db",
+        "database_url": DATABASE_URLS.get(path),
         "fetch": FetchPolicy(allow_private=True, timeout_s=10),
         "shutdown_grace_s": 2.0,
         "workers": 2,
@@ -50,11 +53,6 @@ def settings_for(path: Path, **overrides) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)
-
-
-@pytest.fixture
-def db_dir(tmp_path: Path) -> Path:
-    return tmp_path
 
 
 @pytest.fixture(params=[("quickjs-native", 256), ("quickjs-wasm", 0)], ids=["native-parked", "wasm"])
