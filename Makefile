@@ -11,7 +11,7 @@ BASELINESTAMP := bench/baseline/node_modules/.installed
 DASHBOARD := dashboard/dist/index.html
 DASHBOARD_SRC := $(wildcard dashboard/src/*.ts dashboard/src/pages/*.ts dashboard/src/*.css dashboard/src/*.html)
 
-.PHONY: setup run test test-fast lint typecheck format bench clean browser
+.PHONY: setup run test test-fast lint typecheck format bench clean browser postgres
 
 setup: $(STAMP) $(NPMSTAMP) $(COMPATSTAMP) $(DASHBOARD)
 	@$(VPY) -m runtime.wasm_build --quiet
@@ -53,12 +53,19 @@ $(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
 browser:
 	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip"
 
+# Debian's PostgreSQL server binaries for the PostgreSQL backend's tests, which start their own
+# throwaway server on a free loopback port (tests/pg.py). Installs them where they are missing and
+# apt-get can (root); otherwise those tests skip and say why.
+postgres:
+	@bash tests/install_postgres.sh || echo "PostgreSQL is not installed: the tests that need a PostgreSQL server will skip"
+
 run: setup
 	$(VENV)/bin/statehost serve
 
 # The tests also run the benchmarks' quick modes, which need the Node.js baseline (bench/baseline),
-# and the dashboard's browser test, which needs Debian's chromium.
-test: setup browser $(BASELINESTAMP)
+# the dashboard's browser test, which needs Debian's chromium, and the PostgreSQL backend's tests,
+# which need Debian's PostgreSQL binaries.
+test: setup browser postgres $(BASELINESTAMP)
 	$(VPY) -m pytest -q
 
 test-fast: setup
