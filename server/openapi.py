@@ -186,6 +186,14 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("GET", "/openapi.json", "This document", None, 200, None),
     (
         "GET",
+        "/health",
+        "This node, its database's reachability and its instance leases; 503 when the database does not answer",
+        None,
+        200,
+        None,
+    ),
+    (
+        "GET",
         "/dashboard",
         "The web dashboard (HTML; a client of this API). 503 when its assets were not built (make setup)",
         None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+MACHINE_ID_TTL_S = 2.0
+MACHINE_ID_CACHE = 10_000
 
 
 def _dumps(value: Any) -> str:
@@ -228,6 +231,7 @@ class Store(DirectoryMixin):
             target, synchronous=synchronous, group_commit=group_commit, max_batch=max_batch, pool_size=pool_size
         )
         self._last_log_ms = 0
+        self._machine_ids: dict[tuple[str, str], tuple[int, float]] = {}
 
     @property
     def batches(self) -> int:
@@ -298,9 +302,20 @@ class Store(DirectoryMixin):
         return await self.write(op)
 
     async def machine_id(self, org_id: str, slug: str) -> int:
+        """The machine's id; remembered for MACHINE_ID_TTL_S, so that a burst of requests to one
+        machine reaches the instances' inboxes in the order it arrived (no read to overtake) and
+        without a read each. Deleting a machine forgets it here; another node forgets within the TTL
+        (until then a request to a machine deleted there fails as for a missing instance)."""
+        key = (org_id, slug)
+        cached = self._machine_ids.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         row = await self._read_one("SELECT id FROM machines WHERE org_id = ? AND slug = ?", (org_id, slug))
         if row is None:
             raise NotFound(f"machine {slug!r} not found")
+        if len(self._machine_ids) >= MACHINE_ID_CACHE:
+            self._machine_ids.clear()
+        self._machine_ids[key] = (int(row["id"]), time.monotonic() + MACHINE_ID_TTL_S)
         return int(row["id"])
 
     async def create_version(

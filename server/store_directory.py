@@ -103,6 +103,8 @@ class DirectoryMixin:
     """Key-signed tokens this process has verified (server/auth.py): token -> (key, claims). Keys
     are immutable, so a verified token stays valid until its exp, or until a key is deleted: then
     the whole cache is dropped (delete_key)."""
+    _machine_ids: dict[tuple[str, str], tuple[int, float]]
+    """(org id, slug) -> (machine id, until when it is trusted): Store.machine_id."""
 
     # Provided by Store.
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
@@ -311,6 +313,7 @@ class DirectoryMixin:
             await tx.execute("DELETE FROM machines WHERE id = ?", (machine_id,))
 
         await self.write(op)
+        self._machine_ids.clear()
 
     async def version_info(self, version_id: str | None) -> VersionInfo | None:
         if version_id is None:
