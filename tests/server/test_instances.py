@@ -4,7 +4,6 @@ history, optimistic concurrency, bad input leaving nothing behind, the settle wi
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 
 import pytest
