@@ -1,0 +1,150 @@
+"""Several statehost nodes on one PostgreSQL database, in one process (two real apps on loopback):
+commits relayed to another node's subscribers, one instance driven through both nodes, a dead
+node's instance recovered by the other, and the health endpoint on both backends.
+
+The crash test with real processes and SIGKILL is tests/cluster/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from runtime import Limits
+from server.app import create_app
+from server.config import Settings
+from tests.server.api_support import Api, api_client
+from tests.server.conftest import eventually
+
+COUNTER = b"""import { createMachine, assign } from "xstate";
+export const allowRead = () => true;
+export const allowWrite = () => true;
+export default createMachine({
+  id: "c", predictableActionArguments: true, initial: "on", context: { public: { seen: [] } },
+  states: { on: { on: { add: { actions: assign({ public: (c, e) => ({ seen: [...c.public.seen, e.n] }) }) } } } },
+});
+"""
+
+STUCK = b"""import { createMachine } from "xstate";
+export const allowRead = () => true;
+export const allowWrite = () => true;
+export default createMachine({
+  id: "s", predictableActionArguments: true, initial: "idle",
+  states: {
+    idle: { on: { go: "working" } },
+    working: { invoke: { src: () => new Promise(() => {}), onError: "failed" } },
+    failed: {},
+  },
+});
+"""
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, pg_url: str, bundler) -> AsyncIterator[tuple[Api, Api]]:
+    """Node A (it bootstraps the database) and node B, both on ``pg_url``."""
+    async for a in api_client(tmp_path, bundler, pg_url):
+        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=1.0)
+        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
+            yield a, Api(client, a.admin_token, a.org_id)
+
+
+async def test_a_subscriber_on_one_node_gets_every_transition_committed_on_the_other_in_order(nodes):
+    a, b = nodes
+    await a.deploy("c", COUNTER)
+    status, _ = await a.call("POST", "/machines/c", body={"slug": "i1"})
+    assert status == 200
+    ws = await b.client.ws_connect(f"/rt?token={b.admin_token}")
+    await ws.send_json(
+        {"type": "subscribe-to-instance", "requestId": "r", "machineName": "c", "machineInstanceName": "i1"}
+    )
+    first = json.loads((await ws.receive(timeout=5)).data)
+    assert first["publicContext"] == {"seen": []}
+    for n in range(30):
+        status, _ = await a.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": n}})
+        assert status == 200
+    seen = []
+    while len(seen) < 30:
+        update = json.loads((await ws.receive(timeout=5)).data)
+        seen.append(update["publicContext"]["seen"][-1])
+    assert seen == list(range(30))  # every transition, in commit order, none twice
+    assert b.engine.store.shared
+    await ws.close()
+
+
+async def test_one_instance_driven_through_both_nodes_keeps_one_gap_free_history(nodes):
+    a, b = nodes
+    await a.deploy("c", COUNTER)
+    await a.call("POST", "/machines/c", body={"slug": "hot"})
+
+    async def send(api: Api, n: int) -> int:
+        status, _ = await api.call("POST", "/machines/c/i/hot/events", body={"event": {"type": "add", "n": n}})
+        return status
+
+    statuses = await asyncio.gather(*(send(a if n % 2 else b, n) for n in range(40)))
+    assert statuses == [200] * 40
+    store = a.engine.store
+    row = await store.find_instance(await store.machine_id(a.org_id, "c"), "hot")
+    assert row is not None and row.seq == 41
+    history = await store.transitions(row.id, limit=100)
+    assert [t.seq for t in history] == list(range(1, 42))
+    assert sorted(t.event["n"] for t in history[1:]) == list(range(40))
+    assert sorted(row.public_context["seen"]) == list(range(40))
+    # each node took the instance's lease for its windows; the epochs of both count up one history
+    leases = await store._read("SELECT node_id, epoch, expires_ms FROM instance_leases")
+    assert len(leases) == 1 and leases[0]["expires_ms"] == 0 and leases[0]["epoch"] >= 2
+
+
+async def test_a_dead_nodes_instance_gets_its_cut_off_services_error_events_from_another_node(
+    tmp_path: Path, pg_url: str, bundler
+):
+    short = Limits(settle_window_ms=500)
+    async for a in api_client(tmp_path, bundler, pg_url):
+        await a.deploy("s", STUCK)
+        await a.call("POST", "/machines/s", body={"slug": "i1"})
+        status, state = await a.call("POST", "/machines/s/i/i1/events", body={"event": "go"})
+        assert status == 200 and state["state"] == "working"
+    # The service is still running when node A is gone (the settle window outlived the request):
+    # make it look like A died holding the lease, with the service in flight.
+    b_settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=0.3, limits=short)
+    async with TestClient(TestServer(create_app(b_settings, bundler=bundler))) as client:
+        b = Api(client, a.admin_token, a.org_id)
+        store = b.engine.store
+        machine_id = await store.machine_id(a.org_id, "s")
+        row = await store.find_instance(machine_id, "i1")
+        assert row is not None
+        if not row.persisted.get("inflight"):
+            pytest.fail(f"the test needs the service recorded as in flight: {row.persisted}")
+
+        async def orphan(tx):
+            await tx.execute(
+                "INSERT INTO instance_leases (machine_id, name, node_id, epoch, expires_ms) VALUES (?, ?, 'dead', 9, 1)"
+                " ON CONFLICT (machine_id, name) DO UPDATE SET node_id = 'dead', epoch = 9, expires_ms = 1",
+                (machine_id, "i1"),
+            )
+
+        await store.write(orphan)
+
+        async def failed() -> bool:
+            found = await store.find_instance(machine_id, "i1")
+            return found is not None and found.state == "failed"
+
+        await eventually(failed, within_s=10)
+        history = await store.transitions(row.id, limit=10)
+        assert history[-1].event["type"] == "error.platform.s.working:invocation[0]"
+
+
+async def test_health_reports_the_node_its_database_and_leases(api: Api):
+    async with api.client.get("/health") as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["status"] == "ok" and body["node"] == api.engine.node_id
+    assert body["database"]["reachable"] is True and body["database"]["latency_ms"] >= 0
+    if api.engine.store.shared:
+        assert body["database"]["kind"] == "postgres"
+        assert body["leases"] == {"held": 0, "all_nodes": 0}
+    else:
+        assert body["database"]["kind"] == "sqlite" and "leases" not in body
