@@ -138,6 +138,8 @@ class _Window:
     parent: Mapping[str, Any] | None = None
     """The instance's persistent parent; with an ``invokeId`` it hears of the instance's end."""
     lease: Lease | None = None
+    own_committed: bool = False
+    """The round of the request that opened the window is committed."""
 
 
 def _error_for(outcome: Outcome, message: str | None) -> ApiError:
@@ -603,12 +605,22 @@ class InstanceService:
         try:
             result = await self._run(prepared, step, window, request, inbox, parked)
         except Exception as exc:
-            # The window failed (a host fault, a lost optimistic lock): everyone who joined it is
-            # told; requests still queued behind it get a window of their own.
+            # The window failed (a host fault, a lost optimistic lock or lease): everyone who joined
+            # it is told; requests still queued behind it get a window of their own. A request whose
+            # own round was committed before the failure gets that committed state: its event is in
+            # the history, and an error would make its client send it again.
             queued = {delivery.tag for delivery in inbox.pending()}
+            committed = {*window.participants, *([request] if window.own_committed else [])}
             for waiting in list(self._open.get((request.machine_id, request.instance_name), ())):
-                if waiting is not request and waiting not in queued:
+                if waiting in queued:
+                    continue
+                if waiting in committed and window.view is not None:
+                    waiting.resolve(window.view)
+                elif waiting is not request:
                     waiting.fail(exc)
+            if request in committed:
+                log.warning("instance %s: a later round of the window failed: %s", request.instance_name, exc)
+                return
             raise
         await self._finish_window(request, window, result)
 
@@ -830,6 +842,8 @@ class InstanceService:
                     )
         if isinstance(tag, _Request) and tag is not request:
             window.participants.append(tag)
+        elif tag is request:
+            window.own_committed = True
         if timer_ops:
             self.on_timers_changed()
 

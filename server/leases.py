@@ -16,8 +16,9 @@ Decision log:
   one node (by name) avoids the waiting.
 - **Database time.** Expiry is computed with PostgreSQL's clock, so nodes need not agree on the
   time; the injected clock of the instance engine stays the machines' time.
-- **Renewal and recovery.** A heartbeat renews this node's live leases every third of their
-  lifetime. A node that dies leaves its leases unreleased; once lapsed, any node may take them.
+- **Renewal and recovery.** A heartbeat renews the leases of this node's open windows every third
+  of their lifetime (a lease whose release failed is not renewed: it lapses). A node that dies
+  leaves its leases unreleased; once lapsed, any node may take them.
   The same loop looks for such orphans whose instance had services running (their node cut them
   off) and runs a ``recover`` window there, which delivers those services' error events, as the
   next event would.
@@ -55,6 +56,9 @@ class Leases:
         self.store = store
         self.node_id = node_id
         self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.held: dict[tuple[int, str], int] = {}
+        """(machine id, name) -> epoch of the leases this node's open windows hold (only these are
+        renewed: a lease whose release failed lapses on its own)."""
         self.acquired = 0
         self.waited = 0
         """Acquisitions that had to wait for another node's window (a sign of poor routing)."""
@@ -69,6 +73,7 @@ class Leases:
         while True:
             lease = await self.store.acquire_lease(machine_id, name, self.node_id, self.ttl_ms)
             if lease is not None:
+                self.held[(machine_id, name)] = lease.epoch
                 self.acquired += 1
                 self.waited += waited
                 return lease
@@ -79,6 +84,8 @@ class Leases:
             wait = min(MAX_WAIT_S, wait * 2)
 
     async def release(self, lease: Lease) -> None:
+        if self.held.get((lease.machine_id, lease.name)) == lease.epoch:
+            del self.held[(lease.machine_id, lease.name)]
         try:
             await self.store.release_lease(lease)
         except Exception:  # it lapses on its own; the next holder bumps the epoch anyway
@@ -90,7 +97,7 @@ class Leases:
         while True:
             await asyncio.sleep(period)
             try:
-                await self.store.renew_leases(self.node_id, self.ttl_ms)
+                await self.store.renew_leases(self.node_id, list(self.held), self.ttl_ms)
                 for machine_id, name in await self.store.orphaned_instances(ORPHAN_BATCH):
                     with contextlib.suppress(Exception):
                         await recover(machine_id, name)

@@ -695,13 +695,16 @@ class Store(DirectoryMixin):
 
         await self.write(op)
 
-    async def renew_leases(self, node_id: str, ttl_ms: int) -> int:
-        """Extend every lease this node holds (and has not released); how many."""
+    async def renew_leases(self, node_id: str, held: Sequence[tuple[int, str]], ttl_ms: int) -> int:
+        """Extend the leases this node holds for its open windows; how many it still had."""
+        if not held:
+            return 0
 
         async def op(tx: Tx) -> int:
             return await tx.execute(
-                f"UPDATE instance_leases SET expires_ms = {_DB_NOW_MS} + ? WHERE node_id = ? AND expires_ms > 0",
-                (ttl_ms, node_id),
+                f"UPDATE instance_leases SET expires_ms = {_DB_NOW_MS} + ? WHERE node_id = ? AND expires_ms > 0"
+                " AND (machine_id, name) IN (SELECT * FROM unnest(?::BIGINT[], ?::TEXT[]))",
+                (ttl_ms, node_id, [m for m, _ in held], [n for _, n in held]),
             )
 
         return await self.write(op)

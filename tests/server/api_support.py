@@ -137,12 +137,13 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}", "content-type": "application/json", **extra}
 
 
-async def api_client(tmp_path: Path, bundler, database_url: str | None = None) -> AsyncIterator[Api]:
+async def api_client(tmp_path: Path, bundler, database_url: str | None = None, **overrides: Any) -> AsyncIterator[Api]:
     settings = Settings(
         database=tmp_path / "statehost.db",
         database_url=database_url,
         bootstrap_file=tmp_path / "admin.json",
         workers=2,
+        **overrides,
     )
     app = create_app(settings, bundler=bundler)
     async with TestClient(TestServer(app)) as client:

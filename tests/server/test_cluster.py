@@ -148,3 +148,67 @@ async def test_health_reports_the_node_its_database_and_leases(api: Api):
         assert body["leases"] == {"held": 0, "all_nodes": 0}
     else:
         assert body["database"]["kind"] == "sqlite" and "leases" not in body
+
+
+SLOW = b"""import { createMachine, assign } from "xstate";
+export const allowRead = () => true;
+export const allowWrite = () => true;
+export default createMachine({
+  id: "w", predictableActionArguments: true, initial: "idle", context: { public: { pings: 0 } },
+  states: {
+    idle: { on: { go: "working" } },
+    working: { invoke: { src: () => new Promise((r) => setTimeout(() => r(1), 1500)), onDone: "done" } },
+    done: { on: { ping: { actions: assign({ public: (c) => ({ pings: c.public.pings + 1 }) }) } } },
+  },
+});
+"""
+
+
+async def test_a_window_longer_than_the_lease_keeps_it_and_the_other_node_waits(tmp_path: Path, pg_url: str, bundler):
+    # A's lease lasts 0.6 s and is renewed every 0.2 s while its 1.5 s window runs
+    async for a in api_client(tmp_path, bundler, pg_url, lease_ttl_s=0.6):
+        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=0.6)
+        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
+            b = Api(client, a.admin_token, a.org_id)
+            await a.deploy("w", SLOW)
+            await a.call("POST", "/machines/w", body={"slug": "i1"})
+            go = asyncio.ensure_future(a.call("POST", "/machines/w/i/i1/events", body={"event": "go"}))
+            await asyncio.sleep(0.3)  # A's window is open and holds the lease
+            status, state = await b.call("POST", "/machines/w/i/i1/events", body={"event": "ping"})
+            assert status == 200, state
+            # B waited for A's window (past several lease lifetimes): the ping reached "done"
+            assert state["state"] == "done" and state["publicContext"] == {"pings": 1}
+            assert (await go)[0] == 200
+            store = a.engine.store
+            row = await store.find_instance(await store.machine_id(a.org_id, "w"), "i1")
+            assert row is not None
+            events = [t.event["type"] for t in await store.transitions(row.id)]
+            assert events[1:] == ["go", "done.invoke.w.working:invocation[0]", "ping"]
+            assert b.engine.leases is not None and b.engine.leases.waited >= 1
+
+
+async def test_a_node_that_lost_its_lease_mid_window_commits_nothing_more_and_answers_what_it_did_commit(
+    tmp_path: Path, pg_url: str, bundler
+):
+    async for a in api_client(tmp_path, bundler, pg_url):
+        settings = Settings(database_url=pg_url, node_id="node-b", workers=2)
+        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
+            b = Api(client, a.admin_token, a.org_id)
+            await a.deploy("w", SLOW)
+            await a.call("POST", "/machines/w", body={"slug": "i1"})
+            go = asyncio.ensure_future(a.call("POST", "/machines/w/i/i1/events", body={"event": "go"}))
+            await asyncio.sleep(0.3)
+
+            async def lapse(tx):  # as if node A had paused for longer than its lease
+                await tx.execute("UPDATE instance_leases SET expires_ms = 1")
+
+            store = a.engine.store
+            await store.write(lapse)
+            status, state = await b.call("POST", "/machines/w/i/i1/events", body={"event": "ping"})
+            assert status == 200 and state["state"] == "working"  # B took the lease at once
+            # A's service finished after that: its round fails the fence; "go" itself was committed
+            status, state = await go
+            assert status == 200 and state["state"] == "working", state
+            row = await store.find_instance(await store.machine_id(a.org_id, "w"), "i1")
+            assert row is not None and row.state == "working"
+            assert [t.event["type"] for t in await store.transitions(row.id)][1:] == ["go"]
