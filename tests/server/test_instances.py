@@ -392,7 +392,9 @@ async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state
 async def test_requests_that_joined_a_failing_window_are_answered(
     durable, deploy: Deployment, slow_server, monkeypatch
 ):
-    """A window that raises (here: the store refuses a commit) answers everyone who joined it."""
+    """A window that raises (here: the store refuses a commit) answers everyone who joined it: with
+    the error where their round was not committed, with the committed state where it was (its event
+    is in the history; an error would make the client send it again)."""
     await deploy.machine("f", FETCHER)
     svc = durable.instances
     await svc.create(deploy.org_id, "f", "i1", context={"url": slow_server})
@@ -410,8 +412,13 @@ async def test_requests_that_joined_a_failing_window_are_answered(
     first = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", {"type": "load", "path": "/after/5"}, {}))
     await asyncio.sleep(0.3)  # the window is open, waiting for the fetch
     joined = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", "cancel", {}))
-    for outcome in await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 5):
-        assert isinstance(outcome, Conflict)
+    first_outcome, joined_outcome = await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 5)
+    assert isinstance(joined_outcome, Conflict)
+    assert not isinstance(first_outcome, BaseException), first_outcome
+    machine_id = await durable.store.machine_id(deploy.org_id, "f")
+    row = await durable.store.find_instance(machine_id, "i1")
+    assert row is not None and first_outcome.ts == row.ts  # the state its own round committed
+    assert [t.event["type"] for t in await durable.store.transitions(row.id)][-1] == "load"
 
 
 async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets(db_dir, bundler, slow_server):
