@@ -28,15 +28,22 @@ SMPLY = HERE / "node_modules" / ".bin" / "smply"
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real `statehost serve`, on SQLite and on PostgreSQL (a database of the run's server)."""
     if shutil.which("node") is None or not SMPLY.exists():
         pytest.skip("node or the pinned npm packages are missing (make setup installs them)")
     data = tmp_path_factory.mktemp("data")
     port = free_port()
     log = (data / "server.log").open("w")
+    database = []
+    if request.param == "postgres":
+        database = ["--database-url", request.getfixturevalue("pg_cluster").create_database(f"compat_{port}")]
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
+        [
+            *(sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port)),
+            *("--data-dir", str(data), *database),
+        ],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

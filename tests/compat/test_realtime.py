@@ -35,9 +35,10 @@ INSTANCE = "rt-1"
 class Server:
     """`statehost serve` on a fixed port and data dir, which can be stopped and started again."""
 
-    def __init__(self, port: int, data: Path, logs: Path) -> None:
+    def __init__(self, port: int, data: Path, logs: Path, database_url: str | None = None) -> None:
         self.port = port
         self.data = data
+        self.database = ["--database-url", database_url] if database_url else []
         self.logs = logs
         self.process: subprocess.Popen[str] | None = None
         self.starts = 0
@@ -59,6 +60,7 @@ class Server:
                         str(self.port),
                         "--data-dir",
                         str(self.data),
+                        *self.database,
                     ],
                     cwd=ROOT,
                     stdout=log,
@@ -136,12 +138,16 @@ def _stop_process(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_realtime_subscriptions_and_logs_survive_a_restart(tmp_path: Path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_realtime_subscriptions_and_logs_survive_a_restart(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+):
     if shutil.which("node") is None or not SMPLY.exists() or not (HERE / "node_modules" / "ws").exists():
         pytest.skip("node or the pinned npm packages are missing (make setup installs them)")
     data = tmp_path / "data"
     data.mkdir()
-    server = Server(free_port(), data, tmp_path)
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    server = Server(free_port(), data, tmp_path, url)
     server.start()
     try:  # on failure the server is killed; on success it must stop cleanly
         credentials = json.loads((data / "admin.json").read_text())
