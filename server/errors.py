@@ -70,6 +70,14 @@ class Conflict(ApiError):
     status, code = 409, "invalid-state"
 
 
+class Superseded(Conflict):
+    """Another writer moved the instance on, or took its lease, while this request's window ran:
+    nothing of the refused round was stored or performed, and sending the request again is safe
+    (503, so that clients retry)."""
+
+    status, code = 503, "unavailable"
+
+
 class Paused(ApiError):
     status, code = 409, "invalid-state"
 

@@ -43,7 +43,18 @@ from runtime import (
 )
 from runtime.settle import Delivery, Inbox, WindowResult
 
-from .errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected, Timeout, Unavailable
+from .errors import (
+    ApiError,
+    Conflict,
+    InvalidParameter,
+    MachineError,
+    NotFound,
+    Paused,
+    Rejected,
+    Superseded,
+    Timeout,
+    Unavailable,
+)
 from .leases import Leases
 from .store import InstanceRow, Lease, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
 from .upgrades import migration_chain
@@ -389,6 +400,8 @@ class InstanceService:
             return "retry-paused"
         except NotFound:
             return "retry"  # not created yet (a spawn on its way), or gone: retried, then dropped
+        except Superseded:
+            return "retry"  # another node (or process) took the receiver meanwhile: nothing was applied
         except (Rejected, InvalidParameter, Conflict) as exc:
             if not await self.store.timer_exists(timer.id):
                 return "gone"  # withdrawn meanwhile (cancelled by its sender)

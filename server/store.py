@@ -35,7 +35,7 @@ from .db import (
     latest_schema_version,
     open_database,
 )
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
 from .store_directory import DirectoryMixin
 
@@ -488,7 +488,9 @@ class Store(DirectoryMixin):
                     ),
                 )
             if changed != 1:
-                raise Conflict(f"instance {commit.instance_name!r} changed since seq {commit.expected_seq}")
+                raise Superseded(
+                    f"instance {commit.instance_name!r} changed since seq {commit.expected_seq}; try again"
+                )
             await self._write_round_rows(tx, commit, now_ms)
 
         await self.write(op)
@@ -506,7 +508,7 @@ class Store(DirectoryMixin):
             (lease.machine_id, lease.name, lease.node_id, lease.epoch),
         )
         if held is None:
-            raise Conflict(f"instance {lease.name!r}: this node's lease was taken over by another node")
+            raise Superseded(f"instance {lease.name!r}: this node's lease was taken over by another node; try again")
 
     async def _write_round_rows(self, tx: Tx, commit: RoundCommit, now_ms: int) -> None:
         # The delivered timer goes first, before the round's own timer changes (a cancel of the same
