@@ -100,8 +100,13 @@ async def health(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(5):
             await store.ping()
-            if store.shared:
-                body["leases"] = await store.lease_counts(engine.node_id)
+            if store.shared and engine.leases is not None:
+                body["leases"] = {
+                    **await store.lease_counts(engine.node_id),
+                    # since start: windows this node ran, and how many waited for another node first
+                    "acquired": engine.leases.acquired,
+                    "waited": engine.leases.waited,
+                }
     except Exception as exc:
         body.update(status="unavailable", error=f"the database did not answer: {type(exc).__name__}: {exc}")
         body["database"]["reachable"] = False

@@ -390,11 +390,19 @@ class PostgresDatabase:
         self.pool_size = pool_size
         self.batches = 0
         self.pool: Any = None
+        self.relaxed_pool: Any = None
+        """Connections whose commits do not wait for the WAL flush (``relaxed``)."""
 
     async def open(self) -> None:
         self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
         async with self.pool.acquire() as conn:
             await self._migrate(conn)
+        self.relaxed_pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            server_settings={"synchronous_commit": "off"},
+        )
 
     async def _migrate(self, conn: Any) -> None:
         latest = latest_schema_version(PG_MIGRATIONS_DIR)
@@ -416,10 +424,11 @@ class PostgresDatabase:
                     current = version
 
     async def close(self) -> None:
-        if self.pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pool.close(), 10)
-            self.pool = None
+        for pool in (self.relaxed_pool, self.pool):
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.close(), 10)
+        self.pool = self.relaxed_pool = None
 
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self.pool is None:
@@ -432,6 +441,12 @@ class PostgresDatabase:
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         assert self.pool is not None, "the store is not open"
         return list(await self.pool.fetch(to_numbered(sql), *params))
+
+    async def relaxed(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One statement in a transaction of its own that commits without waiting for the WAL flush
+        (``synchronous_commit = off``): for writes whose loss in a database crash is harmless."""
+        assert self.relaxed_pool is not None, "the store is not open"
+        return list(await self.relaxed_pool.fetch(to_numbered(sql), *params))
 
     async def notify(self, channel: str, payload: str) -> None:
         """A NOTIFY outside any data transaction (it takes PostgreSQL's notify lock only briefly)."""

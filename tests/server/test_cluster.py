@@ -145,7 +145,7 @@ async def test_health_reports_the_node_its_database_and_leases(api: Api):
     assert body["database"]["reachable"] is True and body["database"]["latency_ms"] >= 0
     if api.engine.store.shared:
         assert body["database"]["kind"] == "postgres"
-        assert body["leases"] == {"held": 0, "all_nodes": 0}
+        assert body["leases"] == {"held": 0, "all_nodes": 0, "acquired": 0, "waited": 0}
     else:
         assert body["database"]["kind"] == "sqlite" and "leases" not in body
 
