@@ -90,10 +90,11 @@ NODE_COUNTS = (1, 2, 3)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (field 3, the state, first); None if gone."""
+def _stat(pid: int, thread: int | None = None) -> list[str] | None:
+    """/proc/<pid>/stat's (or one thread's) fields after the command name (field 3, the state,
+    first); None if gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     return text[text.rindex(")") + 2 :].split()
@@ -106,6 +107,13 @@ def process_cpu_s(pid: int) -> float:
         return 0.0
     # utime, stime, cutime, cstime are fields 14-17 of stat: 11-14 here
     return sum(int(f) for f in fields[11:15]) / _TICK
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's main thread: statehost's event loop (aiohttp, asyncpg, the engine's
+    scheduling); sandboxes run on worker threads."""
+    fields = _stat(pid, pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def tree_cpu_s(parent: int) -> float:
@@ -141,17 +149,28 @@ class CpuUse:
     """CPU seconds used by each part during a setup's measured rounds, and their wall time."""
 
     nodes: list[float]
+    loops: list[float]
+    """The nodes' main threads (their event loops)."""
     postgres: float = 0.0
     driver: float = 0.0
     machine: float = 0.0
     seconds: float = 0.0
 
-    def add(self, other: CpuUse) -> None:
-        self.nodes = [a + b for a, b in zip(self.nodes, other.nodes, strict=True)]
-        self.postgres += other.postgres
-        self.driver += other.driver
-        self.machine += other.machine
-        self.seconds += other.seconds
+    def _combine(self, other: CpuUse, sign: int) -> CpuUse:
+        return CpuUse(
+            nodes=[a + sign * b for a, b in zip(self.nodes, other.nodes, strict=True)],
+            loops=[a + sign * b for a, b in zip(self.loops, other.loops, strict=True)],
+            postgres=self.postgres + sign * other.postgres,
+            driver=self.driver + sign * other.driver,
+            machine=self.machine + sign * other.machine,
+            seconds=self.seconds + sign * other.seconds,
+        )
+
+    def __add__(self, other: CpuUse) -> CpuUse:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: CpuUse) -> CpuUse:
+        return self._combine(other, -1)
 
     @property
     def other(self) -> float:
@@ -188,6 +207,8 @@ class Row:
     failed: int = 0
     seconds: float = 0.0
     cpu: CpuUse | None = None
+    round_rates: list[float] = field(default_factory=list)
+    """Durable events/s of each round (how much the rounds vary)."""
 
     @property
     def label(self) -> str:
@@ -304,6 +325,7 @@ class NodesBench:
     def cpu_now(self, row: Row) -> CpuUse:
         return CpuUse(
             nodes=[process_cpu_s(s.pid) for s in row.deployment.servers],
+            loops=[main_thread_cpu_s(s.pid) for s in row.deployment.servers],
             postgres=tree_cpu_s(self.postmaster),
             driver=driver_cpu_s(),
             machine=_busy_cpu_s(),
@@ -313,20 +335,13 @@ class NodesBench:
         before, started = self.cpu_now(row), time.perf_counter()
         latencies, failed, seconds = await self.drive(row, self.sizes.w2_seconds)
         after, wall = self.cpu_now(row), time.perf_counter() - started
-        used = CpuUse(
-            nodes=[a - b for a, b in zip(after.nodes, before.nodes, strict=True)],
-            postgres=after.postgres - before.postgres,
-            driver=after.driver - before.driver,
-            machine=after.machine - before.machine,
-            seconds=wall,
-        )
-        if row.cpu is None:
-            row.cpu = used
-        else:
-            row.cpu.add(used)
+        used = after - before
+        used.seconds = wall
+        row.cpu = used if row.cpu is None else row.cpu + used
         row.latencies.extend(latencies)
         row.failed += failed
         row.seconds += seconds
+        row.round_rates.append(len(latencies) / seconds)
 
     async def run(self) -> dict[str, Any]:
         creates = {}
@@ -337,7 +352,7 @@ class NodesBench:
         for n in range(self.sizes.w2_rounds):
             for row in self.rows:
                 await self.measure(row)
-                print(f"round {n + 1}: {row.label} ({row.routing}): {row.rate:,.0f} events/s so far", flush=True)
+                print(f"round {n + 1}: {row.label} ({row.routing}): {row.round_rates[-1]:,.0f} events/s", flush=True)
         for d in self.deployments:
             found = d.count_transitions()
             if found != d.answered:
@@ -378,8 +393,8 @@ def table(rows: Sequence[Row]) -> str:
     """The throughput table: one line per setup and routing."""
     sqlite_rate = next(r.rate for r in rows if r.deployment.label == "sqlite")
     lines = [
-        "| setup | routing | durable events/s | p50 ms | p99 ms | ratio to sqlite | failed |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        "| setup | routing | durable events/s | p50 ms | p99 ms | ratio to sqlite | failed | events/s by round |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         figure = Figure.of(r.latencies)
@@ -387,6 +402,7 @@ def table(rows: Sequence[Row]) -> str:
         lines.append(
             f"| {r.label} | {routing} | {_fmt(r.rate, '/s')} | {_fmt(figure.median, 'ms')} |"
             f" {_fmt(figure.p99, 'ms')} | {r.rate / sqlite_rate:.2f}x | {r.failed} |"
+            f" {' / '.join(_fmt(x, '/s') for x in r.round_rates)} |"
         )
     return "\n".join(lines)
 
@@ -396,9 +412,9 @@ def cpu_table(rows: Sequence[Row]) -> str:
     per durable event."""
     cpus = os.cpu_count() or 1
     lines = [
-        f"| setup | routing | cores (of {cpus}): statehost nodes | postgres | load driver | other | idle |"
-        " CPU ms per event: statehost | postgres | all |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| setup | routing | cores (of {cpus}): statehost nodes | their main threads | postgres | load driver |"
+        " other | idle | CPU ms per event: statehost | postgres | all |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         cpu = r.cpu
@@ -406,12 +422,13 @@ def cpu_table(rows: Sequence[Row]) -> str:
         nodes = f"{cpu.cores(sum(cpu.nodes)):.2f}"
         if len(cpu.nodes) > 1:
             nodes += " (" + " + ".join(f"{cpu.cores(s):.2f}" for s in cpu.nodes) + ")"
+        loops = " + ".join(f"{cpu.cores(s):.2f}" for s in cpu.loops)
         pg = r.deployment.label == "postgres"
         ms = 1000 / len(r.latencies) if r.latencies else 0.0
         routing = r.routing if len(r.deployment.servers) > 1 else "-"
         idle = max(0.0, cpus - cpu.cores(cpu.machine))
         lines.append(
-            f"| {r.label} | {routing} | {nodes} | {f'{cpu.cores(cpu.postgres):.2f}' if pg else '-'} |"
+            f"| {r.label} | {routing} | {nodes} | {loops} | {f'{cpu.cores(cpu.postgres):.2f}' if pg else '-'} |"
             f" {cpu.cores(cpu.driver):.2f} | {cpu.cores(cpu.other):.2f} | {idle:.2f} |"
             f" {sum(cpu.nodes) * ms:.2f} | {f'{cpu.postgres * ms:.2f}' if pg else '-'} | {cpu.machine * ms:.2f} |"
         )
@@ -428,6 +445,7 @@ def raw(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "failed": r.failed,
             "seconds": r.seconds,
             "per_s": r.rate,
+            "per_s_by_round": r.round_rates,
             "median_ms": statistics.median(r.latencies),
             "p90_ms": percentile(r.latencies, 0.9),
             "p99_ms": percentile(r.latencies, 0.99),
