@@ -31,7 +31,9 @@ measured here, from sending a request to having read the whole answer; p50 and p
 What bounds it is read from the CPU time each process used during the rounds of a setup (from
 /proc): the setup's statehost nodes, postgres (the postmaster and all its backends), this driver,
 and the rest of the machine (the idle setups included), over the wall time of those rounds: "cores"
-is CPU seconds per second, and ``os.cpu_count()`` of them is everything.
+is CPU seconds per second, and ``os.cpu_count()`` of them is everything. The nodes' main threads
+are their event loops (the sandboxes run on worker threads). A note adds what PostgreSQL did per
+request (pg_stat_database: transactions, rows written; pg_stat_wal: WAL flushes), over the run.
 
 ``--quick`` (tests/test_bench_nodes_smoke.py): small sizes, about 30 s, nothing written.
 ``--out FILE`` writes the report (Markdown) to FILE and the raw numbers to FILE with ``.json``.
@@ -43,7 +45,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import functools
 import json
 import os
 import random
@@ -53,7 +54,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,9 @@ from .load import (
 from .servers import StatehostServer
 
 MACHINE = "toggle"  # bench.load's W2 machine: fixtures/machines/toggle/v5
-
-
 NODE_COUNTS = (1, 2, 3)
+PG_STATS_FLUSH_S = 11.0
+"""PostgreSQL 15 backends flush their statistics after 10 s idle (PGSTAT_IDLE_INTERVAL)."""
 
 
 # -- CPU time from /proc ---------------------------------------------------------------------------
@@ -187,11 +188,17 @@ class Deployment:
 
     label: str
     servers: list[StatehostServer]
-    count_transitions: Callable[[], int]
+    database: str = ""
+    """PostgreSQL: the database's name on the cluster; SQLite: ""."""
     targets: list[Target] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     answered: int = 0
     """Requests answered 200 (creates and events, warm-up included): the transitions that must exist."""
+
+    @property
+    def name(self) -> str:
+        nodes = len(self.servers)
+        return f"{self.label}, {nodes} node{'s' if nodes > 1 else ''}"
 
     def node_of(self, name: str) -> int:
         return zlib.crc32(name.encode()) % len(self.targets)
@@ -212,8 +219,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        nodes = len(self.deployment.servers)
-        return f"{self.deployment.label}, {nodes} node{'s' if nodes > 1 else ''}"
+        return self.deployment.name
 
     @property
     def rate(self) -> float:
@@ -236,8 +242,7 @@ class NodesBench:
     async def start(self) -> None:
         self.postmaster = int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
         sqlite_node = StatehostServer(self.folder / "sqlite")
-        count = functools.partial(_sqlite_transitions, sqlite_node)
-        self.deployments.append(Deployment("sqlite", [sqlite_node], count))
+        self.deployments.append(Deployment("sqlite", [sqlite_node]))
         for n in NODE_COUNTS:
             database = f"nodes{n}"
             url = self.pg.create_database(database)
@@ -246,9 +251,7 @@ class NodesBench:
                 StatehostServer(self.folder / f"pg{n}-{k}", extra=[*extra, "--node-id", f"pg{n}-{k}"])
                 for k in range(1, n + 1)
             ]
-            self.deployments.append(
-                Deployment("postgres", servers, functools.partial(_pg_transitions, self.pg, database))
-            )
+            self.deployments.append(Deployment("postgres", servers, database))
         for d in self.deployments:
             for server in d.servers:
                 server.data_dir.mkdir(mode=0o700)
@@ -346,7 +349,7 @@ class NodesBench:
     async def run(self) -> dict[str, Any]:
         creates = {}
         for d in self.deployments:
-            creates[f"{d.label}, {len(d.servers)}"] = await self.create_instances(d)
+            creates[d.name] = await self.create_instances(d)
         for row in self.rows:  # warm-up, off the clock: every node's connections and sandboxes
             await self.drive(row, self.sizes.w2_seconds / 4)
         for n in range(self.sizes.w2_rounds):
@@ -354,23 +357,40 @@ class NodesBench:
                 await self.measure(row)
                 print(f"round {n + 1}: {row.label} ({row.routing}): {row.round_rates[-1]:,.0f} events/s", flush=True)
         for d in self.deployments:
-            found = d.count_transitions()
+            found = self.count_transitions(d)
             if found != d.answered:
-                raise RuntimeError(f"{d.label}, {len(d.servers)} nodes: {found} transitions for {d.answered} 200s")
-        return {"creates_per_s": creates}
+                raise RuntimeError(f"{d.name}: {found} transitions for {d.answered} requests answered 200")
+        return {"creates_per_s": creates, "postgres_per_request": await self.postgres_work()}
 
+    def count_transitions(self, d: Deployment) -> int:
+        if d.database:
+            return int(self.pg.sql("SELECT COUNT(*) FROM transitions", d.database).strip())
+        conn = _read_only(d.servers[0].database)
+        try:
+            (n,) = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()
+            return int(n)
+        finally:
+            conn.close()
 
-def _sqlite_transitions(server: StatehostServer) -> int:
-    conn = _read_only(server.database)
-    try:
-        (n,) = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()
-        return int(n)
-    finally:
-        conn.close()
-
-
-def _pg_transitions(pg: PostgresCluster, database: str) -> int:
-    return int(pg.sql("SELECT COUNT(*) FROM transitions", database).strip())
+    async def postgres_work(self) -> dict[str, dict[str, float]]:
+        """What PostgreSQL did per request answered, over the whole run (so creates, warm-up and the
+        nodes' upkeep are in it too): each database's transactions (reads included) and rows
+        written, and the cluster's WAL flushes. Backends report their counters when they have
+        been idle a while: wait for that first."""
+        await asyncio.sleep(PG_STATS_FLUSH_S)
+        out = {}
+        answered = 0
+        for d in self.deployments:
+            if d.database:
+                answered += d.answered
+                row = self.pg.sql(
+                    "SELECT xact_commit, tup_inserted, tup_updated FROM pg_stat_database"
+                    f" WHERE datname = '{d.database}'"
+                )
+                commits, inserted, updated = (int(x) / d.answered for x in row.strip().split("|"))
+                out[d.name] = {"transactions": commits, "inserted": inserted, "updated": updated}
+        out["cluster"] = {"wal_flushes": int(self.pg.sql("SELECT wal_sync FROM pg_stat_wal").strip()) / answered}
+        return out
 
 
 async def deploy_toggle(server: StatehostServer) -> dict[str, str]:
@@ -498,6 +518,13 @@ def main() -> None:
         f" PostgreSQL connections per node: {args.db_pool_size}."
         f" Before the run, other processes kept {before:.2f} cores busy."
     )
+    work = extra["postgres_per_request"]
+    notes += "\nPostgreSQL per request answered (creates, warm-up and the nodes' upkeep included): " + "; ".join(
+        f"{key}: {w['transactions']:.1f} transactions, {w['inserted']:.2f} rows inserted, {w['updated']:.2f} updated"
+        for key, w in work.items()
+        if key != "cluster"
+    )
+    notes += f"; WAL flushes (whole cluster): {work['cluster']['wal_flushes']:.2f}."
     print()
     print(text)
     print(f"\n{notes}\n{seconds:.0f} s")
