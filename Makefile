@@ -83,12 +83,13 @@ format: setup
 	$(VENV)/bin/ruff format runtime server client tests bench
 	$(VENV)/bin/ruff check --fix runtime server client tests bench
 
-bench: setup $(BASELINESTAMP)
+bench: setup $(BASELINESTAMP) postgres
 	$(VPY) -m bench.runtime_steps
 	$(VPY) -m bench.engine_throughput
 	$(VPY) -m bench.realtime_fanout
 	$(VPY) -m bench.wasm_engine
 	$(VPY) -m bench.load
+	$(VPY) -m bench.nodes --out bench/results/nodes.md
 
 clean:
 	rm -rf $(VENV) node_modules dashboard/dist bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache
