@@ -56,7 +56,7 @@ from wasmtime import _ffi as ffi
 
 from ..errors import HostError
 from ..limits import Limits, Outcome
-from ..shims import prelude, prelude_hash
+from ..shims import load_lazy_shims, prelude, prelude_hash
 from ..wasm_build import SHADOW_STACK_BYTES, cache_dir, guest_wasm
 from .guest_loop import VM, GuestDataError, GuestLoopEngine, RuntimeApiSource, VMError, VMProvider
 
@@ -366,12 +366,15 @@ class WasmRuntime:
 
     def _prelude_image(self) -> wasmtime.Module:
         limits = self.image_limits
-        key = prelude_hash().encode() + repr(_guest_limits(limits)).encode()
+        key = prelude_hash().encode() + b"+lazy-shims-loaded" + repr(_guest_limits(limits)).encode()
 
         def make() -> bytes:
             started = time.perf_counter()
             vm = _WasmVM(self, limits, fresh=True)
             vm.eval(prelude())
+            # Every sandbox starts from this image: the shims lazy on the native engine are compiled
+            # into it once, instead of in every event that touches fetch, URL or crypto.
+            vm.eval(load_lazy_shims())
             if vm.call_i32("g_capture_entry") != 0:
                 raise HostError("the prelude did not define __statehost_entry")
             memory, sp = vm.memory_bytes(), vm.stack_pointer()
