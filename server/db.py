@@ -47,6 +47,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
+from .errors import Unavailable
+
 __all__ = [
     "Database",
     "IntegrityError",
@@ -382,6 +384,20 @@ class _PgTx:
         return rows[0] if rows else None
 
 
+_CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+"""What asyncpg raises when PostgreSQL cannot be reached, or shut down or dropped the connection."""
+
+
+@contextlib.asynccontextmanager
+async def _reachable() -> Any:
+    """A database that cannot be reached is a 503 (``Unavailable``) for whoever asked, never a 500;
+    nothing was committed by the statement that met it. The pool reconnects on later use."""
+    try:
+        yield
+    except _CONNECTION_LOST as exc:
+        raise Unavailable(f"the database is unreachable ({type(exc).__name__}: {exc}); try again") from exc
+
+
 async def _keep_session(_conn: Any) -> None:
     """A pool's ``reset``: nothing to undo (see PostgresDatabase.open)."""
 
@@ -441,25 +457,28 @@ class PostgresDatabase:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self.pool is None:
             raise RuntimeError("the store is not open")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with _reachable(), self.pool.acquire() as conn, conn.transaction():
             result = await fn(_PgTx(conn))
         self.batches += 1
         return result
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         assert self.pool is not None, "the store is not open"
-        return list(await self.pool.fetch(to_numbered(sql), *params))
+        async with _reachable():
+            return list(await self.pool.fetch(to_numbered(sql), *params))
 
     async def relaxed(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """One statement in a transaction of its own that commits without waiting for the WAL flush
         (``synchronous_commit = off``): for writes whose loss in a database crash is harmless."""
         assert self.relaxed_pool is not None, "the store is not open"
-        return list(await self.relaxed_pool.fetch(to_numbered(sql), *params))
+        async with _reachable():
+            return list(await self.relaxed_pool.fetch(to_numbered(sql), *params))
 
     async def notify(self, channel: str, payload: str) -> None:
         """A NOTIFY outside any data transaction (it takes PostgreSQL's notify lock only briefly)."""
         assert self.pool is not None, "the store is not open"
-        await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+        async with _reachable():
+            await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """Call ``callback(payload)`` for each notification on ``channel`` (a connection of its own,

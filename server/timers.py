@@ -89,43 +89,53 @@ class TimerService:
     async def run(self) -> None:
         try:
             while True:
-                self._wake.clear()
-                now = self.clock.now_ms()
-                if self.store.shared:
-                    claimed = await self.store.claim_due_timers(now, CLAIM_BATCH, self.node_id, self.claim_ttl_ms)
-                    due = [row for row in claimed if row.id not in self._in_flight]
-                else:
-                    due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
-                for row in due:
-                    await self._slots.acquire()
-                    self._in_flight.add(row.id)
-                    lane = _lane(row)
-                    task = asyncio.create_task(
-                        self._deliver(row, self._lanes.get(lane)), name=f"statehost-timer-{row.id}"
-                    )
-                    self._lanes[lane] = task
-                    task.add_done_callback(functools.partial(self._lane_done, lane))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                if len(due) == CLAIM_BATCH:
-                    continue
-                next_due = await self.store.next_timer_due(exclude=self._in_flight)
-                waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
-                if next_due is not None:
-                    waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
-                if self.store.shared:
-                    waits.append(asyncio.ensure_future(asyncio.sleep(POLL_S)))
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waits:
-                        waiter.cancel()
+                    await self._round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The database failed (unreachable, disk full): the timers are still in it.
+                    log.warning("timer loop: looking for due timers failed; trying again in 1 s", exc_info=True)
+                    await asyncio.sleep(1.0)
         finally:
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _round(self) -> None:
+        """Start the deliveries of the timers due now; then wait until the next one is due, or a
+        commit changed the table (or, on a shared database, for at most POLL_S)."""
+        self._wake.clear()
+        now = self.clock.now_ms()
+        if self.store.shared:
+            claimed = await self.store.claim_due_timers(now, CLAIM_BATCH, self.node_id, self.claim_ttl_ms)
+            due = [row for row in claimed if row.id not in self._in_flight]
+        else:
+            due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
+        for row in due:
+            await self._slots.acquire()
+            self._in_flight.add(row.id)
+            lane = _lane(row)
+            task = asyncio.create_task(self._deliver(row, self._lanes.get(lane)), name=f"statehost-timer-{row.id}")
+            self._lanes[lane] = task
+            task.add_done_callback(functools.partial(self._lane_done, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(due) == CLAIM_BATCH:
+            return
+        next_due = await self.store.next_timer_due(exclude=self._in_flight)
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+        if next_due is not None:
+            waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+        if self.store.shared:
+            waits.append(asyncio.ensure_future(asyncio.sleep(POLL_S)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     def _lane_done(self, lane: tuple[object, ...], task: asyncio.Task[None]) -> None:
         if self._lanes.get(lane) is task:

@@ -270,6 +270,20 @@ class PostgresCluster:
             self.dir = None
         atexit.unregister(self.stop)
 
+    def halt(self, timeout_s: float = 60) -> None:
+        """Stop the server (fast shutdown) and keep its data: ``resume`` starts it again on the same
+        port (for tests of a database outage)."""
+        server, self._server = self._server, None
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout_s)
+
+    def resume(self, timeout_s: float = 60) -> None:
+        if self._server is not None:
+            raise PostgresError("the cluster is running")
+        server = self._server = self._launch()
+        self._wait_ready(server, timeout_s)
+
     def __enter__(self) -> PostgresCluster:
         return self.start()
 

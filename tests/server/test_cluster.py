@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from runtime import Limits
 from server.app import create_app
 from server.config import Settings
+from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
 from tests.server.conftest import eventually
 
@@ -212,3 +213,43 @@ async def test_a_node_that_lost_its_lease_mid_window_commits_nothing_more_and_an
             row = await store.find_instance(await store.machine_id(a.org_id, "w"), "i1")
             assert row is not None and row.state == "working"
             assert [t.event["type"] for t in await store.transitions(row.id)][1:] == ["go"]
+
+
+async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_when_it_returns(
+    tmp_path: Path, bundler
+):
+    """docs/deployment.md, "the database is unreachable": nothing is acknowledged that was not
+    committed, the node answers 503 (not 500), /health says so, timers wait; then it continues."""
+    if find_bin_dir() is None:
+        pytest.skip(missing_binaries())
+    with PostgresCluster() as pg:
+        url = pg.create_database("outage")
+        async for api in api_client(tmp_path, bundler, url):
+            await api.deploy("c", COUNTER)
+            await api.call("POST", "/machines/c", body={"slug": "i1"})
+            status, _ = await api.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": 0}})
+            assert status == 200
+            await asyncio.to_thread(pg.halt)
+            status, body = await api.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": 1}})
+            assert status == 503 and body["code"] == "unavailable", body
+            assert "database is unreachable" in body["error"]
+            async with api.client.get("/health") as response:
+                assert response.status == 503
+                health = await response.json()
+            assert health["status"] == "unavailable" and health["database"]["reachable"] is False
+            await asyncio.sleep(1.5)  # the timer loop polls the shared database meanwhile, and fails
+            await asyncio.to_thread(pg.resume)
+
+            async def answers(api: Api = api) -> bool:
+                status, _ = await api.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": 2}})
+                return status == 200
+
+            await eventually(answers, within_s=20)
+            async with api.client.get("/health") as response:
+                assert response.status == 200
+            store = api.engine.store
+            row = await store.find_instance(await store.machine_id(api.org_id, "c"), "i1")
+            assert row is not None
+            # n=1 was never acknowledged, and nothing of it was stored
+            assert row.public_context["seen"] == [0, 2]
+            assert api.engine._timer_task is not None and not api.engine._timer_task.done()
