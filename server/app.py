@@ -29,7 +29,10 @@ from .routes import dashboard, http_api, indexes, instances, logs, machines, org
 from .routes.common import ENGINE, HUB, JWKS, SECRETS, SETTINGS
 from .subscriptions import Hub
 
-__all__ = ["create_app"]
+__all__ = ["FEED", "create_app"]
+
+FEED = web.AppKey("feed", CommitFeed)
+"""Several nodes: the relay of other nodes' commits (server/cluster.py)."""
 
 log = logging.getLogger("statehost.http")
 
@@ -136,7 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         feed: CommitFeed | None = None
         if engine.store.shared:
             # Several nodes: subscribers here also hear of other nodes' commits (server/cluster.py).
-            feed = CommitFeed(engine.store, hub)
+            feed = app[FEED] = CommitFeed(engine.store, hub)
             await feed.start()
             engine.instances.on_commit = feed.local
         else:

@@ -10,7 +10,8 @@ Decision log:
   ``transitions`` table and hands them to the hub in ``seq`` order.
 - **A lost hint delays, never loses.** Notifications are not replayed to a listener that was
   disconnected, and a node may die between its commit and its hint; every ``POLL_S`` each node
-  compares its subscribed instances' ``seq`` with what it relayed and catches up.
+  compares its subscribed instances' ``seq`` with what it relayed and catches up (and listens
+  again if its listening connection was lost).
 - **One ordered path per instance.** Local commits, hints and polls all go through the same
   per-instance catch-up: a transition is relayed only after every earlier one, and a local commit
   that is exactly the next one is relayed from memory without a read.
@@ -21,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
+from .db import Listener
 from .instances import Committed, InstanceState
 from .store import Store
 from .subscriptions import Hub
@@ -49,12 +50,12 @@ class CommitFeed:
         self._hints: dict[int, int] = {}
         self._hint_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._listener: Listener | None = None
         self.relayed_remote = 0
 
     async def start(self) -> None:
         self.hub.watcher = self.watch
-        self._stop_listening = await self.store.listen_commits(self._on_hint)
+        self._listener = await self.store.listen_commits(self._on_hint)
         self._tasks = [
             asyncio.create_task(self._send_hints(), name="statehost-commit-hints"),
             asyncio.create_task(self._poll(), name="statehost-commit-poll"),
@@ -65,8 +66,8 @@ class CommitFeed:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._stop_listening is not None:
-            await self._stop_listening()
+        if self._listener is not None:
+            await self._listener.stop()
 
     async def watch(self, key: tuple[int, str]) -> None:
         """A first subscriber for this instance: relay every commit after its current one (read
@@ -175,7 +176,17 @@ class CommitFeed:
             except Exception:
                 log.warning("checking subscribed instances failed", exc_info=True)
 
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.lost
+
     async def _check_subscribed(self) -> None:
+        if not self.listening:
+            # The listener's connection was lost (the database restarted): hints sent meanwhile are
+            # gone, this poll catches up on them; listen again for the next ones.
+            if self._listener is not None:
+                await self._listener.stop()
+            self._listener = await self.store.listen_commits(self._on_hint)
         subscribed = self.hub.subscribed()
         for key in list(self._ids):
             if key not in subscribed:

@@ -480,14 +480,24 @@ class PostgresDatabase:
         async with _reachable():
             await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
 
-    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
-        """Call ``callback(payload)`` for each notification on ``channel`` (a connection of its own,
-        outside the pool); returns the function that stops listening."""
-        conn = await asyncpg.connect(self.url)
-        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Listener:
+        """Call ``callback(payload)`` for each notification on ``channel``, on a connection of its
+        own outside the pool. The returned listener says when that connection was lost (the
+        database restarted): notifications sent meanwhile are gone, and the caller listens again."""
+        async with _reachable():
+            conn = await asyncpg.connect(self.url)
+            await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+        return Listener(conn)
 
-        async def stop() -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
 
-        return stop
+class Listener:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._conn.is_closed())
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._conn.close(), 5)

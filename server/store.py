@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 from .db import (
     Database,
     IntegrityError,
+    Listener,
     PostgresDatabase,
     Row,
     Synchronous,
@@ -754,7 +755,7 @@ class Store(DirectoryMixin):
         assert isinstance(self.db, PostgresDatabase)
         await self.db.notify(COMMITS_CHANNEL, payload)
 
-    async def listen_commits(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+    async def listen_commits(self, callback: Callable[[str], None]) -> Listener:
         assert isinstance(self.db, PostgresDatabase)
         return await self.db.listen(COMMITS_CHANNEL, callback)
 

@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from runtime import Limits
-from server.app import create_app
+from server.app import FEED, create_app
+from server.cluster import CommitFeed
 from server.config import Settings
 from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
@@ -247,6 +248,12 @@ async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_
             await eventually(answers, within_s=20)
             async with api.client.get("/health") as response:
                 assert response.status == 200
+            feed = api.client.app[FEED]
+
+            async def listening(feed: CommitFeed = feed) -> bool:  # the hints listener, lost with the server
+                return feed.listening
+
+            await eventually(listening, within_s=5)
             store = api.engine.store
             row = await store.find_instance(await store.machine_id(api.org_id, "c"), "i1")
             assert row is not None
