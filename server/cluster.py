@@ -25,6 +25,7 @@ import logging
 
 from .db import Listener
 from .instances import Committed, InstanceState
+from .loops import repeat
 from .store import Store
 from .subscriptions import Hub
 
@@ -167,14 +168,7 @@ class CommitFeed:
             self._relayed[instance_id] = max(after, self._relayed.get(instance_id, 0))
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_S)
-            try:
-                await self._check_subscribed()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("checking subscribed instances failed", exc_info=True)
+        await repeat(self._check_subscribed, pause_s=POLL_S, retry_s=0, what="checking subscribed instances", log=log)
 
     @property
     def listening(self) -> bool:

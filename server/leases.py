@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from .errors import Unavailable
+from .loops import repeat
 from .store import Lease, Store
 
 __all__ = ["Leases", "default_node_id"]
@@ -93,15 +94,11 @@ class Leases:
 
     async def run(self, recover: Callable[[int, str], Awaitable[None]]) -> None:
         """Renew this node's leases and recover orphaned instances, until cancelled."""
-        period = self.ttl_ms / 3000
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self.store.renew_leases(self.node_id, list(self.held), self.ttl_ms)
-                for machine_id, name in await self.store.orphaned_instances(ORPHAN_BATCH):
-                    with contextlib.suppress(Exception):
-                        await recover(machine_id, name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("lease renewal failed (the database may be unreachable)", exc_info=True)
+
+        async def step() -> None:
+            await self.store.renew_leases(self.node_id, list(self.held), self.ttl_ms)
+            for machine_id, name in await self.store.orphaned_instances(ORPHAN_BATCH):
+                with contextlib.suppress(Exception):
+                    await recover(machine_id, name)
+
+        await repeat(step, pause_s=self.ttl_ms / 3000, retry_s=0, what="lease renewal", log=log)

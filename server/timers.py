@@ -37,6 +37,7 @@ import logging
 from runtime import Clock
 
 from .instances import InstanceService
+from .loops import repeat
 from .store import LogRecord, Store, TimerRow
 
 __all__ = ["FIRST_RETRY_MS", "MAX_RETRIES", "MAX_RETRY_MS", "PAUSED_RETRY_MS", "TimerService"]
@@ -88,15 +89,8 @@ class TimerService:
 
     async def run(self) -> None:
         try:
-            while True:
-                try:
-                    await self._round()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # The database failed (unreachable, disk full): the timers are still in it.
-                    log.warning("timer loop: looking for due timers failed; trying again in 1 s", exc_info=True)
-                    await asyncio.sleep(1.0)
+            # A failed round (the database unreachable) leaves the timers in it: tried again in 1 s.
+            await repeat(self._round, pause_s=0, retry_s=1.0, what="looking for due timers", log=log)
         finally:
             for task in list(self._tasks):
                 task.cancel()
