@@ -52,7 +52,6 @@ class CommitFeed:
         self._hint_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: Listener | None = None
-        self.relayed_remote = 0
 
     async def start(self) -> None:
         self.hub.watcher = self.watch
@@ -163,7 +162,6 @@ class CommitFeed:
                             record.seq,
                         )
                     )
-                    self.relayed_remote += 1
                     after = record.seq
             self._relayed[instance_id] = max(after, self._relayed.get(instance_id, 0))
 
