@@ -43,6 +43,11 @@ class GuestSandbox(abc.ABC):
         """Run the ephemeral guest timers due at ``now_ms`` and pump until quiescent."""
 
     @abc.abstractmethod
+    def footprint(self) -> int:
+        """Bytes of memory the live sandbox holds (an upper bound where the engine cannot tell
+        exactly; 0 once closed). Never runs guest code: cheap enough to ask on the event loop."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the sandbox. Idempotent. Never runs guest code (no exit actions)."""
 

@@ -131,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
         "(default $STATEHOST_ENGINE, else quickjs-wasm)",
     )
     serve.add_argument(
+        "--parked-sandboxes",
+        type=_count,
+        default=os.environ.get("STATEHOST_PARKED_SANDBOXES", "256"),
+        help="live sandboxes kept for hot instances' next events; 0: a pristine sandbox per event "
+        "(default $STATEHOST_PARKED_SANDBOXES, else 256)",
+    )
+    serve.add_argument(
+        "--parked-memory-mb",
+        type=_count,
+        default=os.environ.get("STATEHOST_PARKED_MEMORY_MB", "1024"),
+        help="the memory those sandboxes may hold together (default $STATEHOST_PARKED_MEMORY_MB, else 1024)",
+    )
+    serve.add_argument(
         "--synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -202,6 +215,16 @@ def _prepare(args: argparse.Namespace) -> tuple[Bundler, PreparedMachine]:
     upload = Upload(args.file.name, args.file.read_bytes(), entry=args.entry, xstate_major=args.xstate)
     bundle = bundler.bundle(upload)
     return bundler, make_engine(args.engine, bundler.runtime_api).prepare(bundle)
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 or more")
+    return number
 
 
 def _event(value: str) -> dict[str, Any]:
@@ -411,6 +434,8 @@ def _serve(args: argparse.Namespace) -> int:
         synchronous=args.synchronous,
         workers=args.workers,
         engine=args.engine,
+        parked_sandboxes=args.parked_sandboxes,
+        parked_memory_mb=args.parked_memory_mb,
         host=args.host,
         port=args.port,
         public_url=args.public_url,

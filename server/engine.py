@@ -68,8 +68,6 @@ class DurableEngine:
         self._executor = Executor(self.settings.workers or None)
         self._transport = AiohttpTransport(self.settings.fetch)
         engine = make_engine(self.settings.engine, self.bundler.runtime_api)
-        # The WASM engine's point is a pristine instance per event (and it starts one in ~0.1 ms).
-        parked = self.settings.parked_sandboxes if self.settings.engine == "quickjs-native" else 0
         if self.store.shared:
             self.leases = Leases(self.store, self.node_id, self.settings.lease_ttl_s)
         self._instances = InstanceService(
@@ -81,7 +79,8 @@ class DurableEngine:
             self.clock,
             self.settings.limits,
             on_timers_changed=lambda: self._timers.wake() if self._timers else None,
-            parked_sandboxes=parked,
+            parked_sandboxes=self.settings.parked_sandboxes,
+            parked_bytes=self.settings.parked_memory_mb * 2**20,
             leases=self.leases,
         )
         # A timer claim outlives the longest delivery: a settle window, plus waiting for a lease.

@@ -135,6 +135,17 @@ class _Request:
             self.done.set_exception(error)
 
 
+@dataclass(frozen=True)
+class _Parked:
+    """The live sandbox of an instance's last quiescent window, valid while the instance is at ``seq``
+    of ``version_id``."""
+
+    seq: int
+    version_id: str
+    sandbox: SandboxInstance
+    size: int
+
+
 @dataclass
 class _Window:
     """What the commit callback of one window keeps between rounds."""
@@ -177,14 +188,18 @@ class InstanceService:
         limits: Limits,
         on_timers_changed: Callable[[], None] = lambda: None,
         parked_sandboxes: int = 0,
+        parked_bytes: int = 0,
         leases: Leases | None = None,
     ) -> None:
         self.limits = limits
         self.leases = leases
         """Several nodes on one database: a window runs only under its instance's lease."""
         self.parking = parked_sandboxes
-        self._parked: collections.OrderedDict[int, tuple[int, str, SandboxInstance]] = collections.OrderedDict()
-        """instance id -> (seq, version id, the live sandbox of its last quiescent window)."""
+        self.parking_bytes = parked_bytes
+        """The parked sandboxes' memory (as they report it) stays under this; 0: no limit but the count."""
+        self._parked: collections.OrderedDict[int, _Parked] = collections.OrderedDict()
+        """instance id -> the live sandbox of its last quiescent window, least recently used first."""
+        self._parked_bytes = 0
         self.store = store
         self.engine = engine
         self.bundler = bundler
@@ -760,17 +775,27 @@ class InstanceService:
         entry = self._parked.pop(row.id, None)
         if entry is None:
             return None
-        seq, version_id, sandbox = entry
-        if seq != row.seq or version_id != row.version_id:
-            sandbox.close()  # another process moved the instance on, or it was upgraded
+        self._parked_bytes -= entry.size
+        if entry.seq != row.seq or entry.version_id != row.version_id:
+            entry.sandbox.close()  # another process moved the instance on, or it was upgraded
             return None
-        return sandbox
+        return entry.sandbox
 
     def _park(self, instance_id: int, seq: int, version_id: str, sandbox: SandboxInstance) -> None:
-        self._parked[instance_id] = (seq, version_id, sandbox)
-        while len(self._parked) > self.parking:
-            _, (_, _, evicted) = self._parked.popitem(last=False)
-            evicted.close()
+        size = sandbox.footprint()
+        if self.parking_bytes and size > self.parking_bytes // 4:
+            sandbox.close()  # one instance that grew its heap must not push the others out
+            return
+        stale = self._parked.pop(instance_id, None)
+        if stale is not None:  # not reachable while one actor per instance unparks first; be safe
+            self._parked_bytes -= stale.size
+            stale.sandbox.close()
+        self._parked[instance_id] = _Parked(seq, version_id, sandbox, size)
+        self._parked_bytes += size
+        while len(self._parked) > self.parking or (self.parking_bytes and self._parked_bytes > self.parking_bytes):
+            _, evicted = self._parked.popitem(last=False)
+            self._parked_bytes -= evicted.size
+            evicted.sandbox.close()
 
     async def _commit(self, window: _Window, round_: Round, tag: object) -> None:
         now = self.clock.now_ms()
@@ -878,9 +903,10 @@ class InstanceService:
         get their error events on the next event after the restart.
         """
         self._closing = True
-        for _, _, sandbox in self._parked.values():
-            sandbox.close()
+        for entry in self._parked.values():
+            entry.sandbox.close()
         self._parked.clear()
+        self._parked_bytes = 0
         tasks: list[asyncio.Task[Any]] = [task for _, task in self._actors.values()]
         tasks += list(self._detached)
         if tasks:

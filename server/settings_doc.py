@@ -28,6 +28,8 @@ FLAGS = {
     "synchronous": "`--synchronous`",
     "workers": "`--workers`",
     "engine": "`--engine`, `$STATEHOST_ENGINE`",
+    "parked_sandboxes": "`--parked-sandboxes`, `$STATEHOST_PARKED_SANDBOXES`",
+    "parked_memory_mb": "`--parked-memory-mb`, `$STATEHOST_PARKED_MEMORY_MB`",
     "host": "`--host`, `$STATEHOST_HOST`",
     "port": "`--port`, `$STATEHOST_PORT`",
     "public_url": "`--public-url`, `$STATEHOST_PUBLIC_URL`",

@@ -2,7 +2,7 @@
 
 - ``quickjs-native``: QuickJS-NG through the ``quickjs-ng`` binding, in the server process.
 - ``quickjs-wasm``: the same QuickJS-NG compiled to WebAssembly, under wasmtime: a memory-safety
-  boundary around each instance, and a pristine instance per window.
+  boundary around each instance, and each sandbox a fresh instance of a pre-initialised image.
 """
 
 from __future__ import annotations

@@ -146,6 +146,11 @@ class VM(abc.ABC):
         """A guest entry begins; ``deadline`` (monotonic) is when its wall time runs out."""
 
     @abc.abstractmethod
+    def footprint(self) -> int:
+        """Bytes of memory the VM holds (at most; an engine that cannot tell exactly over-counts).
+        Never runs guest code."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the VM. Idempotent; never runs guest code."""
 
@@ -358,6 +363,9 @@ class _Guest(GuestSandbox):
 
     def fire_timers(self, now_ms: int) -> Round:
         return self._enter("fire", _step_context(now_ms), now_ms)
+
+    def footprint(self) -> int:
+        return 0 if self._sandbox is None else self._sandbox.vm.footprint()
 
     def close(self) -> None:
         if self._sandbox is not None:

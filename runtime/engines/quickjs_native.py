@@ -84,6 +84,9 @@ class _NativeVM(VM):
             raise _wrap(exc) from None
         return ran
 
+    def footprint(self) -> int:
+        return int(self.ctx.memory()["malloc_size"])  # QuickJS's own heap, as its limit counts it
+
     def close(self) -> None:
         pass  # the context is freed with its last reference
 

@@ -7,7 +7,8 @@ memory, not the server. Facts behind each choice: ../shared/spec/runtime-semanti
 
 Decision log:
 
-- **A pristine instance per window and per call.** The guest with the prelude loaded is a
+- **A pristine instance per sandbox** (each window's, unless the server parked the instance's last
+  one, and each one-shot call's). The guest with the prelude loaded is a
   pre-initialised module (its data section rewritten to hold the memory image, Wizer-style, in
   :func:`preinitialise`), compiled once and cached serialized on disk; instantiating it is
   copy-on-write (about 0.1 ms). Each prepared machine keeps the pages that evaluating its bundle and
@@ -575,6 +576,11 @@ class _WasmVM(VM):
     def start_entry(self, deadline: float) -> None:
         self.entry_deadline = deadline
 
+    def footprint(self) -> int:
+        # Linear memory never shrinks, and its untouched pages (zeros, or the image's pages mapped
+        # copy-on-write) are not resident: an upper bound of what the instance keeps in RAM.
+        return self.memory_size()
+
     def mem_used(self) -> int:
         return self.call_i32("g_mem_used") & 0xFFFFFFFF
 
@@ -687,7 +693,7 @@ class _WasmProvider(VMProvider):
 
 
 class QuickJSWasmEngine(GuestLoopEngine):
-    """QuickJS-NG in WebAssembly under wasmtime, a pristine instance per window."""
+    """QuickJS-NG in WebAssembly under wasmtime, a pristine instance per sandbox."""
 
     name = "quickjs-wasm"
 

@@ -55,11 +55,12 @@ def settings_for(path: Path, **overrides) -> Settings:
     return Settings(**base)
 
 
-@pytest.fixture(params=[("quickjs-native", 256), ("quickjs-wasm", 0)], ids=["native-parked", "wasm"])
+@pytest.fixture(params=[("quickjs-wasm", 256), ("quickjs-native", 0)], ids=["wasm-parked", "native-pristine"])
 async def durable(request, db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
-    """Every server test runs on both engines: the native one with sandbox parking (an instance's
-    next event reuses its live sandbox) and the WASM one (a pristine instance per event, the
-    default): both paths must behave the same."""
+    """Every server test runs on both engines and both sandbox paths: the default (WASM, an
+    instance's next event reuses its parked live sandbox) and the native one with a pristine
+    sandbox per event (``parked_sandboxes=0``): both must behave the same. Parking itself is tested
+    on both engines in test_instances.py."""
     engine_name, parked = request.param
     engine = DurableEngine(
         settings_for(db_dir, engine=engine_name, parked_sandboxes=parked), clock=clock, bundler=bundler

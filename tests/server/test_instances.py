@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from runtime import Limits, SystemClock
+from runtime.engines import ENGINE_NAMES
 from server.engine import DurableEngine
 from server.errors import Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected
 from tests.server.conftest import Deployment, settings_for
@@ -341,10 +342,9 @@ export default createMachine({ id: "m", predictableActionArguments: true, initia
 """
 
 
-async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state(db_dir, bundler, clock):
-    engine = DurableEngine(
-        settings_for(db_dir, engine="quickjs-native", parked_sandboxes=2), clock=clock, bundler=bundler
-    )
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state(engine_name, db_dir, bundler, clock):
+    engine = DurableEngine(settings_for(db_dir, engine=engine_name, parked_sandboxes=2), clock=clock, bundler=bundler)
     await engine.start()
     try:
         org = await engine.store.create_org("o", clock.now_ms())
@@ -389,6 +389,45 @@ async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state
         await engine.stop()
 
 
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+async def test_parked_sandboxes_stay_within_their_memory_budget(engine_name, db_dir, bundler, clock):
+    """The budget counts each sandbox's footprint as its engine reports it; the least recently used
+    go first, and a sandbox bigger than a quarter of the budget is closed instead of parked."""
+    engine = DurableEngine(settings_for(db_dir, engine=engine_name, parked_sandboxes=50), clock=clock, bundler=bundler)
+    await engine.start()
+    try:
+        org = await engine.store.create_org("o", clock.now_ms())
+        await Deployment(engine, org).machine("m", MODULE_STATE)
+        svc = engine.instances
+        machine_id = await engine.store.machine_id(org, "m")
+
+        async def instance_id(name: str) -> int:
+            row = await engine.store.find_instance(machine_id, name)
+            assert row is not None
+            return row.id
+
+        await svc.create(org, "m", "first")
+        size = svc._parked[await instance_id("first")].size
+        assert size > 100_000  # a live XState machine, as the engine counts it
+        svc.parking_bytes = 4 * size + size // 2  # room for four of them
+        names = [f"i{n}" for n in range(7)]
+        for name in names:
+            await svc.create(org, "m", name)
+            await svc.send_event(org, "m", name, "ping", {})
+        assert svc._parked_bytes == sum(entry.size for entry in svc._parked.values()) <= svc.parking_bytes
+        assert list(svc._parked) == [await instance_id(name) for name in names[-len(svc._parked) :]]
+        assert 3 <= len(svc._parked) <= 4  # sizes vary a little with what each event allocated
+        # too big for a quarter of the budget: closed after its window, so the next event starts afresh
+        svc.parking_bytes = 2 * size
+        await svc.send_event(org, "m", "i6", "ping", {})
+        assert await instance_id("i6") not in svc._parked
+        await svc.send_event(org, "m", "i6", "ping", {})
+        texts = [line["text"] for line in await engine.store.logs(org, instance_name="i6")]
+        assert texts == ["calls 1", "calls 2", "calls 1"]
+    finally:
+        await engine.stop()
+
+
 async def test_requests_that_joined_a_failing_window_are_answered(
     durable, deploy: Deployment, slow_server, monkeypatch
 ):
@@ -421,13 +460,14 @@ async def test_requests_that_joined_a_failing_window_are_answered(
     assert [t.event["type"] for t in await durable.store.transitions(row.id)][-1] == "load"
 
 
-async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets(db_dir, bundler, slow_server):
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets(
+    engine_name, db_dir, bundler, slow_server
+):
     """Regression: the fetch count (max_fetches) and the log caps are per event, also when the
     instance's sandbox is parked between events and serves many of them."""
     engine = DurableEngine(
-        settings_for(
-            db_dir, engine="quickjs-native", parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)
-        ),
+        settings_for(db_dir, engine=engine_name, parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)),
         clock=SystemClock(),
         bundler=bundler,
     )
