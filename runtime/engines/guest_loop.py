@@ -162,10 +162,14 @@ class VMProvider(abc.ABC):
     def open(self, scripts: Sequence[str], limits: Limits) -> VM:
         """A fresh VM with every limit applied, the prelude, then ``scripts``, evaluated."""
 
-    def opener(self, scripts: Sequence[str], limits: Limits, attach: str) -> Callable[[Limits], VM]:
+    def opener(
+        self, scripts: Sequence[str], limits: Limits, attach: str, attached: VM | None = None
+    ) -> Callable[[Limits], VM]:
         """How to open VMs of a prepared machine, one per window or call, with the limits of that
         moment. An engine may prepare once here (an image taken after attach) and return VMs with
-        ``attached`` set."""
+        ``attached`` set. ``attached``, if given, is a VM of ``scripts`` that has just run ``attach``
+        successfully (and nothing since): an engine may take its image from it instead of
+        evaluating the bundle again."""
         return lambda current: self.open(scripts, current)
 
 
@@ -682,6 +686,7 @@ class _Prepared(PreparedMachine):
         limits: Limits,
         runtime_api: str | None,
         provider: VMProvider,
+        attached: VM | None = None,
     ) -> None:
         self.bundle = bundle
         self.major = major
@@ -689,7 +694,7 @@ class _Prepared(PreparedMachine):
         self.limits = limits
         scripts: tuple[str, ...] = (bundle.code,) if runtime_api is None else (bundle.code, runtime_api)
         self.runtime_api_mode = "bundle" if runtime_api is None else "global"
-        self._opener = provider.opener(scripts, limits, self.runtime_api_mode)
+        self._opener = provider.opener(scripts, limits, self.runtime_api_mode, attached)
 
     def open_vm(self) -> VM:
         return self._opener(self.limits)
@@ -854,36 +859,39 @@ class GuestLoopEngine(Engine):
         runtime_api = None
         vm = None
         try:
-            vm = self._provider.open((bundle.code,), limits)
-            sandbox = _Session(vm, limits)
-            if bundle.self_contained:
-                probe = sandbox.call("attach", {"runtimeApi": "none"})
-                _raise_if_fault(probe)
-                if self._runtime_api is None:
-                    raise HostError("a self-contained bundle needs a runtime API source (a Bundler)")
-                runtime_api = self._runtime_api(int(probe["major"]))
-                vm.close()
-                vm = self._provider.open((bundle.code, runtime_api), limits)
+            try:
+                vm = self._provider.open((bundle.code,), limits)
                 sandbox = _Session(vm, limits)
-                reply = sandbox.call("attach", {"runtimeApi": "global"})
-            else:
-                reply = sandbox.call("attach", {"runtimeApi": "bundle"})
-        except VMError as exc:
-            hit = _limit_from_exception(exc, limits)
-            detail = str(exc).strip() if hit.outcome is Outcome.GUEST_ERROR else str(hit)
-            raise InvalidMachineError(f"the module failed while loading: {detail}") from None
+                if bundle.self_contained:
+                    probe = sandbox.call("attach", {"runtimeApi": "none"})
+                    _raise_if_fault(probe)
+                    if self._runtime_api is None:
+                        raise HostError("a self-contained bundle needs a runtime API source (a Bundler)")
+                    runtime_api = self._runtime_api(int(probe["major"]))
+                    vm.close()
+                    vm = self._provider.open((bundle.code, runtime_api), limits)
+                    sandbox = _Session(vm, limits)
+                    reply = sandbox.call("attach", {"runtimeApi": "global"})
+                else:
+                    reply = sandbox.call("attach", {"runtimeApi": "bundle"})
+            except VMError as exc:
+                hit = _limit_from_exception(exc, limits)
+                detail = str(exc).strip() if hit.outcome is Outcome.GUEST_ERROR else str(hit)
+                raise InvalidMachineError(f"the module failed while loading: {detail}") from None
+            _raise_if_fault(reply)
+            major = int(reply["major"])
+            if bundle.xstate_major is not None and major != bundle.xstate_major:
+                raise InvalidMachineError(
+                    f"the machine was made with XState {major}, but the upload was bundled for XState "
+                    f"{bundle.xstate_major}; declare XState {major} (or import npm:xstate@{major})"
+                )
+            exports = tuple(reply.get("exports", ()))
+            # The VM that validated the machine has just attached it: an engine that keeps an image
+            # takes it from this VM rather than evaluating the bundle a second time.
+            return _Prepared(bundle, major, exports, limits, runtime_api, self._provider, attached=vm)
         finally:
             if vm is not None:
                 vm.close()
-        _raise_if_fault(reply)
-        major = int(reply["major"])
-        if bundle.xstate_major is not None and major != bundle.xstate_major:
-            raise InvalidMachineError(
-                f"the machine was made with XState {major}, but the upload was bundled for XState "
-                f"{bundle.xstate_major}; declare XState {major} (or import npm:xstate@{major})"
-            )
-        exports = tuple(reply.get("exports", ()))
-        return _Prepared(bundle, major, exports, limits, runtime_api, self._provider)
 
 
 def _raise_if_fault(reply: Any) -> None:

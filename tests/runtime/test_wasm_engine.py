@@ -12,7 +12,7 @@ import pytest
 from runtime import Limits, Outcome, StepRequest
 from runtime.engines import make_engine
 from runtime.engines.guest_loop import VMError
-from runtime.engines.quickjs_wasm import WasmRuntime, _WasmProvider, _WasmVM, preinitialise
+from runtime.engines.quickjs_wasm import WasmRuntime, _diff, _WasmProvider, _WasmVM, preinitialise
 from runtime.wasm_build import SHADOW_STACK_BYTES
 from tests.runtime.test_hostile import hostile_machine
 from tests.support import local, prepare
@@ -183,3 +183,37 @@ async def test_a_hot_machine_gets_its_own_pre_initialised_module(
     for _ in range(3):  # instances of the machine's own module: pristine, and the same state as before
         assert (await inst.send("ping")).ok
     assert inst.current is not None and inst.current.public_context == {"n": 4}
+
+
+def test_preparing_a_machine_evaluates_its_bundle_once(bundler, wasm, clock, monkeypatch):
+    """The VM that validates the machine also gives the image (the bundle is ~9 ms of evaluation,
+    paid by every upload and by the first event of each version after a restart)."""
+    evaluated: list[int] = []
+    original = _WasmVM.eval
+
+    def counting(self: _WasmVM, code: str) -> str | None:
+        evaluated.append(len(code))
+        return original(self, code)
+
+    monkeypatch.setattr(_WasmVM, "eval", counting)
+    prepared = prepare(bundler, wasm, hostile_machine("() => { globalThis.ran = (globalThis.ran || 0) + 1; }", 4), 4)
+    assert len(evaluated) == 1 and evaluated[0] == len(prepared.bundle.code)
+    for name in ("a", "b"):  # instances start from that image: attached, nothing evaluated again
+        with prepared.new_instance() as inst:
+            assert inst.begin(StepRequest("create", name, {}), clock.now_ms()).ok
+            assert inst.deliver({"type": "go"}, {}, clock.now_ms()).ok
+            assert inst._sandbox.vm.eval("String(globalThis.ran)") == "1"  # type: ignore[attr-defined]
+    assert len(evaluated) == 3  # the two evals above, nothing else
+
+
+def test_an_image_is_the_pages_that_differ(runtime):
+    before = bytes(range(256)) * 64  # four 4 KiB pages
+    after = bytearray(before) + bytes(4096) + b"\x01" * 4096  # grown by a zero page and a non-zero one
+    after[4096 + 7] ^= 0xFF  # page 1 changed
+    after[3 * 4096] ^= 0xFF  # page 3 changed
+    runs = _diff(before, bytes(after))
+    assert [(offset, len(data)) for offset, data in runs] == [(4096, 4096), (3 * 4096, 4096), (5 * 4096, 4096)]
+    rebuilt = bytearray(before) + bytes(len(after) - len(before))
+    for offset, data in runs:
+        rebuilt[offset : offset + len(data)] = data
+    assert rebuilt == after
