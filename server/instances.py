@@ -56,7 +56,7 @@ from .errors import (
     Unavailable,
 )
 from .leases import Leases
-from .store import InstanceRow, Lease, LogRecord, RoundCommit, Store, TimerRow, TimerSet, TransitionRecord
+from .store import InstanceRow, Lease, LogRecord, RoundCommit, Store, TimerOwner, TimerRow, TimerSet, TransitionRecord
 from .upgrades import migration_chain
 
 __all__ = ["Committed", "InstanceService", "InstanceState", "TimerDelivery"]
@@ -356,14 +356,27 @@ class InstanceService:
         """Deliver a due timer as an ordinary event (no allowWrite); say what became of it.
 
         A timer with a target is a message of its instance to another one, a spawn, or the
-        ``done.invoke`` of a persistent invocation (wire-api 7.6): see :meth:`_deliver_message`."""
-        row = await self.store.instance_by_id(timer.instance_id)
-        if row is None:
-            return "gone"
+        ``done.invoke`` of a persistent invocation (wire-api 7.6): see :meth:`_deliver_message`.
+
+        The owner comes with a due timer's row; if its instance has been deleted since, so has the
+        timer (a cascade), and the round that must delete it fails: nothing is delivered."""
+        owner = timer.owner
+        if owner is None:
+            row = await self.store.instance_by_id(timer.instance_id)
+            if row is None:
+                return "gone"
+            owner = TimerOwner(row.machine_id, row.org_id, row.machine_slug, row.name)
         if timer.target is not None:
-            return await self._deliver_message(timer, row)
+            return await self._deliver_message(timer, owner)
         request = _Request(
-            "timer", row.machine_id, row.org_id, row.machine_slug, row.name, None, event=timer.event, timer=timer
+            "timer",
+            owner.machine_id,
+            owner.org_id,
+            owner.machine_slug,
+            owner.name,
+            None,
+            event=timer.event,
+            timer=timer,
         )
         try:
             await self._submit(request)
@@ -372,11 +385,11 @@ class InstanceService:
         except (NotFound, Conflict):
             return "gone" if not await self.store.timer_exists(timer.id) else "retry"
         except ApiError as exc:
-            log.info("timer %s of instance %s not delivered: %s", timer.key, row.name, exc)
+            log.info("timer %s of instance %s not delivered: %s", timer.key, owner.name, exc)
             return "retry"
         return "delivered"
 
-    async def _deliver_message(self, timer: TimerRow, sender: InstanceRow) -> TimerDelivery:
+    async def _deliver_message(self, timer: TimerRow, sender: TimerOwner) -> TimerDelivery:
         """A message from ``sender`` to another instance of its org, or the creation of a persistent
         child. The receiver's allowWrite sees ``authContext.stateBackedSender``. The timer row is
         removed in the transaction of the receiver's first round, so a message is delivered once in
@@ -420,12 +433,15 @@ class InstanceService:
         except (Rejected, InvalidParameter, Conflict) as exc:
             if not await self.store.timer_exists(timer.id):
                 return "gone"  # withdrawn meanwhile (cancelled by its sender)
+            row = await self.store.instance_by_id(timer.instance_id)  # for its current version
+            if row is None:
+                return "gone"  # the sender was deleted meanwhile: nobody to tell
             text = f"[statehost] {what} {where} not delivered: {exc}"
             await self._store_logs(
                 sender.org_id,
                 sender.machine_slug,
                 sender.name,
-                sender.version_id,
+                row.version_id,
                 (LogLine("stderr", "engine", text, self.clock.now_ms()),),
             )
             return "gone"

@@ -17,6 +17,7 @@ Decision log:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import time
 import uuid
@@ -184,6 +185,17 @@ def _state_columns(commit: RoundCommit) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
+class TimerOwner:
+    """The instance a timer belongs to, as it never changes (read with the due timers, so that a
+    delivery need not read the instance again before its window does)."""
+
+    machine_id: int
+    org_id: str
+    machine_slug: str
+    name: str
+
+
+@dataclass(frozen=True)
 class TimerRow:
     id: int
     instance_id: int
@@ -193,6 +205,8 @@ class TimerRow:
     attempts: int
     target: dict[str, Any] | None = None
     """None: an event of the instance to itself; else a message to another instance, or a spawn."""
+    owner: TimerOwner | None = None
+    """Set on the rows of due_timers and claim_due_timers."""
 
 
 COMMITS_CHANNEL = "statehost_commits"
@@ -201,6 +215,11 @@ _DB_NOW_MS = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 """PostgreSQL's clock in epoch milliseconds (leases and timer claims use the database's time)."""
 
 _TIMER_COLUMNS = "id, instance_id, timer_key, event_json, due_ms, attempts, target_json"
+_DUE_TIMER_COLUMNS = (
+    "t.id, t.instance_id, t.timer_key, t.event_json, t.due_ms, t.attempts, t.target_json,"
+    " i.machine_id, m.org_id, m.slug AS machine_slug, i.name"
+)
+"""A due timer with its owner (``timers t JOIN instances i JOIN machines m``)."""
 
 
 def _timer_row(r: Row) -> TimerRow:
@@ -214,6 +233,11 @@ def _timer_row(r: Row) -> TimerRow:
         r["attempts"],
         None if target is None else json.loads(target),
     )
+
+
+def _due_timer_row(r: Row) -> TimerRow:
+    owner = TimerOwner(r["machine_id"], r["org_id"], r["machine_slug"], r["name"])
+    return dataclasses.replace(_timer_row(r), owner=owner)
 
 
 class Store(DirectoryMixin):
@@ -627,12 +651,13 @@ class Store(DirectoryMixin):
     async def due_timers(self, now_ms: int, limit: int, exclude: Iterable[int] = ()) -> list[TimerRow]:
         excluded = list(exclude)
         marks = ",".join("?" * len(excluded))
-        extra = f"AND id NOT IN ({marks})" if excluded else ""
+        extra = f"AND t.id NOT IN ({marks})" if excluded else ""
         rows = await self._read(
-            f"SELECT {_TIMER_COLUMNS} FROM timers WHERE due_ms <= ? {extra} ORDER BY due_ms, id LIMIT ?",
+            f"SELECT {_DUE_TIMER_COLUMNS} FROM timers t JOIN instances i ON i.id = t.instance_id"
+            f" JOIN machines m ON m.id = i.machine_id WHERE t.due_ms <= ? {extra} ORDER BY t.due_ms, t.id LIMIT ?",
             (now_ms, *excluded, limit),
         )
-        return [_timer_row(r) for r in rows]
+        return [_due_timer_row(r) for r in rows]
 
     async def timer_exists(self, timer_id: int) -> bool:
         return await self._read_one("SELECT 1 FROM timers WHERE id = ?", (timer_id,)) is not None
@@ -734,14 +759,15 @@ class Store(DirectoryMixin):
         """Claim due timers nobody else holds (SKIP LOCKED: racing nodes claim disjoint rows); a
         claim lapses after ``ttl_ms`` unless the timer was delivered, retried or dropped first."""
         rows = await self._relaxed(
-            f"UPDATE timers SET claimed_by = ?, claim_until = {_DB_NOW_MS} + ? WHERE id IN ("
+            f"UPDATE timers t SET claimed_by = ?, claim_until = {_DB_NOW_MS} + ? FROM instances i, machines m"
+            " WHERE i.id = t.instance_id AND m.id = i.machine_id AND t.id IN ("
             " SELECT id FROM timers WHERE due_ms <= ?"
             f" AND (claim_until IS NULL OR claim_until < {_DB_NOW_MS})"
             " ORDER BY due_ms, id LIMIT ? FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_TIMER_COLUMNS}",
+            f" RETURNING {_DUE_TIMER_COLUMNS}",
             (node_id, ttl_ms, now_ms, limit),
         )
-        return sorted((_timer_row(r) for r in rows), key=lambda t: (t.due_ms, t.id))
+        return sorted((_due_timer_row(r) for r in rows), key=lambda t: (t.due_ms, t.id))
 
     async def release_timer_claims(self, node_id: str) -> None:
         """On a clean stop: timers this node claimed and did not deliver go back to all nodes."""

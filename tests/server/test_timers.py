@@ -96,6 +96,45 @@ async def test_cancel_removes_the_timer(durable, deploy: Deployment, clock: Fake
     assert (await state_of(durable, deploy.org_id, "i1")).state == "idle"
 
 
+async def test_due_timers_carry_their_owner_and_a_stale_one_delivers_nothing(
+    durable, deploy: Deployment, clock: FakeClock, monkeypatch
+):
+    """A due timer's row names its instance (one read per batch, not one per delivery); a row read
+    before its instance was deleted delivers nothing: the timer went with the instance."""
+    await deploy.machine("timed", TIMED[4])
+    for name in ("i1", "i2"):
+        await durable.instances.create(deploy.org_id, "timed", name)
+        await durable.instances.send_event(deploy.org_id, "timed", name, "short", {})
+    store = durable.store
+    now = clock.now_ms() + 5000
+    if store.shared:
+        due = await store.claim_due_timers(now, 10, "someone-else", 60_000)  # held, so the loop leaves them
+    else:
+        due = await store.due_timers(now, 10)
+    machine_id = await store.machine_id(deploy.org_id, "timed")
+    assert sorted((t.owner.name, t.owner.machine_id, t.owner.org_id, t.owner.machine_slug) for t in due if t.owner) == [
+        ("i1", machine_id, deploy.org_id, "timed"),
+        ("i2", machine_id, deploy.org_id, "timed"),
+    ]
+    reads = 0
+    original = store.instance_by_id
+
+    async def counting(instance_id: int):
+        nonlocal reads
+        reads += 1
+        return await original(instance_id)
+
+    monkeypatch.setattr(store, "instance_by_id", counting)
+    first, second = sorted(due, key=lambda t: t.owner.name if t.owner else "")
+    assert await durable.instances.deliver_timer(first) == "delivered"
+    assert (await state_of(durable, deploy.org_id, "i1")).state == "fired" and reads == 0
+    i2 = await store.find_instance(machine_id, "i2")
+    assert i2 is not None
+    await store.delete_instance(i2.id)
+    assert await durable.instances.deliver_timer(second) == "gone"
+    assert await store.find_instance(machine_id, "i2") is None and not await store.timer_exists(second.id)
+
+
 @pytest.mark.parametrize("major", [4, 5])
 async def test_a_timer_that_came_due_while_the_server_was_down_fires_at_start(db_dir, clock: FakeClock, bundler, major):
     engine = DurableEngine(settings_for(db_dir), clock=clock, bundler=bundler)
