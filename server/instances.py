@@ -803,7 +803,7 @@ class InstanceService:
             sandbox.close()  # one instance that grew its heap must not push the others out
             return
         stale = self._parked.pop(instance_id, None)
-        if stale is not None:  # not reachable while one actor per instance unparks first; be safe
+        if stale is not None:  # a window that did not take it (a recovery, a create over a stale entry)
             self._parked_bytes -= stale.size
             stale.sandbox.close()
         self._parked[instance_id] = _Parked(seq, version_id, sandbox, size)
