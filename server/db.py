@@ -28,6 +28,13 @@ Decision log:
   (``server/migrations/postgres/NNNN_*.sql``), under an advisory lock so that nodes starting together
   migrate once. PostgreSQL's first file creates the schema as of SQLite's version 6; both
   directories always end at the same number (tests/server/test_store.py checks).
+- **Storage faults are 503s with a code, never 500s** (``storage_error``): a full disk is
+  ``storage-full``, an I/O error, a read-only file or a lock held past ``busy_timeout`` is
+  ``storage-unavailable``. SQLite rolls a transaction back by itself after some of these (a full
+  disk or an I/O error in the middle of it); the writer then fails the whole batch, not just the
+  operation that met it, since the others' work is gone too. The writer thread and its connection
+  carry on: the next batch commits as soon as the disk takes writes again (docs/durability.md,
+  "Storage faults").
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
-from .errors import Unavailable
+from .errors import ApiError, StorageFull, StorageUnavailable, Unavailable
 
 __all__ = [
     "Database",
@@ -140,6 +147,43 @@ def open_database(
 
 # -- SQLite ------------------------------------------------------------------------------------------
 
+_SQLITE_FULL = 13
+_SQLITE_STORAGE = {
+    5: "the database is locked by another process",  # SQLITE_BUSY (after busy_timeout)
+    6: "the database table is locked",  # SQLITE_LOCKED
+    7: "SQLite ran out of memory",  # SQLITE_NOMEM
+    8: "the database file is read-only",  # SQLITE_READONLY
+    10: "the disk failed to read or write the database (I/O error)",  # SQLITE_IOERR
+    11: "the database file is corrupt",  # SQLITE_CORRUPT
+    14: "the database file cannot be opened",  # SQLITE_CANTOPEN
+    26: "the database file is not a database",  # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: BaseException) -> ApiError | None:
+    """The 503 for a SQLite error that is the storage's fault, not the request's; None for others
+    (a constraint, a bug in a statement)."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = int(code) & 0xFF
+    name = getattr(exc, "sqlite_errorname", str(code))
+    if primary == _SQLITE_FULL:
+        return StorageFull(
+            f"the database's disk is full ({name}: {exc}): nothing of this request was stored; "
+            "it can be sent again once space is freed"
+        )
+    problem = _SQLITE_STORAGE.get(primary)
+    if problem is None:
+        return None
+    return StorageUnavailable(f"{problem} ({name}: {exc}): nothing of this request was stored; try again")
+
+
+def _mapped(exc: Exception) -> Exception:
+    return storage_error(exc) or exc
+
 
 class _SqliteTx:
     """Statements on the writer thread's own connection. The methods are coroutines only to share
@@ -153,18 +197,24 @@ class _SqliteTx:
             return self.conn.execute(sql, params).rowcount
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:
             self.conn.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
             return list(self.conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError as exc:  # INSERT ... RETURNING
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
@@ -198,6 +248,8 @@ class SqliteDatabase:
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.batches = 0
+        self.failed_batches = 0
+        """Transactions whose commit failed (a full disk, an I/O error): all their operations failed."""
         self._writer: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -283,6 +335,7 @@ class SqliteDatabase:
                 # The whole batch in one hop to the writer thread: one transaction, one fsync.
                 outcomes = await self._on_writer_thread(self._run_batch, [op.fn for op in batch])
             except Exception as exc:  # the transaction itself failed: nothing of the batch is durable
+                self.failed_batches += 1
                 for op in batch:
                     if not op.future.done():
                         op.future.set_exception(exc)
@@ -298,7 +351,9 @@ class SqliteDatabase:
 
     def _run_batch(self, fns: list[Callable[[Tx], Awaitable[Any]]]) -> list[tuple[Any, BaseException | None]]:
         """On the writer thread: each operation in a SAVEPOINT of one transaction. An operation that
-        fails is rolled back to its savepoint alone; the others commit."""
+        fails is rolled back to its savepoint alone; the others commit. When the transaction itself
+        fails (its COMMIT, or SQLite rolled it back after a full disk or an I/O error), every
+        operation of the batch fails with the storage error; the connection stays usable."""
         conn = self._writer
         assert conn is not None
         tx = _SqliteTx(conn)
@@ -310,6 +365,12 @@ class SqliteDatabase:
                 try:
                     result = _run_to_end(fn(tx))
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back: the batch's earlier operations
+                        # are gone too, and the rest would run outside any transaction.
+                        if isinstance(exc, ApiError):
+                            raise
+                        raise _mapped(exc) from exc
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((None, exc))
@@ -317,9 +378,13 @@ class SqliteDatabase:
                     conn.execute("RELEASE op")
                     outcomes.append((result, None))
             conn.execute("COMMIT")
-        except Exception:
+        except Exception as exc:
             with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            mapped = storage_error(exc)
+            if mapped is not None:
+                raise mapped from exc
             raise
         return outcomes
 
@@ -328,7 +393,10 @@ class SqliteDatabase:
         # execute and fetch jobs, a concurrent query's open statement keeps the connection's WAL read
         # transaction alive, and reads keep seeing an old snapshot (stale instance seq numbers).
         assert self._reader is not None, "the store is not open"
-        return list(await self._reader.execute_fetchall(sql, params))
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -396,6 +464,16 @@ async def _reachable() -> Any:
         yield
     except _CONNECTION_LOST as exc:
         raise Unavailable(f"the database is unreachable ({type(exc).__name__}: {exc}); try again") from exc
+    except asyncpg.DiskFullError as exc:
+        raise StorageFull(
+            f"the database's disk is full ({exc}): nothing of this request was stored; "
+            "it can be sent again once space is freed"
+        ) from exc
+    except asyncpg.InsufficientResourcesError as exc:  # out of memory, too many connections
+        raise StorageUnavailable(
+            f"the database is out of resources ({type(exc).__name__}: {exc}): nothing of this request "
+            "was stored; try again"
+        ) from exc
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -11,6 +11,11 @@ Decision log:
   has passed (not "the remaining delay after restart"; statelyai/xstate#5331 lists the options).
 - A failed delivery (paused instance, a machine that throws, a timeout) is retried with backoff up
   to ``MAX_RETRIES`` times, then dropped with a log line for the machine's author.
+- A delivery that fails because the database does (a full disk, an I/O error, PostgreSQL
+  unreachable: ``Unavailable``) is not the timer's fault: it counts no attempt and writes nothing
+  (that write would fail too); the timer is held back in memory for ``UNAVAILABLE_RETRY_S`` (real
+  time: the storage recovers in real time) and tried again, for as long as the fault lasts. A
+  timer is never dropped because the disk was full.
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
 - Messages between instances and spawns of persistent children are timer rows of their sender with
@@ -36,6 +41,7 @@ import logging
 
 from runtime import Clock
 
+from .errors import Unavailable
 from .instances import InstanceService
 from .loops import repeat
 from .store import LogRecord, Store, TimerRow
@@ -53,6 +59,8 @@ PAUSED_RETRY_MS = 30_000
 """A paused instance is retried about 30 s apart (wire-api 3.9)."""
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
+UNAVAILABLE_RETRY_S = 1.0
+"""A timer whose delivery met a storage fault is tried again after this long (real time)."""
 POLL_S = 1.0
 """On a shared database, how often a node looks for timers that other nodes set (real time)."""
 
@@ -82,6 +90,8 @@ class TimerService:
         """Per destination, the latest delivery task: the next one waits for it."""
         self.delivered = 0
         self.dropped = 0
+        self.held_back = 0
+        """Deliveries put off because the database failed (no attempt counted)."""
 
     def wake(self) -> None:
         """The timer table changed: look again for the earliest due timer."""
@@ -136,6 +146,7 @@ class TimerService:
             del self._lanes[lane]
 
     async def _deliver(self, row: TimerRow, after: asyncio.Task[None] | None = None) -> None:
+        hold_s = 0.0
         try:
             if after is not None:
                 await asyncio.wait([after])
@@ -145,17 +156,33 @@ class TimerService:
             elif outcome == "gone":
                 if await self.store.timer_exists(row.id):
                     await self.store.drop_timer(row.id, None)
+            elif outcome == "unavailable":
+                self.held_back += 1
+                hold_s = UNAVAILABLE_RETRY_S
             else:
                 await self._retry(row, paused=outcome == "retry-paused")
         except asyncio.CancelledError:
             raise
+        except Unavailable as exc:  # the bookkeeping write itself met the storage fault
+            log.warning("timer %s: held back, the database failed: %s", row.id, exc)
+            self.held_back += 1
+            hold_s = UNAVAILABLE_RETRY_S
         except Exception:
             log.exception("timer %s: delivery failed", row.id)
-            await self._retry(row, paused=False)
+            try:
+                await self._retry(row, paused=False)
+            except Unavailable as exc:
+                log.warning("timer %s: held back, the database failed: %s", row.id, exc)
+                self.held_back += 1
+                hold_s = UNAVAILABLE_RETRY_S
         finally:
-            self._in_flight.discard(row.id)
-            self._slots.release()
-            self.wake()
+            try:
+                if hold_s:  # still in flight meanwhile: the loop does not pick the row up again
+                    await asyncio.sleep(hold_s)
+            finally:
+                self._in_flight.discard(row.id)
+                self._slots.release()
+                self.wake()
 
     async def _retry(self, row: TimerRow, paused: bool) -> None:
         attempts = row.attempts + 1
