@@ -17,18 +17,24 @@ and recovery without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientError, ClientSession, ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.common import free_port
 from runtime import FakeClock
 from server.app import create_app
 from server.config import Settings
@@ -313,3 +319,129 @@ async def test_the_sqlite_writer_fails_only_the_batch_whose_commit_failed(small_
         assert {r[0] for r in await db.read("SELECT k FROM blobs")} == {4, 5}
     finally:
         await db.close()
+
+
+# -- I/O errors during commit ---------------------------------------------------------------------
+
+
+class ServeProcess:
+    """A real ``statehost serve`` (``python -m server serve``) on a free loopback port. Its output
+    goes to a pipe that a task drains (a pipe, not a file: a file would meet the fault too)."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.output: list[str] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self, *, wait: bool = True) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            "2",
+            "--engine",
+            "quickjs-native",
+            *self.extra,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self._drain = asyncio.ensure_future(self._read())
+        if wait:
+            await self._wait_healthy()
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            self.output.append(line.decode(errors="replace"))
+
+    def tail(self) -> str:
+        return "".join(self.output[-40:])
+
+    async def _wait_healthy(self) -> None:
+        assert self.process is not None
+        deadline = asyncio.get_running_loop().time() + 90
+        async with ClientSession() as session:
+            while True:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"statehost serve exited ({self.process.returncode}):\n{self.tail()}")
+                with contextlib.suppress(OSError, TimeoutError, ClientError):
+                    async with session.get(f"{self.base}/health", timeout=ClientTimeout(total=2)) as response:
+                        if response.status == 200:
+                            return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"statehost serve did not become healthy:\n{self.tail()}")
+                await asyncio.sleep(0.05)
+
+    async def exit_code(self, within_s: float = 60) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), within_s)
+        if self._drain is not None:
+            await asyncio.wait_for(self._drain, 10)
+        return code
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await self.exit_code()
+
+    def api(self, session: ClientSession) -> Api:
+        credentials = json.loads((self.data_dir / "admin.json").read_text())
+        return Api(session, credentials["adminToken"], credentials["orgId"])  # type: ignore[arg-type]
+
+
+def set_file_size_limit(pid: int, limit: str) -> None:
+    """prlimit(1) on another process: RLIMIT_FSIZE soft limit (bytes, or "unlimited")."""
+    subprocess.run(["prlimit", f"--pid={pid}", f"--fsize={limit}:unlimited"], check=True, capture_output=True)
+
+
+async def test_an_io_error_during_commit_is_a_503_storage_unavailable_and_the_node_recovers(tmp_path: Path):
+    """The kernel refuses the server's writes to its WAL (RLIMIT_FSIZE of 32 bytes, the WAL header's
+    size: every frame write fails with EFBIG, SQLite's SQLITE_IOERR_WRITE) while a commit runs."""
+    if shutil.which("prlimit") is None:
+        need_root_tool("prlimit(1) (util-linux) is needed to inject I/O errors")
+    node = ServeProcess(tmp_path / "data")
+    await node.start()
+    try:
+        async with ClientSession(base_url=node.base) as session:
+            api = node.api(session)
+            await api.deploy("c", COUNTER)
+            status, body = await api.call("POST", "/machines/c", body={"slug": "i1"})
+            assert status == 200, body
+            for n in (0, 1):
+                status, body = await _send(api, "i1", {"type": "add", "n": n})
+                assert status == 200, body
+            assert node.process is not None
+            set_file_size_limit(node.process.pid, "32")
+            for n in (2, 3):
+                status, body = await _send(api, "i1", {"type": "add", "n": n})
+                assert status == 503, body
+                assert body["code"] == "storage-unavailable", body
+                assert "I/O error" in body["error"], body
+            status, body = await api.call("POST", "/machines/c", body={"slug": "i2"})
+            assert (status, body["code"]) == (503, "storage-unavailable"), body
+            assert node.process.returncode is None  # SIGXFSZ is ignored: the node lives on
+            status, state = await api.call("GET", "/machines/c/i/i1")
+            assert status == 200 and state["publicContext"]["seen"] == [0, 1], state
+            set_file_size_limit(node.process.pid, "unlimited")
+            status, body = await _send(api, "i1", {"type": "add", "n": 4})
+            assert status == 200 and body["publicContext"]["seen"] == [0, 1, 4], body
+            status, body = await api.call("POST", "/machines/c", body={"slug": "i2"})
+            assert status == 200, body
+    finally:
+        assert await node.stop() == 0, node.tail()
+    histories = check_consistent(tmp_path / "data" / "statehost.db")
+    assert [e["n"] for e in histories["i1"] if e.get("type") == "add"] == [0, 1, 4]
+    assert set(histories) == {"i1", "i2"}
