@@ -153,7 +153,7 @@ _SQLITE_STORAGE = {
     6: "the database table is locked",  # SQLITE_LOCKED
     7: "SQLite ran out of memory",  # SQLITE_NOMEM
     8: "the database file is read-only",  # SQLITE_READONLY
-    10: "the disk failed to read or write the database (I/O error)",  # SQLITE_IOERR
+    10: "the disk failed to read or write the database",  # SQLITE_IOERR
     11: "the database file is corrupt",  # SQLITE_CORRUPT
     14: "the database file cannot be opened",  # SQLITE_CANTOPEN
     26: "the database file is not a database",  # SQLITE_NOTADB
@@ -535,8 +535,22 @@ class PostgresDatabase:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self.pool is None:
             raise RuntimeError("the store is not open")
-        async with _reachable(), self.pool.acquire() as conn, conn.transaction():
-            result = await fn(_PgTx(conn))
+        async with _reachable(), self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    result = await fn(_PgTx(conn))
+            except asyncpg.InterfaceError as exc:
+                # The connection died inside the transaction (the backend was terminated, the
+                # server restarted): the transaction's end then fails with an InterfaceError that
+                # hides the cause. PostgreSQL rolls back whatever the dead connection had not
+                # committed; the pool replaces it.
+                cause = exc.__context__
+                if not isinstance(cause, _CONNECTION_LOST):
+                    raise
+                raise Unavailable(
+                    f"the database is unreachable: it closed the connection in the middle of a transaction "
+                    f"({type(cause).__name__}: {cause}); try again"
+                ) from exc
         self.batches += 1
         return result
 

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import ClientError, ClientSession, ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
@@ -40,7 +41,7 @@ from server.app import create_app
 from server.config import Settings
 from server.db import SqliteDatabase
 from server.errors import StorageFull
-from tests.server.api_support import Api
+from tests.server.api_support import Api, api_client
 from tests.server.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,3 +446,62 @@ async def test_an_io_error_during_commit_is_a_503_storage_unavailable_and_the_no
     histories = check_consistent(tmp_path / "data" / "statehost.db")
     assert [e["n"] for e in histories["i1"] if e.get("type") == "add"] == [0, 1, 4]
     assert set(histories) == {"i1", "i2"}
+
+
+# -- PostgreSQL: the connection killed mid-transaction -------------------------------------------
+
+
+async def test_a_postgres_connection_killed_mid_commit_is_a_503_and_nothing_of_it_is_stored(
+    tmp_path: Path, pg_url: str, bundler
+):
+    """The test holds the instance's row lock, so the node's commit waits inside its transaction;
+    then another connection terminates that backend (pg_terminate_backend)."""
+    async for api in api_client(tmp_path, bundler, pg_url):
+        await api.deploy("c", COUNTER)
+        status, body = await api.call("POST", "/machines/c", body={"slug": "i1"})
+        assert status == 200, body
+        status, body = await _send(api, "i1", {"type": "add", "n": 0})
+        assert status == 200, body
+        locker = await asyncpg.connect(pg_url)
+        killer = await asyncpg.connect(pg_url)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT id FROM instances WHERE name = 'i1' FOR UPDATE")
+            request = asyncio.ensure_future(_send(api, "i1", {"type": "add", "n": 1}))
+            waiting: list[int] = []
+
+            async def commit_waits(killer: Any = killer, waiting: list[int] = waiting) -> bool:
+                waiting[:] = [
+                    r["pid"]
+                    for r in await killer.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND state = 'active' AND pid <> pg_backend_pid()"
+                    )
+                ]
+                return len(waiting) == 1
+
+            await eventually(commit_waits, within_s=30)
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", waiting[0]) is True
+            status, body = await asyncio.wait_for(request, 30)
+            await lock.rollback()
+            assert status == 503, body
+            assert body["code"] == "unavailable", body
+            assert "database" in body["error"] and "terminat" in body["error"], body
+            # reads are served meanwhile, from another pooled connection
+            status, state = await api.call("GET", "/machines/c/i/i1")
+            assert status == 200 and state["publicContext"]["seen"] == [0], state
+            # the node goes on at once (the pool replaces the dead connection), on the committed state
+            status, body = await _send(api, "i1", {"type": "add", "n": 2})
+            assert status == 200 and body["publicContext"]["seen"] == [0, 2], body
+            rows = await killer.fetch(
+                "SELECT t.seq, t.state_json, t.public_json, t.event_json, i.seq AS last, i.state_json AS state,"
+                " i.public_json AS public FROM transitions t JOIN instances i ON i.id = t.instance_id"
+                " WHERE i.name = 'i1' ORDER BY t.seq"
+            )
+            assert [r["seq"] for r in rows] == list(range(1, rows[0]["last"] + 1))
+            assert (rows[-1]["state_json"], rows[-1]["public_json"]) == (rows[-1]["state"], rows[-1]["public"])
+            assert [json.loads(r["event_json"]).get("n") for r in rows][1:] == [0, 2]
+        finally:
+            await locker.close()
+            await killer.close()
