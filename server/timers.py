@@ -9,6 +9,11 @@ Decision log:
   leaves the row, and it is delivered after the restart (at once, since it is overdue).
 - Deadlines are absolute: after downtime a timer fires at its original due time, or at once if that
   has passed (not "the remaining delay after restart"; statelyai/xstate#5331 lists the options).
+- Deadlines are absolute wall-clock times, so a step of the wall clock moves them in real time:
+  stepped back, a timer fires when the clock reaches its due time again (later in real time);
+  stepped forward past it, it fires at once. The loop looks at the clock again at least every
+  ``CLOCK_RECHECK_S`` while it waits (a clock read, no query), so a step forward is noticed then,
+  not when a sleep computed before the step ends (which could be days later).
 - A failed delivery (paused instance, a machine that throws, a timeout) is retried with backoff up
   to ``MAX_RETRIES`` times, then dropped with a log line for the machine's author.
 - A delivery that fails because the database does (a full disk, an I/O error, PostgreSQL
@@ -61,6 +66,8 @@ CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
 UNAVAILABLE_RETRY_S = 1.0
 """A timer whose delivery met a storage fault is tried again after this long (real time)."""
+CLOCK_RECHECK_S = 1.0
+"""While waiting for the next due timer, look at the clock at least this often (real time)."""
 POLL_S = 1.0
 """On a shared database, how often a node looks for timers that other nodes set (real time)."""
 
@@ -91,6 +98,8 @@ class TimerService:
         self.delivered = 0
         self.dropped = 0
         self.held_back = 0
+        self.waiting_for: int | None = None
+        """While the loop waits: the due time it waits for (None: only for a wake-up)."""
         """Deliveries put off because the database failed (no attempt counted)."""
 
     def wake(self) -> None:
@@ -132,12 +141,14 @@ class TimerService:
         next_due = await self.store.next_timer_due(exclude=self._in_flight)
         waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
         if next_due is not None:
-            waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+            waits.append(asyncio.ensure_future(_sleep_until(self.clock, next_due)))
         if self.store.shared:
             waits.append(asyncio.ensure_future(asyncio.sleep(POLL_S)))
+        self.waiting_for = next_due
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.waiting_for = None
             for waiter in waits:
                 waiter.cancel()
 
@@ -202,6 +213,15 @@ class TimerService:
         if instance is not None:
             context = (instance.org_id, instance.machine_slug, instance.name, instance.version_id, line)
         await self.store.drop_timer(row.id, context)
+
+
+async def _sleep_until(clock: Clock, when_ms: int) -> None:
+    """``clock.sleep_until``, but looking at the clock again every CLOCK_RECHECK_S: a wall clock
+    stepped forward past ``when_ms`` ends the wait then (a sleep for the remaining time, computed
+    before the step, would not)."""
+    while clock.now_ms() < when_ms:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(clock.sleep_until(when_ms), CLOCK_RECHECK_S)
 
 
 def _lane(row: TimerRow) -> tuple[object, ...]:
