@@ -61,6 +61,7 @@ __all__ = [
     "IntegrityError",
     "PostgresDatabase",
     "Row",
+    "SchemaTooNew",
     "SqliteDatabase",
     "Tx",
     "is_database_url",
@@ -80,6 +81,18 @@ class Row(Protocol):
     def __getitem__(self, key: Any, /) -> Any: ...
 
     def keys(self) -> Any: ...
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer statehost: this one refuses to start on it."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{where} has schema version {found}, newer than the newest this statehost knows ({known}): "
+            f"upgrade statehost to a release with schema version {found}; nothing was changed"
+        )
+        self.found = found
+        self.known = known
 
 
 class IntegrityError(Exception):
@@ -294,9 +307,7 @@ class SqliteDatabase:
         latest = latest_schema_version()
         if current > latest:
             conn.close()
-            raise RuntimeError(
-                f"{self.path} has schema version {current}, newer than this statehost ({latest}); upgrade statehost"
-            )
+            raise SchemaTooNew(f"the database {self.path}", current, latest)
         for path in _schema_files(MIGRATIONS_DIR):
             version = int(path.name[:4])
             if version > current:
@@ -513,10 +524,7 @@ class PostgresDatabase:
             await conn.execute("CREATE TABLE IF NOT EXISTS statehost_schema (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT MAX(version) FROM statehost_schema") or 0
             if current > latest:
-                raise RuntimeError(
-                    f"the database has schema version {current}, newer than this statehost ({latest}); "
-                    "upgrade statehost"
-                )
+                raise SchemaTooNew("the PostgreSQL database", current, latest)
             for path in _schema_files(PG_MIGRATIONS_DIR):
                 version = int(path.name[:4])
                 if version > current:
