@@ -173,6 +173,9 @@ _SQLITE_STORAGE = {
 }
 
 
+_SQLITE_IOERR_FSYNC = {10 | (4 << 8), 10 | (5 << 8)}  # SQLITE_IOERR_FSYNC, SQLITE_IOERR_DIR_FSYNC
+
+
 def storage_error(exc: BaseException) -> ApiError | None:
     """The 503 for a SQLite error that is the storage's fault, not the request's; None for others
     (a constraint, a bug in a statement)."""
@@ -191,6 +194,13 @@ def storage_error(exc: BaseException) -> ApiError | None:
     problem = _SQLITE_STORAGE.get(primary)
     if problem is None:
         return None
+    if code in _SQLITE_IOERR_FSYNC:
+        # The commit's frames were written, then the flush failed: SQLite reports the transaction
+        # as failed, but a restart's WAL recovery may still find it whole. Never claim "not stored".
+        return StorageUnavailable(
+            f"the disk failed to flush the commit ({name}: {exc}): the request may or may not have been "
+            "stored; read the instance before sending it again"
+        )
     return StorageUnavailable(f"{problem} ({name}: {exc}): nothing of this request was stored; try again")
 
 
