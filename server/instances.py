@@ -910,9 +910,12 @@ class InstanceService:
     ) -> None:
         if lines:
             now = self.clock.now_ms()
-            await self.store.insert_logs(
-                org_id, machine_slug, instance_name, version_id, [_record(line, now) for line in lines]
-            )
+            try:
+                await self.store.insert_logs(
+                    org_id, machine_slug, instance_name, version_id, [_record(line, now) for line in lines]
+                )
+            except Unavailable as exc:  # a full disk must not fail a read, or a committed request
+                log.warning("instance %s: %d log lines dropped: %s", instance_name, len(lines), exc)
 
     # -- shutdown -------------------------------------------------------------------------------------
 

@@ -41,13 +41,13 @@ from server.app import create_app
 from server.config import Settings
 from server.db import SqliteDatabase
 from server.errors import StorageFull
-from tests.server.api_support import Api, api_client
+from tests.server.api_support import Api, api_client, bearer, key_token
 from tests.server.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
 COUNTER = b"""import { createMachine, assign } from "xstate";
-export const allowRead = () => true;
+export const allowRead = () => { console.log("read"); return true; };
 export const allowWrite = () => true;
 export default createMachine({
   id: "c", predictableActionArguments: true, initial: "on", context: { public: { seen: [], pad: "" } },
@@ -62,6 +62,7 @@ export default createMachine({
 });
 """
 PAD = "x" * 20_000
+# allowRead logs a line: a read stores it, and must still be served when that write fails.
 """Each event writes its pad about five times (event, state, context, persisted, history)."""
 
 
@@ -197,6 +198,8 @@ async def test_a_full_disk_is_a_503_storage_full_loses_nothing_and_recovers_when
         acked.append(n)
     status, body = await _send(api, "timed", {"type": "arm"})
     assert status == 200 and body["state"] == "armed", body
+    key_id, secret = await api.key(use="production")
+    user = bearer(key_token(key_id, secret, {"sub": "u1"}))  # reads as this user run allowRead
 
     filled = small_disk.fill()
     assert small_disk.available() == 0
@@ -228,6 +231,8 @@ async def test_a_full_disk_is_a_503_storage_full_loses_nothing_and_recovers_when
 
     # Reads are still served: the last acknowledged state, nothing of the refused events.
     status, state = await api.call("GET", "/machines/c/i/i1")
+    assert status == 200 and state["publicContext"]["seen"] == acked, state
+    status, state = await api.call("GET", "/machines/c/i/i1", headers=user)  # its log line is dropped
     assert status == 200 and state["publicContext"]["seen"] == acked, state
     status, _ = await api.call("GET", "/machines/c/i/new")
     assert status == 404
