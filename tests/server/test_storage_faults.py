@@ -39,8 +39,8 @@ from bench.common import free_port
 from runtime import FakeClock
 from server.app import create_app
 from server.config import Settings
-from server.db import SqliteDatabase
-from server.errors import StorageFull
+from server.db import SqliteDatabase, storage_error
+from server.errors import StorageFull, StorageUnavailable
 from tests.server.api_support import Api, api_client, bearer, key_token
 from tests.server.conftest import eventually
 
@@ -510,3 +510,31 @@ async def test_a_postgres_connection_killed_mid_commit_is_a_503_and_nothing_of_i
         finally:
             await locker.close()
             await killer.close()
+
+
+def test_sqlite_storage_errors_map_to_503s_and_others_do_not(tmp_path: Path):
+    """``storage_error`` on real SQLite errors: a read-only file is a storage fault (503
+    storage-unavailable, named), a constraint or a bad statement is not (None: the caller's bug or
+    the request's conflict)."""
+    db = tmp_path / "x.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    readonly = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    writable = sqlite3.connect(db)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            readonly.execute("INSERT INTO t VALUES (2)")
+        error = storage_error(caught.value)
+        assert isinstance(error, StorageUnavailable) and error.status == 503
+        assert error.code == "storage-unavailable" and "read-only" in error.message
+        with pytest.raises(sqlite3.IntegrityError) as caught:
+            writable.execute("INSERT INTO t VALUES (1)")
+        assert storage_error(caught.value) is None
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            writable.execute("SELECT nope FROM t")
+        assert storage_error(caught.value) is None
+    finally:
+        readonly.close()
+        writable.close()
