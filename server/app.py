@@ -21,6 +21,7 @@ from . import indexes as instance_indexes
 from .bootstrap import bootstrap
 from .cluster import CommitFeed
 from .config import Settings
+from .db import storage_error
 from .engine import DurableEngine
 from .errors import ApiError
 from .exchange import JwksCache
@@ -86,9 +87,14 @@ async def cors_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         code = "not-found" if exc.status == 404 else "invalid-request"
         response = _error(exc.status, code, exc.reason or "request failed")
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        response = _error(500, "internal-error", "the server failed to handle the request")
+    except Exception as exc:
+        storage = storage_error(exc)  # a storage fault that reached here unmapped is still a 503
+        if storage is not None:
+            log.warning("%s %s: %s", request.method, request.path, storage.message)
+            response = web.json_response(storage.body(), status=storage.status)
+        else:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = _error(500, "internal-error", "the server failed to handle the request")
     response.headers.update(cors)
     return response
 

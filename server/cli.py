@@ -418,6 +418,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .config import Settings
+    from .db import SchemaTooNew
 
     if args.port in BAD_PORTS:
         print(
@@ -456,7 +457,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(ready)
-    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True, shutdown_timeout=15)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True, shutdown_timeout=15)
+    except SchemaTooNew as exc:  # a clear refusal, not a traceback
+        print(f"statehost: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -28,6 +28,13 @@ Decision log:
   (``server/migrations/postgres/NNNN_*.sql``), under an advisory lock so that nodes starting together
   migrate once. PostgreSQL's first file creates the schema as of SQLite's version 6; both
   directories always end at the same number (tests/server/test_store.py checks).
+- **Storage faults are 503s with a code, never 500s** (``storage_error``): a full disk is
+  ``storage-full``, an I/O error, a read-only file or a lock held past ``busy_timeout`` is
+  ``storage-unavailable``. SQLite rolls a transaction back by itself after some of these (a full
+  disk or an I/O error in the middle of it); the writer then fails the whole batch, not just the
+  operation that met it, since the others' work is gone too. The writer thread and its connection
+  carry on: the next batch commits as soon as the disk takes writes again (docs/durability.md,
+  "Storage faults").
 """
 
 from __future__ import annotations
@@ -47,13 +54,14 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
-from .errors import Unavailable
+from .errors import ApiError, StorageFull, StorageUnavailable, Unavailable
 
 __all__ = [
     "Database",
     "IntegrityError",
     "PostgresDatabase",
     "Row",
+    "SchemaTooNew",
     "SqliteDatabase",
     "Tx",
     "is_database_url",
@@ -73,6 +81,18 @@ class Row(Protocol):
     def __getitem__(self, key: Any, /) -> Any: ...
 
     def keys(self) -> Any: ...
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer statehost: this one refuses to start on it."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{where} has schema version {found}, newer than the newest this statehost knows ({known}): "
+            f"upgrade statehost to a release with schema version {found}; nothing was changed"
+        )
+        self.found = found
+        self.known = known
 
 
 class IntegrityError(Exception):
@@ -140,6 +160,53 @@ def open_database(
 
 # -- SQLite ------------------------------------------------------------------------------------------
 
+_SQLITE_FULL = 13
+_SQLITE_STORAGE = {
+    5: "the database is locked by another process",  # SQLITE_BUSY (after busy_timeout)
+    6: "the database table is locked",  # SQLITE_LOCKED
+    7: "SQLite ran out of memory",  # SQLITE_NOMEM
+    8: "the database file is read-only",  # SQLITE_READONLY
+    10: "the disk failed to read or write the database",  # SQLITE_IOERR
+    11: "the database file is corrupt",  # SQLITE_CORRUPT
+    14: "the database file cannot be opened",  # SQLITE_CANTOPEN
+    26: "the database file is not a database",  # SQLITE_NOTADB
+}
+
+
+_SQLITE_IOERR_FSYNC = {10 | (4 << 8), 10 | (5 << 8)}  # SQLITE_IOERR_FSYNC, SQLITE_IOERR_DIR_FSYNC
+
+
+def storage_error(exc: BaseException) -> ApiError | None:
+    """The 503 for a SQLite error that is the storage's fault, not the request's; None for others
+    (a constraint, a bug in a statement)."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = int(code) & 0xFF
+    name = getattr(exc, "sqlite_errorname", str(code))
+    if primary == _SQLITE_FULL:
+        return StorageFull(
+            f"the database's disk is full ({name}: {exc}): nothing of this request was stored; "
+            "it can be sent again once space is freed"
+        )
+    problem = _SQLITE_STORAGE.get(primary)
+    if problem is None:
+        return None
+    if code in _SQLITE_IOERR_FSYNC:
+        # The commit's frames were written, then the flush failed: SQLite reports the transaction
+        # as failed, but a restart's WAL recovery may still find it whole. Never claim "not stored".
+        return StorageUnavailable(
+            f"the disk failed to flush the commit ({name}: {exc}): the request may or may not have been "
+            "stored; read the instance before sending it again"
+        )
+    return StorageUnavailable(f"{problem} ({name}: {exc}): nothing of this request was stored; try again")
+
+
+def _mapped(exc: Exception) -> Exception:
+    return storage_error(exc) or exc
+
 
 class _SqliteTx:
     """Statements on the writer thread's own connection. The methods are coroutines only to share
@@ -153,18 +220,24 @@ class _SqliteTx:
             return self.conn.execute(sql, params).rowcount
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:
             self.conn.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
             return list(self.conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError as exc:  # INSERT ... RETURNING
             raise IntegrityError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
@@ -198,6 +271,8 @@ class SqliteDatabase:
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.batches = 0
+        self.failed_batches = 0
+        """Transactions whose commit failed (a full disk, an I/O error): all their operations failed."""
         self._writer: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -242,9 +317,7 @@ class SqliteDatabase:
         latest = latest_schema_version()
         if current > latest:
             conn.close()
-            raise RuntimeError(
-                f"{self.path} has schema version {current}, newer than this statehost ({latest}); upgrade statehost"
-            )
+            raise SchemaTooNew(f"the database {self.path}", current, latest)
         for path in _schema_files(MIGRATIONS_DIR):
             version = int(path.name[:4])
             if version > current:
@@ -283,6 +356,7 @@ class SqliteDatabase:
                 # The whole batch in one hop to the writer thread: one transaction, one fsync.
                 outcomes = await self._on_writer_thread(self._run_batch, [op.fn for op in batch])
             except Exception as exc:  # the transaction itself failed: nothing of the batch is durable
+                self.failed_batches += 1
                 for op in batch:
                     if not op.future.done():
                         op.future.set_exception(exc)
@@ -298,7 +372,9 @@ class SqliteDatabase:
 
     def _run_batch(self, fns: list[Callable[[Tx], Awaitable[Any]]]) -> list[tuple[Any, BaseException | None]]:
         """On the writer thread: each operation in a SAVEPOINT of one transaction. An operation that
-        fails is rolled back to its savepoint alone; the others commit."""
+        fails is rolled back to its savepoint alone; the others commit. When the transaction itself
+        fails (its COMMIT, or SQLite rolled it back after a full disk or an I/O error), every
+        operation of the batch fails with the storage error; the connection stays usable."""
         conn = self._writer
         assert conn is not None
         tx = _SqliteTx(conn)
@@ -310,6 +386,12 @@ class SqliteDatabase:
                 try:
                     result = _run_to_end(fn(tx))
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back: the batch's earlier operations
+                        # are gone too, and the rest would run outside any transaction.
+                        if isinstance(exc, ApiError):
+                            raise
+                        raise _mapped(exc) from exc
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((None, exc))
@@ -317,9 +399,13 @@ class SqliteDatabase:
                     conn.execute("RELEASE op")
                     outcomes.append((result, None))
             conn.execute("COMMIT")
-        except Exception:
+        except Exception as exc:
             with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            mapped = storage_error(exc)
+            if mapped is not None:
+                raise mapped from exc
             raise
         return outcomes
 
@@ -328,7 +414,10 @@ class SqliteDatabase:
         # execute and fetch jobs, a concurrent query's open statement keeps the connection's WAL read
         # transaction alive, and reads keep seeing an old snapshot (stale instance seq numbers).
         assert self._reader is not None, "the store is not open"
-        return list(await self._reader.execute_fetchall(sql, params))
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise _mapped(exc) from exc
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -396,6 +485,16 @@ async def _reachable() -> Any:
         yield
     except _CONNECTION_LOST as exc:
         raise Unavailable(f"the database is unreachable ({type(exc).__name__}: {exc}); try again") from exc
+    except asyncpg.DiskFullError as exc:
+        raise StorageFull(
+            f"the database's disk is full ({exc}): nothing of this request was stored; "
+            "it can be sent again once space is freed"
+        ) from exc
+    except asyncpg.InsufficientResourcesError as exc:  # out of memory, too many connections
+        raise StorageUnavailable(
+            f"the database is out of resources ({type(exc).__name__}: {exc}): nothing of this request "
+            "was stored; try again"
+        ) from exc
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -435,10 +534,7 @@ class PostgresDatabase:
             await conn.execute("CREATE TABLE IF NOT EXISTS statehost_schema (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT MAX(version) FROM statehost_schema") or 0
             if current > latest:
-                raise RuntimeError(
-                    f"the database has schema version {current}, newer than this statehost ({latest}); "
-                    "upgrade statehost"
-                )
+                raise SchemaTooNew("the PostgreSQL database", current, latest)
             for path in _schema_files(PG_MIGRATIONS_DIR):
                 version = int(path.name[:4])
                 if version > current:
@@ -457,8 +553,22 @@ class PostgresDatabase:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self.pool is None:
             raise RuntimeError("the store is not open")
-        async with _reachable(), self.pool.acquire() as conn, conn.transaction():
-            result = await fn(_PgTx(conn))
+        async with _reachable(), self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    result = await fn(_PgTx(conn))
+            except asyncpg.InterfaceError as exc:
+                # The connection died inside the transaction (the backend was terminated, the
+                # server restarted): the transaction's end then fails with an InterfaceError that
+                # hides the cause. PostgreSQL rolls back whatever the dead connection had not
+                # committed; the pool replaces it.
+                cause = exc.__context__
+                if not isinstance(cause, _CONNECTION_LOST):
+                    raise
+                raise Unavailable(
+                    f"the database is unreachable: it closed the connection in the middle of a transaction "
+                    f"({type(cause).__name__}: {cause}); try again"
+                ) from exc
         self.batches += 1
         return result
 

@@ -11,7 +11,9 @@
     ├── Paused                     409 invalid-state (the instance is paused)
     ├── MachineError               422 machine-error (the machine threw or hit a limit; ``limit`` names it)
     ├── Timeout                    504 timeout (the settle window ended before any transition)
-    └── Unavailable                503 unavailable (the server is shutting down)
+    └── Unavailable                503 unavailable (the server is shutting down, the database is unreachable)
+        ├── StorageFull            503 storage-full (the database's disk is full: nothing was stored)
+        └── StorageUnavailable     503 storage-unavailable (the database failed to read or write: I/O error)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "NotFound",
     "Paused",
     "Rejected",
+    "StorageFull",
+    "StorageUnavailable",
     "Timeout",
     "Unavailable",
 ]
@@ -92,3 +96,17 @@ class Timeout(ApiError):
 
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+class StorageFull(Unavailable):
+    """The database's disk (or its size limit) is full: the transaction was rolled back, nothing of
+    it is stored. Sending the request again succeeds once space is freed (no restart needed)."""
+
+    status, code = 503, "storage-full"
+
+
+class StorageUnavailable(Unavailable):
+    """The database failed to write or read (an I/O error, a read-only file, a lock held too long):
+    the transaction was rolled back, nothing of it is stored; try again."""
+
+    status, code = 503, "storage-unavailable"

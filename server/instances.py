@@ -91,7 +91,7 @@ class InstanceState:
         return InstanceState(row.ts, row.state, row.public_context, tuple(row.tags), row.done, row.context)
 
 
-TimerDelivery = Literal["delivered", "retry", "retry-paused", "gone"]
+TimerDelivery = Literal["delivered", "retry", "retry-paused", "unavailable", "gone"]
 
 
 @dataclass(frozen=True)
@@ -384,6 +384,8 @@ class InstanceService:
             return "retry-paused"
         except (NotFound, Conflict):
             return "gone" if not await self.store.timer_exists(timer.id) else "retry"
+        except Unavailable:
+            return "unavailable"  # the database failed (disk full, unreachable), not the delivery
         except ApiError as exc:
             log.info("timer %s of instance %s not delivered: %s", timer.key, owner.name, exc)
             return "retry"
@@ -430,6 +432,8 @@ class InstanceService:
             return "retry"  # not created yet (a spawn on its way), or gone: retried, then dropped
         except Superseded:
             return "retry"  # another node (or process) took the receiver meanwhile: nothing was applied
+        except Unavailable:
+            return "unavailable"  # the database failed (disk full, unreachable), not the delivery
         except (Rejected, InvalidParameter, Conflict) as exc:
             if not await self.store.timer_exists(timer.id):
                 return "gone"  # withdrawn meanwhile (cancelled by its sender)
@@ -906,9 +910,12 @@ class InstanceService:
     ) -> None:
         if lines:
             now = self.clock.now_ms()
-            await self.store.insert_logs(
-                org_id, machine_slug, instance_name, version_id, [_record(line, now) for line in lines]
-            )
+            try:
+                await self.store.insert_logs(
+                    org_id, machine_slug, instance_name, version_id, [_record(line, now) for line in lines]
+                )
+            except Unavailable as exc:  # a full disk must not fail a read, or a committed request
+                log.warning("instance %s: %d log lines dropped: %s", instance_name, len(lines), exc)
 
     # -- shutdown -------------------------------------------------------------------------------------
 

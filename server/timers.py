@@ -9,8 +9,18 @@ Decision log:
   leaves the row, and it is delivered after the restart (at once, since it is overdue).
 - Deadlines are absolute: after downtime a timer fires at its original due time, or at once if that
   has passed (not "the remaining delay after restart"; statelyai/xstate#5331 lists the options).
+- Deadlines are absolute wall-clock times, so a step of the wall clock moves them in real time:
+  stepped back, a timer fires when the clock reaches its due time again (later in real time);
+  stepped forward past it, it fires at once. The loop looks at the clock again at least every
+  ``CLOCK_RECHECK_S`` while it waits (a clock read, no query), so a step forward is noticed then,
+  not when a sleep computed before the step ends (which could be days later).
 - A failed delivery (paused instance, a machine that throws, a timeout) is retried with backoff up
   to ``MAX_RETRIES`` times, then dropped with a log line for the machine's author.
+- A delivery that fails because the database does (a full disk, an I/O error, PostgreSQL
+  unreachable: ``Unavailable``) is not the timer's fault: it counts no attempt and writes nothing
+  (that write would fail too); the timer is held back in memory for ``UNAVAILABLE_RETRY_S`` (real
+  time: the storage recovers in real time) and tried again, for as long as the fault lasts. A
+  timer is never dropped because the disk was full.
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
 - Messages between instances and spawns of persistent children are timer rows of their sender with
@@ -36,6 +46,7 @@ import logging
 
 from runtime import Clock
 
+from .errors import Unavailable
 from .instances import InstanceService
 from .loops import repeat
 from .store import LogRecord, Store, TimerRow
@@ -53,6 +64,10 @@ PAUSED_RETRY_MS = 30_000
 """A paused instance is retried about 30 s apart (wire-api 3.9)."""
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
+UNAVAILABLE_RETRY_S = 1.0
+"""A timer whose delivery met a storage fault is tried again after this long (real time)."""
+CLOCK_RECHECK_S = 1.0
+"""While waiting for the next due timer, look at the clock at least this often (real time)."""
 POLL_S = 1.0
 """On a shared database, how often a node looks for timers that other nodes set (real time)."""
 
@@ -82,6 +97,10 @@ class TimerService:
         """Per destination, the latest delivery task: the next one waits for it."""
         self.delivered = 0
         self.dropped = 0
+        self.held_back = 0
+        self.waiting_for: int | None = None
+        """While the loop waits: the due time it waits for (None: only for a wake-up)."""
+        """Deliveries put off because the database failed (no attempt counted)."""
 
     def wake(self) -> None:
         """The timer table changed: look again for the earliest due timer."""
@@ -122,12 +141,14 @@ class TimerService:
         next_due = await self.store.next_timer_due(exclude=self._in_flight)
         waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
         if next_due is not None:
-            waits.append(asyncio.ensure_future(self.clock.sleep_until(next_due)))
+            waits.append(asyncio.ensure_future(_sleep_until(self.clock, next_due)))
         if self.store.shared:
             waits.append(asyncio.ensure_future(asyncio.sleep(POLL_S)))
+        self.waiting_for = next_due
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.waiting_for = None
             for waiter in waits:
                 waiter.cancel()
 
@@ -136,6 +157,7 @@ class TimerService:
             del self._lanes[lane]
 
     async def _deliver(self, row: TimerRow, after: asyncio.Task[None] | None = None) -> None:
+        hold_s = 0.0
         try:
             if after is not None:
                 await asyncio.wait([after])
@@ -145,17 +167,33 @@ class TimerService:
             elif outcome == "gone":
                 if await self.store.timer_exists(row.id):
                     await self.store.drop_timer(row.id, None)
+            elif outcome == "unavailable":
+                self.held_back += 1
+                hold_s = UNAVAILABLE_RETRY_S
             else:
                 await self._retry(row, paused=outcome == "retry-paused")
         except asyncio.CancelledError:
             raise
+        except Unavailable as exc:  # the bookkeeping write itself met the storage fault
+            log.warning("timer %s: held back, the database failed: %s", row.id, exc)
+            self.held_back += 1
+            hold_s = UNAVAILABLE_RETRY_S
         except Exception:
             log.exception("timer %s: delivery failed", row.id)
-            await self._retry(row, paused=False)
+            try:
+                await self._retry(row, paused=False)
+            except Unavailable as exc:
+                log.warning("timer %s: held back, the database failed: %s", row.id, exc)
+                self.held_back += 1
+                hold_s = UNAVAILABLE_RETRY_S
         finally:
-            self._in_flight.discard(row.id)
-            self._slots.release()
-            self.wake()
+            try:
+                if hold_s:  # still in flight meanwhile: the loop does not pick the row up again
+                    await asyncio.sleep(hold_s)
+            finally:
+                self._in_flight.discard(row.id)
+                self._slots.release()
+                self.wake()
 
     async def _retry(self, row: TimerRow, paused: bool) -> None:
         attempts = row.attempts + 1
@@ -175,6 +213,15 @@ class TimerService:
         if instance is not None:
             context = (instance.org_id, instance.machine_slug, instance.name, instance.version_id, line)
         await self.store.drop_timer(row.id, context)
+
+
+async def _sleep_until(clock: Clock, when_ms: int) -> None:
+    """``clock.sleep_until``, but looking at the clock again every CLOCK_RECHECK_S: a wall clock
+    stepped forward past ``when_ms`` ends the wait then (a sleep for the remaining time, computed
+    before the step, would not)."""
+    while clock.now_ms() < when_ms:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(clock.sleep_until(when_ms), CLOCK_RECHECK_S)
 
 
 def _lane(row: TimerRow) -> tuple[object, ...]:
