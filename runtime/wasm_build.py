@@ -27,9 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["GUEST_SOURCE", "QUICKJS_SDIST", "SHADOW_STACK_BYTES", "cache_dir", "guest_wasm"]
+from . import resources
 
-GUEST_SOURCE = Path(__file__).resolve().parent.parent / "wasm" / "guest.c"
+__all__ = ["GUEST_SOURCE", "QUICKJS_SDIST", "SHADOW_STACK_BYTES", "cache_dir", "guest_name", "guest_wasm"]
+
+GUEST_SOURCE = resources.guest_source()
 QUICKJS_SDIST = ("quickjs-ng", "0.17.0.2", "43d2e48272208721a7aaea8e3f02d4b9318f12ef20cc4f5421b59d9a470706ef")
 QUICKJS_FILES = ("quickjs.c", "libregexp.c", "libunicode.c", "dtoa.c")
 SHADOW_STACK_BYTES = 2 * 1024 * 1024
@@ -65,12 +67,22 @@ def _build_key() -> str:
 
 def guest_wasm(build: bool = True) -> Path:
     """The path of the built guest for the current sources; builds it when missing (about 40 s)."""
-    path = cache_dir() / f"guest-{_build_key()}.wasm"
+    name = guest_name()
+    carried = resources.bundled_guest(name)  # an installed wheel carries the guest prebuilt
+    if carried is not None:
+        return carried
+    path = cache_dir() / name
     if not path.exists():
         if not build:
             raise FileNotFoundError(f"the WASM guest is not built yet ({path}); run `make setup`")
+        print(f"statehost: building the WASM guest with zig, once (about 40 s): {path}", file=sys.stderr, flush=True)
         _build(path)
     return path
+
+
+def guest_name() -> str:
+    """The guest's file name: its build key, so that a changed input never reuses an old build."""
+    return f"guest-{_build_key()}.wasm"
 
 
 def _sdist(work: Path) -> Path:
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    existed = (cache_dir() / f"guest-{_build_key()}.wasm").exists()
+    existed = resources.bundled_guest(guest_name()) is not None or (cache_dir() / guest_name()).exists()
     path = guest_wasm()
     if not args.quiet or not existed:
         what = "cached" if existed else f"built in {time.monotonic() - started:.1f} s"
