@@ -29,7 +29,7 @@ from .errors import HostError
 __all__ = [
     "BUNDLED",
     "CARRIED_PACKAGES",
-    "bundled_guest",
+    "carried_guest",
     "dashboard_dist",
     "esbuild_binary",
     "guest_source",
@@ -106,8 +106,15 @@ def guest_source() -> Path:
     return root() / "wasm" / "guest.c"
 
 
-def bundled_guest(name: str) -> Path | None:
-    """The wheel's prebuilt WASM guest of that file name (its build key), if the wheel carries it."""
+def carried_guest() -> Path | None:
+    """The prebuilt WASM guest an installed wheel carries (built with the wheel, from its own
+    ``wasm/guest.c``), else None: a checkout builds it with zig into a cache (runtime/wasm_build.py)."""
+    if not installed():
+        return None
+    try:
+        name = str(json.loads((BUNDLED / "manifest.json").read_text())["guest"])
+    except (OSError, ValueError, KeyError):
+        return None
     path = BUNDLED / "wasm" / name
     return path if path.is_file() else None
 

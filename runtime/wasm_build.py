@@ -1,7 +1,8 @@
 """Builds the WASM guest: QuickJS-NG from the ``quickjs-ng`` sdist, compiled by PyPI ``ziglang``.
 
 The ``.wasm`` is a build artifact, never committed: ``make setup`` runs ``python -m runtime.wasm_build``
-(a no-op when the cached file exists), and :func:`guest_wasm` builds it on first use otherwise.
+(a no-op when the cached file exists), and :func:`guest_wasm` builds it on first use otherwise. An
+installed wheel carries it prebuilt (runtime/resources.py), so zig is needed only in a checkout.
 
 - Sources: ``upstream-quickjs/`` of the quickjs-ng sdist (the same QuickJS-NG version the native
   engine runs), downloaded by pip and checked against a pinned SHA-256; plus ``wasm/guest.c``, our ABI.
@@ -59,19 +60,24 @@ def cache_dir() -> Path:
 
 
 def _build_key() -> str:
+    try:
+        zig = importlib.metadata.version("ziglang")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(
+            "building the WASM guest needs zig from PyPI: pip install 'ziglang==0.17.1' (or statehost[wasm-build])"
+        ) from None
     h = hashlib.sha256()
     h.update(GUEST_SOURCE.read_bytes())
-    h.update(repr((QUICKJS_SDIST, QUICKJS_FILES, FLAGS, importlib.metadata.version("ziglang"))).encode())
+    h.update(repr((QUICKJS_SDIST, QUICKJS_FILES, FLAGS, zig)).encode())
     return h.hexdigest()[:20]
 
 
 def guest_wasm(build: bool = True) -> Path:
     """The path of the built guest for the current sources; builds it when missing (about 40 s)."""
-    name = guest_name()
-    carried = resources.bundled_guest(name)  # an installed wheel carries the guest prebuilt
+    carried = resources.carried_guest()  # an installed wheel carries it prebuilt: no zig needed
     if carried is not None:
         return carried
-    path = cache_dir() / name
+    path = cache_dir() / guest_name()
     if not path.exists():
         if not build:
             raise FileNotFoundError(f"the WASM guest is not built yet ({path}); run `make setup`")
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    existed = resources.bundled_guest(guest_name()) is not None or (cache_dir() / guest_name()).exists()
+    existed = resources.carried_guest() is not None or (cache_dir() / guest_name()).exists()
     path = guest_wasm()
     if not args.quiet or not existed:
         what = "cached" if existed else f"built in {time.monotonic() - started:.1f} s"
