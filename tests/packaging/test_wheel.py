@@ -279,3 +279,96 @@ async def test_quickstart_flow_and_dashboard_against_the_installed_server(server
             async with http.get(f"{url}/{asset}") as response:
                 assert response.status == 200, asset
                 assert len(await response.read()) > 1000, asset
+
+
+def _unit_environment() -> tuple[dict[str, str], list[str]]:
+    """The ``Environment=`` lines and ``ExecStart=`` of deploy/statehost.service."""
+    lines = (ROOT / "deploy" / "statehost.service").read_text().splitlines()
+    env = dict(line.removeprefix("Environment=").split("=", 1) for line in lines if line.startswith("Environment="))
+    (start,) = (line.removeprefix("ExecStart=").split() for line in lines if line.startswith("ExecStart="))
+    return env, start
+
+
+def _dockerfile_environment() -> tuple[dict[str, str], list[str]]:
+    """The ``ENV`` and ``CMD`` instructions of deploy/Dockerfile."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#")]
+    env = dict(pair.split("=", 1) for name, rest in instructions if name == "ENV" for pair in rest.split())
+    (command,) = (json.loads(rest) for name, rest in instructions if name == "CMD")
+    health = next(rest for name, rest in instructions if name == "HEALTHCHECK")
+    return {**env, "HEALTHCHECK": json.dumps(json.loads(health.split("CMD", 1)[1]))}, command
+
+
+@pytest.mark.parametrize("recipe", ["systemd", "docker"])
+def test_the_deploy_recipes_run_the_installed_server(installed: Installed, tmp_path: Path, recipe: str):
+    """deploy/statehost.service and deploy/Dockerfile, as far as runs without systemd and Docker: the
+    installed ``statehost serve`` with the recipe's environment (its paths moved under a temporary
+    folder, its address loopback), where the data and cache end up, and the container's health check."""
+    env, command = _unit_environment() if recipe == "systemd" else _dockerfile_environment()
+    assert len(command) == 2 and Path(command[0]).name == "statehost" and command[1] == "serve", command
+    health = json.loads(env.pop("HEALTHCHECK", "null"))
+    port = free_port()
+    moved = {
+        name: value.replace("/var/lib/statehost", str(tmp_path / "state")).replace(
+            "/var/cache/statehost", str(tmp_path / "cache")
+        )
+        for name, value in env.items()
+    }
+    assert {"STATEHOST_DATA_DIR", "STATEHOST_CACHE", "STATEHOST_HOST", "STATEHOST_PORT"} <= set(moved)
+    moved |= {"STATEHOST_HOST": "127.0.0.1", "STATEHOST_PORT": str(port)}
+    run = tmp_path / "state"
+    run.mkdir()
+    process = subprocess.Popen(
+        [installed.bin("statehost"), "serve"],
+        cwd=run,
+        env={**installed.env, **moved},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for_line(process, "next: statehost login", f"statehost serve with {recipe}'s environment")
+        assert (Path(moved["STATEHOST_DATA_DIR"]) / "admin.json").is_file()
+        admin = json.loads((Path(moved["STATEHOST_DATA_DIR"]) / "admin.json").read_text())
+        toggle = (FIXTURES / "toggle" / "v4" / "machine.ts").read_text()
+        check = (
+            "import asyncio, sys\n"
+            "from client import StatehostClient\n"
+            "async def main():\n"
+            f"    async with StatehostClient({admin['url']!r}, {admin['adminToken']!r}) as c:\n"
+            "        await c.machines.create('toggle')\n"
+            "        await c.versions.create('toggle', sys.stdin.read(), filename='machine.ts', make_current=True)\n"
+            "asyncio.run(main())\n"
+        )
+        # the installed client, with the installed python: no file of the checkout is used
+        done = subprocess.run(
+            [installed.bin("python"), "-c", check],
+            input=toggle,
+            cwd=run,
+            env=installed.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        # The WASM engine's compiled modules went to the recipe's cache directory.
+        assert list(Path(moved["STATEHOST_CACHE"]).glob("*.cwasm"))
+        if health is not None:
+            probe = [arg.replace("8787", str(port)) for arg in health]
+            probe[0] = installed.bin(probe[0])
+            assert subprocess.run(probe, env=installed.env, timeout=60, check=False).returncode == 0
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # what systemctl stop and docker stop send
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+        finally:
+            if process.stdout is not None:
+                output = process.stdout.read()
+                process.stdout.close()
+                print(f"the server's output:\n{output}")
+    assert code == 0, output
