@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,21 @@ def test_every_resource_comes_from_the_installed_wheel(installed: Installed):
     assert (found["dashboard"] / "index.html").is_file()
 
 
+def _wait_until_serving(url: str, within_s: float = 60) -> None:
+    """Poll ``GET /health``: the "listening" line comes from aiohttp's on_startup, before the socket
+    is bound, so a request right after it can be refused."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)  # a poll interval, bounded by the deadline above
+
+
 @pytest.fixture
 def server(installed: Installed, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
     port = free_port()
@@ -204,7 +220,8 @@ def server(installed: Installed, tmp_path: Path) -> Iterator[tuple[str, Path, st
     )
     try:
         seen = wait_for_line(process, "next: statehost login", "the installed statehost serve")
-        print(f"listening {time.monotonic() - started:.1f} s after start")
+        _wait_until_serving(f"http://127.0.0.1:{port}")
+        print(f"serving {time.monotonic() - started:.1f} s after start")
         assert process.stdout is not None
         # Keep reading, so that the server never blocks on a full pipe; the thread ends at EOF.
         drain = threading.Thread(target=lambda: rest.extend(process.stdout or ()), daemon=True)
@@ -329,6 +346,7 @@ def test_the_deploy_recipes_run_the_installed_server(installed: Installed, tmp_p
     )
     try:
         wait_for_line(process, "next: statehost login", f"statehost serve with {recipe}'s environment")
+        _wait_until_serving(f"http://127.0.0.1:{port}")
         assert (Path(moved["STATEHOST_DATA_DIR"]) / "admin.json").is_file()
         admin = json.loads((Path(moved["STATEHOST_DATA_DIR"]) / "admin.json").read_text())
         toggle = (FIXTURES / "toggle" / "v4" / "machine.ts").read_text()
