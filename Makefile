@@ -93,3 +93,10 @@ bench: setup $(BASELINESTAMP) postgres
 
 clean:
 	rm -rf $(VENV) node_modules dashboard/dist bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# A wheel for this platform that runs without node (issue 19): esbuild's native binary, XState 4 and
+# 5, @statebacked/machine (as package-lock.json pins them), js_shims, the built dashboard and the
+# prebuilt WASM guest, in dist/statehost-<version>-py3-none-<platform>.whl (tools/build_wheel.py).
+.PHONY: wheel
+wheel: $(STAMP) $(NPMSTAMP) $(DASHBOARD)
+	$(VPY) tools/build_wheel.py --out dist

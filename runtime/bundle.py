@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import subprocess
@@ -34,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from . import resources
 from .errors import BundleError, Diagnostic, HostError
 
 __all__ = ["Bundler", "MachineBundle", "Upload", "find_js_deps"]
@@ -87,19 +87,9 @@ class MachineBundle:
         return self.xstate_major is None
 
 
-def find_js_deps(start: Path | None = None) -> Path:
+def find_js_deps() -> Path:
     """The node_modules folder that holds esbuild, xstate4, xstate5 and @statebacked/machine."""
-    env = os.environ.get("STATEHOST_JS_DEPS")
-    candidates = [Path(env)] if env else []
-    base = start or Path(__file__).resolve().parent.parent
-    candidates.append(base / "node_modules")
-    for candidate in candidates:
-        if (candidate / "xstate4").is_dir():
-            return candidate
-    raise HostError(
-        f"JavaScript dependencies not found (looked in {', '.join(map(str, candidates))}); "
-        "run `make setup` or set STATEHOST_JS_DEPS to a node_modules folder"
-    )
+    return resources.js_deps_dir()
 
 
 class Bundler:
@@ -107,17 +97,8 @@ class Bundler:
 
     def __init__(self, js_deps: Path | None = None, esbuild: Path | None = None) -> None:
         self.js_deps = js_deps or find_js_deps()
-        self.esbuild = esbuild or self._find_esbuild()
+        self.esbuild = esbuild or resources.esbuild_binary(self.js_deps)
         self._runtime_api: dict[int, str] = {}
-
-    def _find_esbuild(self) -> Path:
-        env = os.environ.get("STATEHOST_ESBUILD")
-        if env:
-            return Path(env)
-        platform_dir = self.js_deps / "@esbuild"
-        for binary in sorted(platform_dir.glob("*/bin/esbuild")):
-            return binary
-        raise HostError(f"the esbuild binary was not found under {platform_dir}; run `make setup`")
 
     @property
     def esbuild_version(self) -> str:

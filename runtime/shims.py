@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from pathlib import Path
+
+from . import resources
 
 __all__ = ["LAZY_GLOBALS", "PRELUDE_FILES", "SHIMS_DIR", "load_lazy_shims", "prelude", "prelude_hash"]
 
-SHIMS_DIR = Path(__file__).resolve().parent.parent / "js_shims"
+SHIMS_DIR = resources.js_shims_dir()
 
 # Order matters: internal first, then Web APIs, then State Backed's runtime hook, then the harness
 # that uses all of them. Lazy files are compiled on first use of one of the globals they define

@@ -1,7 +1,8 @@
 """Builds the WASM guest: QuickJS-NG from the ``quickjs-ng`` sdist, compiled by PyPI ``ziglang``.
 
 The ``.wasm`` is a build artifact, never committed: ``make setup`` runs ``python -m runtime.wasm_build``
-(a no-op when the cached file exists), and :func:`guest_wasm` builds it on first use otherwise.
+(a no-op when the cached file exists), and :func:`guest_wasm` builds it on first use otherwise. An
+installed wheel carries it prebuilt (runtime/resources.py), so zig is needed only in a checkout.
 
 - Sources: ``upstream-quickjs/`` of the quickjs-ng sdist (the same QuickJS-NG version the native
   engine runs), downloaded by pip and checked against a pinned SHA-256; plus ``wasm/guest.c``, our ABI.
@@ -27,9 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["GUEST_SOURCE", "QUICKJS_SDIST", "SHADOW_STACK_BYTES", "cache_dir", "guest_wasm"]
+from . import resources
 
-GUEST_SOURCE = Path(__file__).resolve().parent.parent / "wasm" / "guest.c"
+__all__ = ["GUEST_SOURCE", "QUICKJS_SDIST", "SHADOW_STACK_BYTES", "cache_dir", "guest_name", "guest_wasm"]
+
+GUEST_SOURCE = resources.guest_source()
 QUICKJS_SDIST = ("quickjs-ng", "0.17.0.2", "43d2e48272208721a7aaea8e3f02d4b9318f12ef20cc4f5421b59d9a470706ef")
 QUICKJS_FILES = ("quickjs.c", "libregexp.c", "libunicode.c", "dtoa.c")
 SHADOW_STACK_BYTES = 2 * 1024 * 1024
@@ -57,20 +60,35 @@ def cache_dir() -> Path:
 
 
 def _build_key() -> str:
+    try:
+        zig = importlib.metadata.version("ziglang")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(
+            "building the WASM guest needs zig from PyPI: pip install 'ziglang==0.17.1' (or statehost[wasm-build])"
+        ) from None
     h = hashlib.sha256()
     h.update(GUEST_SOURCE.read_bytes())
-    h.update(repr((QUICKJS_SDIST, QUICKJS_FILES, FLAGS, importlib.metadata.version("ziglang"))).encode())
+    h.update(repr((QUICKJS_SDIST, QUICKJS_FILES, FLAGS, zig)).encode())
     return h.hexdigest()[:20]
 
 
 def guest_wasm(build: bool = True) -> Path:
     """The path of the built guest for the current sources; builds it when missing (about 40 s)."""
-    path = cache_dir() / f"guest-{_build_key()}.wasm"
+    carried = resources.carried_guest()  # an installed wheel carries it prebuilt: no zig needed
+    if carried is not None:
+        return carried
+    path = cache_dir() / guest_name()
     if not path.exists():
         if not build:
             raise FileNotFoundError(f"the WASM guest is not built yet ({path}); run `make setup`")
+        print(f"statehost: building the WASM guest with zig, once (about 40 s): {path}", file=sys.stderr, flush=True)
         _build(path)
     return path
+
+
+def guest_name() -> str:
+    """The guest's file name: its build key, so that a changed input never reuses an old build."""
+    return f"guest-{_build_key()}.wasm"
 
 
 def _sdist(work: Path) -> Path:
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    existed = (cache_dir() / f"guest-{_build_key()}.wasm").exists()
+    existed = resources.carried_guest() is not None or (cache_dir() / guest_name()).exists()
     path = guest_wasm()
     if not args.quiet or not existed:
         what = "cached" if existed else f"built in {time.monotonic() - started:.1f} s"

@@ -55,12 +55,42 @@ EXAMPLES = """examples:
 """
 
 
+def version_text() -> str:
+    """statehost's version, then the versions of the JavaScript packages it carries (issue 19)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from runtime import resources
+
+    try:
+        own = version("statehost")
+    except PackageNotFoundError:
+        own = "(not installed)"
+    where = "installed" if resources.installed() else "checkout"
+    js = resources.js_versions()
+    lines = [f"statehost {own} ({where}: {resources.root()})", f"  esbuild {js['esbuild']}"]
+    lines += [f"  xstate {js['xstate4']}", f"  xstate {js['xstate5']}"]
+    lines.append(f"  @statebacked/machine {js['@statebacked/machine']}")
+    return "\n".join(lines)
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statehost",
         description="Run unmodified XState machines as persistent backends.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
+    )
+    parser.add_argument(
+        "--version", action=_Version, help="print statehost's version and the JavaScript it bundles with, and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -54,6 +54,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiosqlite
 import asyncpg
 
+from runtime import resources
+
 from .errors import ApiError, StorageFull, StorageUnavailable, Unavailable
 
 __all__ = [
@@ -68,7 +70,7 @@ __all__ = [
     "open_database",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = resources.migrations_dir()
 PG_MIGRATIONS_DIR = MIGRATIONS_DIR / "postgres"
 T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]

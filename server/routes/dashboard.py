@@ -15,11 +15,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from runtime import resources
+
 from ..errors import NotFound
 
 routes = web.RouteTableDef()
 
-DIST = Path(__file__).resolve().parents[2] / "dashboard" / "dist"
+DIST = resources.dashboard_dist()
 
 CSP = "; ".join(
     (
