@@ -476,7 +476,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     url = args.public_url or f"http://{args.host}:{args.port}"
 
-    async def ready(_: web.Application) -> None:
+    def ready(_: str) -> None:
+        # run_app calls this once every site is bound (on_startup runs before that): a client that
+        # waits for this line can connect at once.
         print(f"statehost is listening on {url}", flush=True)
         print(f"  dashboard:         {url}/dashboard", flush=True)
         print(f"  database:          {_redacted(settings.database_url) or settings.database}", flush=True)
@@ -486,9 +488,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
-    app.on_startup.append(ready)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True, shutdown_timeout=15)
+        web.run_app(app, host=args.host, port=args.port, print=ready, handle_signals=True, shutdown_timeout=15)
     except SchemaTooNew as exc:  # a clear refusal, not a traceback
         print(f"statehost: {exc}", file=sys.stderr)
         return 3
