@@ -130,6 +130,10 @@ class Report:
     violations: list[str] = field(default_factory=list)
     ordinary_events: int = 0
     rss_kib: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    kind_seconds: dict[str, float] = field(default_factory=dict)
+    """The longest answer to each hostile kind."""
+    """Wall time of the uploads and of each phase."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -139,6 +143,8 @@ class Report:
             "hostile_answers": dict(sorted(self.outcomes.items())),
             "violations": self.violations,
             "server_rss_mib": round(self.rss_kib / 1024, 1),
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "slowest_hostile_answer_s": {k: round(v, 2) for k, v in sorted(self.kind_seconds.items())},
         }
         for phase, samples in self.latencies.items():
             if samples:
@@ -216,10 +222,17 @@ async def run(
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         api = _Api(session, server.url, credentials["adminToken"])
         await api.deploy("counter", COUNTER, 4)
-        for slug, kind, major in plan:
-            await api.deploy(slug, hostile_source(kind, major), major)
-            status, body = await api.call("POST", f"/machines/{slug}", {"slug": "i"})
-            assert status == 200, (slug, status, body)
+        uploads = asyncio.Semaphore(4)
+
+        async def upload(slug: str, kind: str, major: int) -> None:
+            async with uploads:
+                await api.deploy(slug, hostile_source(kind, major), major)
+                status, body = await api.call("POST", f"/machines/{slug}", {"slug": "i"})
+                assert status == 200, (slug, status, body)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(upload(*entry) for entry in plan))
+        report.seconds["uploads"] = time.perf_counter() - started
         acked: dict[int, list[int]] = {c: [] for c in range(clients)}
         for c in range(clients):
             status, body = await api.call("POST", "/machines/counter", {"slug": f"o{c}"})
@@ -248,7 +261,10 @@ async def run(
             while not stop.is_set() and (seconds is not None or n < len(queue)):
                 slug, kind, _ = queue[n % len(queue)] if seconds is not None else queue[n]
                 n += 1
+                started = time.perf_counter()
                 status, body = await api.call("POST", f"/machines/{slug}/i/i/events", {"event": "go"})
+                took = time.perf_counter() - started
+                report.kind_seconds[kind] = max(took, report.kind_seconds.get(kind, 0.0))
                 limit = body.get("limit") if isinstance(body, dict) else None
                 report.outcomes[f"{kind} {status} {limit}"] += 1
                 expected = KINDS[kind]
@@ -260,6 +276,7 @@ async def run(
                     await api.call("POST", f"/machines/{slug}/i/i/events", {"event": "back"})  # flood again
 
         for phase in ("baseline", "hostile"):
+            started = time.perf_counter()
             stop = asyncio.Event()
             tasks = [asyncio.create_task(ordinary(c, phase, stop)) for c in range(clients)]
             attackers = (
@@ -269,6 +286,7 @@ async def run(
                 await asyncio.sleep(seconds)  # the phase's duration (a measurement window, not a synchronisation)
                 stop.set()
             await asyncio.gather(*tasks, *attackers)
+            report.seconds[phase] = time.perf_counter() - started
 
         report.ordinary_events = sum(len(a) for a in acked.values())
         for c, numbers in acked.items():
