@@ -97,7 +97,10 @@ _TEMPLATE = """
 export default createMachine({{
   id: "hostile", {extra} initial: "idle", context: {{ public: {{ n: 0 }} }},
   states: {{
-    idle: {{ on: {{ go: {{ target: "busy", actions: [{action}] }}, ping: {{ actions: assign({{ public: {ping} }}) }} }} }},
+    idle: {{ on: {{
+      go: {{ target: "busy", actions: [{action}] }},
+      ping: {{ actions: assign({{ public: {ping} }}) }},
+    }} }},
     busy: {{ on: {{ back: "idle" }} }},
   }},
 }});

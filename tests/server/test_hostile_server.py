@@ -48,7 +48,7 @@ async def test_hostile_machines_get_their_limits_and_ordinary_clients_keep_being
     answered = {outcome.split(" ")[0] for outcome in report.outcomes}
     assert answered == set(KINDS)
     assert sum(report.outcomes.values()) == 2 * len(KINDS)
-    for outcome, count in report.outcomes.items():
+    for outcome in report.outcomes:
         kind, status, limit = outcome.split(" ")
         assert int(status) == KINDS[kind].status
         assert (None if limit == "None" else limit) in KINDS[kind].limits
