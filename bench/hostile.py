@@ -393,7 +393,13 @@ def main() -> None:
             f" ratio {ratio} (target <= 2); violations: {len(row['violations'])}"
         )
     if not args.quick:
-        RESULTS.write_text(json.dumps({"command": command, "machine": info, "runs": rows}, indent=2) + "\n")
+        # one file per machine: each invocation (e.g. default and more workers) kept under its command
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        kept = [
+            i for i in previous.get("invocations", []) if previous.get("machine") == info and i["command"] != command
+        ]
+        document = {"machine": info, "invocations": [*kept, {"command": command, "runs": rows}]}
+        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     if any(row["violations"] for row in rows):
         for row in rows:
             for violation in row["violations"][:20]:
