@@ -265,3 +265,34 @@ async def test_one_sqlite_node_revokes_a_key_before_the_delete_answers(tmp_path:
         # the socket's subscription was ended before the delete answered: its error is already queued
         assert [m["type"] for m in await _until_error(ws, "r1", NOTICE_BOUND_S)] == ["error"]
         await ws.close()
+
+
+# -- identities cached by the commit relay ------------------------------------------------------------
+
+
+async def test_a_subscriber_on_another_node_follows_an_instance_deleted_and_recreated_under_its_name(nodes):
+    """server/cluster.py maps a subscribed (machine, name) to an instance id: a deleted instance's
+    name, created again, is a new id, whose commits the subscriber's node must relay too (as one
+    node's hub does, by name)."""
+    a, b = nodes
+    await a.deploy("t", TOGGLE)
+    assert (await a.call("POST", "/machines/t", body={"slug": "i1"}))[0] == 200
+    ws = await _subscribe(b, a.admin_token, "r1", "i1")
+    body = {
+        "dangerDataWillBeDeletedForever": True,
+        "hmacSha256OfMachineInstanceNameWithMachineNameKey": confirmation("t", "i1"),
+    }
+    status, _ = await a.call("DELETE", "/machines/t/i/i1", body=body)
+    assert status == 204
+    status, created = await a.call("POST", "/machines/t", body={"slug": "i1", "context": {"again": True}})
+    assert status == 200
+    status, toggled = await a.call("POST", "/machines/t/i/i1/events", body={"event": "toggle"})
+    assert status == 200 and toggled["state"] != created["state"]
+    states = []
+    deadline = time.monotonic() + NOTICE_BOUND_S
+    while toggled["state"] not in states:
+        message = json.loads((await ws.receive(timeout=max(0.01, deadline - time.monotonic()))).data)
+        assert message["type"] == "instance-update", message
+        states.append(message["state"])
+    assert states == [created["state"], toggled["state"]]  # the new instance's every state, in order
+    await ws.close()
