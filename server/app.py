@@ -26,14 +26,18 @@ from .engine import DurableEngine
 from .errors import ApiError
 from .exchange import JwksCache
 from .openapi import document
+from .revocation import Revocations
 from .routes import dashboard, http_api, indexes, instances, logs, machines, orgs, providers, realtime
 from .routes.common import ENGINE, HUB, JWKS, SECRETS, SETTINGS
 from .subscriptions import Hub
 
-__all__ = ["FEED", "create_app"]
+__all__ = ["FEED", "REVOCATIONS", "create_app"]
 
 FEED = web.AppKey("feed", CommitFeed)
 """Several nodes: the relay of other nodes' commits (server/cluster.py)."""
+
+REVOCATIONS = web.AppKey("revocations", Revocations)
+"""Deletions of authority reaching this node's caches and sockets (server/revocation.py)."""
 
 log = logging.getLogger("statehost.http")
 
@@ -142,6 +146,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         app[JWKS] = JwksCache(engine.transport, clock=lambda: engine.clock.now_ms() / 1000)
         hub = Hub(engine.instances)
         app[HUB] = hub
+        revocations = app[REVOCATIONS] = Revocations(engine.store, hub)  # server/revocation.py
+        await revocations.start()
         feed: CommitFeed | None = None
         if engine.store.shared:
             # Several nodes: subscribers here also hear of other nodes' commits (server/cluster.py).
@@ -158,6 +164,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         yield
         if feed is not None:
             await feed.close()
+        await revocations.close()
         await hub.close()
         await engine.stop()
 

@@ -10,11 +10,21 @@ Two kinds of bearer token:
 
 Anything else, expired, forged or from a deleted key is 403 ``missing-user``. ``x-statebacked-act``
 (impersonation) is honoured only for callers with ``org.keys.write`` (org admins).
+
+Revocation (docs/threat-model.md): admin tokens, users and memberships are read from the database
+on every request, so a revoked user fails at once on every node. Verified key-signed tokens are
+cached per process (the HMAC and the key's row are skipped on a hit): deleting a key drops its
+tokens here at its commit and on the other nodes when the commit's notice arrives
+(server/revocation.py); every cached token is trusted for at most :data:`VERIFIED_TOKEN_TTL_S`, the
+bound when a notice is lost. ``still_authorized`` re-checks a caller verified earlier (the real-time
+sockets).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +47,7 @@ __all__ = [
     "authenticate",
     "issue_admin_token",
     "scopes_for_role",
+    "still_authorized",
 ]
 
 ADMIN_KID = "statehost-admin"
@@ -104,6 +115,8 @@ class Caller:
     user_id: str | None = None
     key_id: str | None = None
     memberships: Mapping[str, str] = field(default_factory=dict)
+    generation: int | None = None
+    """An admin caller's token generation (``still_authorized`` compares it with the user's)."""
 
     def require(self, scope: str) -> str:
         """Check a scope and return the org the call acts on."""
@@ -160,28 +173,36 @@ async def authenticate(
         raise InvalidParameter("x-statebacked-act must be a JSON object", parameter="x-statebacked-act")
     if "org.keys.write" not in caller.scopes:
         raise MissingScope("acting as another user (x-statebacked-act) needs the org.keys.write scope")
-    return Caller(caller.kind, caller.org_id, caller.scopes, act, caller.user_id, caller.key_id, caller.memberships)
+    return dataclasses.replace(caller, auth_context=act)
 
 
 VERIFIED_TOKENS_CACHED = 10_000
+VERIFIED_TOKEN_TTL_S = 5.0
+"""How long a verified key-signed token is trusted without reading its key again: the bound on a
+deleted key's tokens being accepted by a node that missed the deletion's notice."""
 
 
 async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
     cache = store.verified_key_tokens
     hit = cache.get(token)
-    if hit is not None:
-        key, claims = hit
+    now = time.monotonic()
+    if hit is not None and hit[2] > now:
+        key, claims, _ = hit
         cache.move_to_end(token)
         check_key_token_times(claims, now_s)  # exp and nbf are checked on every use
     else:
+        generation = store.authority_generation
         row = await store.key_row(kid)
         if row is None:
+            cache.pop(token, None)
             raise MissingUser("the token's key does not exist (deleted?)")
         key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
         claims = verify_key_token(token, key, now_s)
-        cache[token] = (key, claims)
-        while len(cache) > VERIFIED_TOKENS_CACHED:
-            cache.popitem(last=False)
+        if generation == store.authority_generation:  # no deletion overtook the read
+            cache[token] = (key, claims, now + VERIFIED_TOKEN_TTL_S)
+            cache.move_to_end(token)
+            while len(cache) > VERIFIED_TOKENS_CACHED:
+                cache.popitem(last=False)
     if org_header and org_header != key.org_id:
         raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
     return Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)
@@ -204,4 +225,28 @@ async def _admin_caller(store: Store, token: str, org_header: str | None, secret
     elif len(memberships) == 1:
         org_id = next(iter(memberships))
     scopes = scopes_for_role(memberships[org_id]) if org_id else frozenset()
-    return Caller("admin", org_id, scopes, {"sub": user["id"]}, user_id=user["id"], memberships=memberships)
+    return Caller(
+        "admin",
+        org_id,
+        scopes,
+        {"sub": user["id"]},
+        user_id=user["id"],
+        memberships=memberships,
+        generation=user["token_generation"],
+    )
+
+
+async def still_authorized(store: Store, caller: Caller) -> bool:
+    """Whether the authority a caller was verified with still stands: its key exists, or its user's
+    tokens were not revoked and the user keeps a role in the org that grants the caller's scopes.
+    (Expiry is not re-checked: a live real-time socket outlives its token, wire-api 4.6.)"""
+    if caller.kind == "key":
+        row = None if caller.key_id is None else await store.key_row(caller.key_id)
+        return row is not None and row["org_id"] == caller.org_id
+    user = None if caller.user_id is None else await store.user(caller.user_id)
+    if user is None or user["token_generation"] != caller.generation:
+        return False
+    if caller.org_id is None:
+        return True
+    role = (await store.memberships(user["id"])).get(caller.org_id)
+    return role is not None and caller.scopes <= scopes_for_role(role)

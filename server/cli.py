@@ -185,6 +185,12 @@ def _parser() -> argparse.ArgumentParser:
         help="let machines fetch loopback and private addresses (trusted tenants only)",
     )
     serve.add_argument("--settle-window-ms", type=int, default=90_000, help="settle window per event (default 90000)")
+    serve.add_argument(
+        "--cpu-ms",
+        type=_positive,
+        default=2_000,
+        help="CPU time one guest entry may use before it fails with 422 limit cpu_ms (default 2000)",
+    )
 
     login = sub.add_parser(
         "login",
@@ -245,6 +251,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Bundler, PreparedMachine]:
     upload = Upload(args.file.name, args.file.read_bytes(), entry=args.entry, xstate_major=args.xstate)
     bundle = bundler.bundle(upload)
     return bundler, make_engine(args.engine, bundler.runtime_api).prepare(bundle)
+
+
+def _positive(value: str) -> int:
+    number = _count(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("0 is not allowed; use 1 or more")
+    return number
 
 
 def _count(value: str) -> int:
@@ -472,7 +485,7 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         bootstrap_file=credentials,
         fetch=FetchPolicy(allow_private=args.allow_private_fetch),
-        limits=Limits(settle_window_ms=args.settle_window_ms),
+        limits=Limits(settle_window_ms=args.settle_window_ms, cpu_ms=args.cpu_ms),
     )
     url = args.public_url or f"http://{args.host}:{args.port}"
 

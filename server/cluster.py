@@ -12,6 +12,10 @@ Decision log:
   disconnected, and a node may die between its commit and its hint; every ``POLL_S`` each node
   compares its subscribed instances' ``seq`` with what it relayed and catches up (and listens
   again if its listening connection was lost).
+- **A name may come back as another instance.** Subscriptions are by (machine, name); the relay
+  maps that to an instance id. When the poll finds the id gone (the instance was deleted), it
+  resolves the name again and relays the new instance's transitions from its first, as one node's
+  hub would publish them by name (tests/server/test_revocation.py).
 - **One ordered path per instance.** Local commits, hints and polls all go through the same
   per-instance catch-up: a transition is relayed only after every earlier one, and a local commit
   that is exactly the next one is relayed from memory without a read.
@@ -48,6 +52,8 @@ class CommitFeed:
         self._ids: dict[tuple[int, str], int] = {}
         """(machine id, name) of subscribed instances -> instance id."""
         self._locks: dict[int, asyncio.Lock] = {}
+        self._vanished: set[tuple[int, str]] = set()
+        """Subscribed names whose instance was deleted: relay all of whatever instance takes the name."""
         self._hints: dict[int, int] = {}
         self._hint_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,7 +83,8 @@ class CommitFeed:
         row = await self.store.find_instance(*key)
         if row is not None and key not in self._ids:
             self._ids[key] = row.id
-            self._relayed.setdefault(row.id, row.seq)
+            self._relayed.setdefault(row.id, 0 if key in self._vanished else row.seq)
+            self._vanished.discard(key)
 
     # -- this node's commits ------------------------------------------------------------------------
 
@@ -168,6 +175,11 @@ class CommitFeed:
     async def _poll(self) -> None:
         await repeat(self._check_subscribed, pause_s=POLL_S, retry_s=0, what="checking subscribed instances", log=log)
 
+    def _forget(self, key: tuple[int, str]) -> None:
+        instance_id = self._ids.pop(key)
+        self._relayed.pop(instance_id, None)
+        self._locks.pop(instance_id, None)
+
     @property
     def listening(self) -> bool:
         return self._listener is not None and not self._listener.lost
@@ -180,14 +192,19 @@ class CommitFeed:
                 await self._listener.stop()
             self._listener = await self.store.listen_commits(self._on_hint)
         subscribed = self.hub.subscribed()
+        self._vanished &= set(subscribed)
         for key in list(self._ids):
             if key not in subscribed:
-                instance_id = self._ids.pop(key)
-                self._relayed.pop(instance_id, None)
-                self._locks.pop(instance_id, None)
-        for key in list(subscribed):
-            await self.watch(key)  # subscribed before its instance existed
+                self._forget(key)
         seqs = await self.store.instance_seqs(list(self._ids.values()))
+        for key, instance_id in list(self._ids.items()):
+            if instance_id not in seqs and self._ids.get(key) == instance_id:
+                self._forget(key)  # deleted: its name may be taken by a new instance
+                self._vanished.add(key)
+        for key in list(subscribed):
+            await self.watch(key)  # subscribed before its instance existed, or re-created
+        if not seqs.keys() >= set(self._ids.values()):
+            seqs = await self.store.instance_seqs(list(self._ids.values()))
         for instance_id, seq in seqs.items():
             if seq > self._relayed.get(instance_id, seq):
                 self._catch_up_soon(instance_id)

@@ -36,6 +36,7 @@ FLAGS = {
     "bootstrap_file": "`--data-dir`, `$STATEHOST_DATA_DIR` (`<data-dir>/admin.json`)",
     "allow_private": "`--allow-private-fetch`",
     "settle_window_ms": "`--settle-window-ms`",
+    "cpu_ms": "`--cpu-ms`",
 }
 
 

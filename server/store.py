@@ -39,7 +39,7 @@ from .db import (
 )
 from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
-from .store_directory import DirectoryMixin
+from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin
 
 __all__ = [
     "InstanceRow",
@@ -257,6 +257,8 @@ class Store(DirectoryMixin):
         )
         self._last_log_ms = 0
         self._machine_ids: dict[tuple[str, str], tuple[int, float]] = {}
+        self.authority_generation = 0
+        self.on_forget: list[Callable[[str], None]] = []
 
     @property
     def batches(self) -> int:
@@ -329,18 +331,20 @@ class Store(DirectoryMixin):
     async def machine_id(self, org_id: str, slug: str) -> int:
         """The machine's id; remembered for MACHINE_ID_TTL_S, so that a burst of requests to one
         machine reaches the instances' inboxes in the order it arrived (no read to overtake) and
-        without a read each. Deleting a machine forgets it here; another node forgets within the TTL
-        (until then a request to a machine deleted there fails as for a missing instance)."""
+        without a read each. Deleting a machine forgets it here, and on other nodes when its notice
+        arrives (``forget``), at the latest after the TTL (a lost notice)."""
         key = (org_id, slug)
         cached = self._machine_ids.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        generation = self.authority_generation
         row = await self._read_one("SELECT id FROM machines WHERE org_id = ? AND slug = ?", (org_id, slug))
         if row is None:
             raise NotFound(f"machine {slug!r} not found")
         if len(self._machine_ids) >= MACHINE_ID_CACHE:
             self._machine_ids.clear()
-        self._machine_ids[key] = (int(row["id"]), time.monotonic() + MACHINE_ID_TTL_S)
+        if generation == self.authority_generation:  # no deletion overtook the read
+            self._machine_ids[key] = (int(row["id"]), time.monotonic() + MACHINE_ID_TTL_S)
         return int(row["id"])
 
     async def create_version(
@@ -784,6 +788,11 @@ class Store(DirectoryMixin):
     async def listen_commits(self, callback: Callable[[str], None]) -> Listener:
         assert isinstance(self.db, PostgresDatabase)
         return await self.db.listen(COMMITS_CHANNEL, callback)
+
+    async def listen_authority(self, callback: Callable[[str], None]) -> Listener:
+        """Deletions of authority committed by any node (``DirectoryMixin.forget`` notices)."""
+        assert isinstance(self.db, PostgresDatabase)
+        return await self.db.listen(AUTHORITY_CHANNEL, callback)
 
     async def instance_seqs(self, instance_ids: Sequence[int]) -> dict[int, int]:
         """The current seq of each of these instances (a subscriber's node checks for missed hints)."""

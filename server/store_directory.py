@@ -19,7 +19,7 @@ from .db import Row, Tx
 from .errors import Conflict, InvalidParameter, NotFound
 from .ids import new_id
 
-__all__ = ["INDEX_OPERATORS", "DirectoryMixin", "MachineRow", "Page", "VersionInfo"]
+__all__ = ["AUTHORITY_CHANNEL", "INDEX_OPERATORS", "DirectoryMixin", "MachineRow", "Page", "VersionInfo"]
 
 PAGE_SIZE = 100
 T = TypeVar("T")
@@ -98,13 +98,50 @@ def decode_cursor(cursor: str | None) -> tuple[int, Any] | None:
     return created_ms, key
 
 
+AUTHORITY_CHANNEL = "statehost_authority"
+"""PostgreSQL: the NOTIFY channel on which a deletion of authority reaches every node (server/revocation.py)."""
+
+
 class DirectoryMixin:
     verified_key_tokens: collections.OrderedDict[str, Any]
-    """Key-signed tokens this process has verified (server/auth.py): token -> (key, claims). Keys
-    are immutable, so a verified token stays valid until its exp, or until a key is deleted: then
-    the whole cache is dropped (delete_key)."""
+    """Key-signed tokens this process has verified (server/auth.py): token -> (key, claims, until
+    when it is trusted, ``time.monotonic``). Keys are immutable, so a verified token stays valid until
+    its exp, or until its key is deleted: then ``forget`` drops it, on every node (docs/threat-model.md,
+    "Revocation")."""
     _machine_ids: dict[tuple[str, str], tuple[int, float]]
     """(org id, slug) -> (machine id, until when it is trusted): Store.machine_id."""
+    authority_generation: int
+    """Bumped by every ``forget``: a reader that fetched authority from the database caches it only
+    if no ``forget`` ran meanwhile (else a read overtaken by a delete would cache the deleted key)."""
+    on_forget: list[Callable[[str], None]]
+    """Told of every ``forget`` after the caches are dropped (the real-time sockets' callers)."""
+
+    @property
+    def shared(self) -> bool:
+        raise NotImplementedError
+
+    def forget(self, notice: str) -> None:
+        """Drop what this process cached of the authority ``notice`` revokes: ``key:<key id>``,
+        ``machine:<machine id>``, or ``*`` (everything: notices may have been missed)."""
+        self.authority_generation += 1
+        kind, _, ident = notice.partition(":")
+        if kind == "*":
+            self.verified_key_tokens.clear()
+            self._machine_ids.clear()
+        elif kind == "key":
+            for token in [t for t, hit in self.verified_key_tokens.items() if hit[0].id == ident]:
+                del self.verified_key_tokens[token]
+        elif kind == "machine":
+            for name in [n for n, (mid, _) in self._machine_ids.items() if str(mid) == ident]:
+                del self._machine_ids[name]
+        for hook in self.on_forget:
+            hook(notice)
+
+    async def _announce(self, tx: Tx, notice: str) -> None:
+        """Several nodes: tell every node's ``forget`` of ``notice`` when (and only if) ``tx`` commits
+        (PostgreSQL delivers a NOTIFY sent in a transaction at its commit)."""
+        if self.shared:
+            await tx.execute("SELECT pg_notify(?, ?)", (AUTHORITY_CHANNEL, notice))
 
     # Provided by Store.
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
@@ -272,9 +309,10 @@ class DirectoryMixin:
         async def op(tx: Tx) -> None:
             if await tx.execute("DELETE FROM api_keys WHERE org_id = ? AND id = ?", (org_id, key_id)) != 1:
                 raise NotFound(f"key {key_id!r} not found")
+            await self._announce(tx, f"key:{key_id}")
 
         await self.write(op)
-        self.verified_key_tokens.clear()  # after the commit: no request verified from now on uses it
+        self.forget(f"key:{key_id}")  # after the commit: no request verified from now on uses it
 
     # -- machines and versions ------------------------------------------------------------------------
 
@@ -311,9 +349,10 @@ class DirectoryMixin:
                 raise Conflict("the machine still has instances; delete them first")
             await tx.execute("UPDATE machines SET current_version_id = NULL WHERE id = ?", (machine_id,))
             await tx.execute("DELETE FROM machines WHERE id = ?", (machine_id,))
+            await self._announce(tx, f"machine:{machine_id}")
 
         await self.write(op)
-        self._machine_ids.clear()
+        self.forget(f"machine:{machine_id}")
 
     async def version_info(self, version_id: str | None) -> VersionInfo | None:
         if version_id is None:

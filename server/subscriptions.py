@@ -169,6 +169,8 @@ class Hub:
                 allowed = await self._allowed(committed, subscribers)
                 message = update_message(committed.machine_slug, committed.instance_name, committed.state)
                 for subscription in subscribers:
+                    if subscription.connection.subscriptions.get(subscription.request_id) is not subscription:
+                        continue  # unsubscribed or revoked while the authorizer ran
                     if allowed.get(subscription.auth_key):
                         subscription.offer(committed.state.ts, message)
                         self.pushed += 1

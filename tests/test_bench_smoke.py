@@ -14,7 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "module",
-    ["bench.runtime_steps", "bench.engine_throughput", "bench.realtime_fanout", "bench.wasm_engine", "bench.load"],
+    [
+        "bench.runtime_steps",
+        "bench.engine_throughput",
+        "bench.realtime_fanout",
+        "bench.wasm_engine",
+        "bench.load",
+        "bench.hostile",
+    ],
 )
 def test_benchmark_runs_in_quick_mode(module):
     proc = subprocess.run(

@@ -97,17 +97,18 @@ async def _handle(request: web.Request, hub: Hub, connection: Connection, data: 
 async def _subscribe(
     request: web.Request, hub: Hub, connection: Connection, request_id: str, data: dict[str, Any]
 ) -> None:
-    if connection.caller is None:
+    caller = connection.caller  # read once: a revocation may clear it while this subscribe awaits
+    if caller is None:
         raise connection.auth_error if isinstance(connection.auth_error, ApiError) else NotFound("no caller")
-    org = connection.caller.require("state.read")
+    org = caller.require("state.read")
     machine_slug, instance_name = data.get("machineName"), data.get("machineInstanceName")
     if not isinstance(machine_slug, str) or not isinstance(instance_name, str):
         raise NotFound("subscribe needs machineName and machineInstanceName")
     engine = request.app[ENGINE]
     machine = await engine.store.machine(org, machine_slug)
-    subscription = Subscription(
-        connection, request_id, machine.id, machine_slug, instance_name, connection.caller.auth_context
-    )
+    subscription = Subscription(connection, request_id, machine.id, machine_slug, instance_name, caller.auth_context)
+    if connection.caller is not caller:  # revoked meanwhile
+        raise connection.auth_error if isinstance(connection.auth_error, ApiError) else NotFound("no caller")
     # Registered before the current state is read, so no committed update can fall in between.
     hub.add(subscription)
     try:
@@ -122,5 +123,7 @@ async def _subscribe(
     except ApiError:
         hub.remove(subscription)
         raise
+    if connection.subscriptions.get(request_id) is not subscription:
+        return  # revoked while it was being set up (server/revocation.py sent its error)
     state = InstanceState.of(row)
     subscription.offer(state.ts, update_message(machine_slug, instance_name, state))
