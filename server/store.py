@@ -39,7 +39,7 @@ from .db import (
 )
 from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
-from .store_directory import DirectoryMixin
+from .store_directory import DirectoryMixin, _dumps
 
 __all__ = [
     "InstanceRow",
@@ -55,10 +55,6 @@ __all__ = [
 T = TypeVar("T")
 MACHINE_ID_TTL_S = 2.0
 MACHINE_ID_CACHE = 10_000
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
