@@ -24,6 +24,8 @@ SOURCES = [
         "FetchPolicy",
     ),
 ]
+
+
 def _fields(path: Path, class_name: str) -> list[tuple[str, str, str]]:
     tree = ast.parse(path.read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)

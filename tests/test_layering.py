@@ -72,6 +72,9 @@ RULES: dict[str, Rule] = {
         ("server/",), ("runtime",), RUNTIME_CONTRACT, planted="from runtime.settle import drive"
     ),
     "server never imports QuickJS or wasmtime": Rule(("server/",), ENGINES, planted="import wasmtime"),
+    "server imports the client only for its commands and the token signer": Rule(
+        ("server/",), ("client",), ("client.cli", "client.config", "client.tokens"), planted="from client import api"
+    ),
     "client never imports server, runtime or SQL": Rule(
         ("client/",), ("server", "runtime", *SQL_MODULES), planted="from runtime import Limits"
     ),
