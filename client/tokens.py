@@ -1,7 +1,7 @@
 """Tokens in @statebacked/token's format, signed locally (no server call).
 
 ``sign_token_at`` is statehost's one signer of key-signed tokens: the client signs with it, and the
-server issues exchanged tokens with it (server/exchange.py imports it; docs/decisions.md 79). The
+server issues exchanged tokens with it (server/exchange.py imports it; docs/decisions.md, "One token signer"). The
 client stands alone, so the implementation lives here and the server, a layer above, imports it.
 """
 

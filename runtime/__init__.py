@@ -32,6 +32,7 @@ from .protocol import (
     Transition,
 )
 from .settle import CommitFn, Delivery, Inbox, WindowResult, run_window
+from .timers import TimerRow, apply_timer_op
 from .transport import FetchError, Transport
 
 __all__ = [
@@ -74,11 +75,13 @@ __all__ = [
     "Structured",
     "SystemClock",
     "TimerOp",
+    "TimerRow",
     "Transition",
     "Transport",
     "Upload",
     "WindowResult",
     "address_refusal",
+    "apply_timer_op",
     "make_engine",
     "resources",
     "run_window",

@@ -206,7 +206,9 @@ class _Printer:
                             for t in transitions
                         ],
                         "timers": [
-                            {"id": row.key, "dueMs": row.due_ms, "event": row.event} for row in inst.timers.values()
+                            {"id": row.key, "dueMs": row.due_ms, "event": row.event}
+                            | ({} if row.target is None else {"target": row.target})
+                            for row in inst.timers.values()
                         ],
                         "logs": [{"stream": line.stream, "text": line.text} for line in logs],
                     }
@@ -226,7 +228,12 @@ class _Printer:
         for error in errors:
             print(f"    ✗ {error}")
         for row in sorted(inst.timers.values(), key=lambda r: r.due_ms):
-            print(f"    ⏲ {row.event.get('type')} due in {row.due_ms - inst.clock.now_ms()} ms (id {row.key})")
+            to = (
+                ""
+                if row.target is None
+                else f" to {row.target.get('machineName')}/{row.target.get('machineInstanceName')}"
+            )
+            print(f"    ⏲ {row.event.get('type')}{to} due in {row.due_ms - inst.clock.now_ms()} ms (id {row.key})")
 
 
 async def _run(args: argparse.Namespace, prepared: PreparedMachine) -> int:
