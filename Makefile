@@ -100,3 +100,9 @@ clean:
 .PHONY: wheel
 wheel: $(STAMP) $(NPMSTAMP) $(DASHBOARD)
 	$(VPY) tools/build_wheel.py --out dist
+
+# docs/configuration.md is generated from the settings (server/config.py, runtime/limits.py);
+# tests/test_docs.py fails when it is stale.
+.PHONY: docs
+docs: setup
+	$(VPY) -m server.settings_doc --write

@@ -1,16 +1,23 @@
-"""Tokens in @statebacked/token's format, signed locally (no server call)."""
+"""Tokens in @statebacked/token's format, signed locally (no server call).
+
+``sign_token_at`` is statehost's one signer of key-signed tokens: the client signs with it, and the
+server issues exchanged tokens with it (server/exchange.py imports it; docs/decisions.md, "One token signer"). The
+client stands alone, so the implementation lives here and the server, a layer above, imports it.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import jwt
 
-__all__ = ["anonymous_subject_token", "sign_token"]
+__all__ = ["AUDIENCE", "anonymous_subject_token", "sign_token", "sign_token_at"]
 
 AUDIENCE = "https://api.statebacked.dev/"
 # PyJWT >= 2.10 warns about HMAC keys under 32 bytes; the anonymous key is the 26-byte org ID by
@@ -31,14 +38,58 @@ def sign_token(
 ) -> str:
     """HS256 with the whole secret string as key; ``claims`` become ``act`` (the authContext)."""
     now = int(time.time()) if now_s is None else now_s
+    return sign_token_at(
+        key_id, secret, claims, expires_at_s=now + expires_in_s, issued_at_s=now, issuer=issuer or None
+    )
+
+
+def sign_token_at(
+    key_id: str,
+    secret: str,
+    act: Mapping[str, Any],
+    *,
+    expires_at_s: int,
+    issued_at_s: int,
+    issuer: str | None = None,
+    audience: str = AUDIENCE,
+) -> str:
+    """An HS256 JWT in the ``@statebacked/token`` shape, byte for byte for the same inputs.
+
+    ValueError if ``act`` is not JSON (NaN, infinities)."""
     payload = {
-        "act": dict(claims),
-        "aud": AUDIENCE,
-        "exp": now + expires_in_s,
-        "iss": issuer or f"https://{key_id}.client.statebacked.dev/",
-        "iat": now,
+        "act": dict(act),
+        "aud": audience,
+        "exp": expires_at_s,
+        "iss": issuer if issuer is not None else f"https://{key_id}.client.statebacked.dev/",
+        "iat": issued_at_s,
     }
-    return jwt.encode(payload, secret, algorithm="HS256", headers={"kid": key_id, "typ": None})
+    with _quiet_key_length():
+        return jwt.api_jws.encode(
+            _atob_safe_json(payload), secret.encode(), algorithm="HS256", headers={"kid": key_id, "typ": None}
+        )
+
+
+@contextmanager
+def _quiet_key_length() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SHORT_KEY_WARNING)
+        yield
+
+
+_ATOB_UNSAFE = {">": "\\u003e", "?": "\\u003f", "~": "\\u007e", "\x7f": "\\u007f"}
+
+
+def _atob_safe_json(payload: Mapping[str, Any]) -> bytes:
+    """Compact JSON whose base64url never contains ``-`` or ``_`` (a browser's ``atob`` reads it).
+
+    With ASCII-only input a base64 digit is 62 or 63 only when the last byte of a 3-byte group is
+    ``>``, ``?``, ``~`` or DEL; those occur only inside JSON strings, where ``\\u00XX`` escapes are
+    equivalent.
+    """
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    for char, escape in _ATOB_UNSAFE.items():
+        text = text.replace(char, escape)
+    return text.encode("ascii")
 
 
 def anonymous_subject_token(
@@ -50,6 +101,5 @@ def anonymous_subject_token(
     sid = session_id or str(uuid.uuid4())
     issuer = f"https://{org_id}.anonymous.auth.statebacked.dev"
     claims = {"aud": issuer, "iss": issuer, "iat": now, "exp": now + 86_400, "sid": sid, "did": device_id or sid}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SHORT_KEY_WARNING)
+    with _quiet_key_length():
         return jwt.encode(claims, org_id.encode(), algorithm="HS256")

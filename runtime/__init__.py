@@ -4,13 +4,17 @@ A pure library: it knows nothing of HTTP, SQL or auth. The server hands it a bun
 instance and an event, and gets back rounds to commit and effects to perform after committing.
 """
 
+from . import resources
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
+from .engines import ENGINE_NAMES, make_engine
 from .engines.quickjs_native import QuickJSNativeEngine
 from .errors import BundleError, Diagnostic, HostError, InvalidMachineError, ProtocolError, SandboxError
 from .executor import Executor
 from .limits import FetchPolicy, Limits, Outcome
+from .local import LocalInstance
+from .netguard import address_refusal, url_refusal
 from .protocol import (
     Described,
     EffectResult,
@@ -27,14 +31,17 @@ from .protocol import (
     TimerOp,
     Transition,
 )
-from .settle import CommitFn, WindowResult, run_window
+from .settle import CommitFn, Delivery, Inbox, WindowResult, run_window
+from .timers import TimerRow, apply_timer_op
 from .transport import FetchError, Transport
 
 __all__ = [
+    "ENGINE_NAMES",
     "BundleError",
     "Bundler",
     "Clock",
     "CommitFn",
+    "Delivery",
     "Described",
     "Diagnostic",
     "EffectResult",
@@ -46,9 +53,11 @@ __all__ = [
     "FetchRequest",
     "FetchResponse",
     "HostError",
+    "Inbox",
     "InvalidMachineError",
     "Invoked",
     "Limits",
+    "LocalInstance",
     "LogLine",
     "MachineBundle",
     "Outcome",
@@ -66,9 +75,15 @@ __all__ = [
     "Structured",
     "SystemClock",
     "TimerOp",
+    "TimerRow",
     "Transition",
     "Transport",
     "Upload",
     "WindowResult",
+    "address_refusal",
+    "apply_timer_op",
+    "make_engine",
+    "resources",
     "run_window",
+    "url_refusal",
 ]

@@ -20,17 +20,10 @@ from .engine import PreparedMachine
 from .executor import Executor
 from .protocol import LogLine, ReadDecision, ReadRequest, Round, StepRequest, TimerOp, Transition
 from .settle import WindowResult, run_window
+from .timers import TimerRow, apply_timer_op
 from .transport import Transport
 
-__all__ = ["LocalInstance", "TimerRow"]
-
-
-@dataclass(frozen=True)
-class TimerRow:
-    key: str
-    due_ms: int
-    seq: int
-    event: Mapping[str, Any]
+__all__ = ["LocalInstance"]
 
 
 @dataclass
@@ -47,10 +40,12 @@ class LocalInstance:
     detached: list[asyncio.Task[Any]] = field(default_factory=list)
     """Committed effects that outlived their window (see WindowResult.detached)."""
     timers: dict[int, TimerRow] = field(default_factory=dict)
-    """Pending durable timers by row number; several may share an XState id (``TimerRow.key``)."""
+    """Pending durable timers and delayed messages by row number, as the server's ``timers`` table
+    holds them (runtime/timers.py); several may share an XState id (``TimerRow.key``)."""
     outbox: list[TimerOp] = field(default_factory=list)
     """Messages to other persistent instances and spawns of persistent children (wire-api 7.6):
-    recorded, not delivered (a local instance has no others)."""
+    recorded when sent, not delivered (a local instance has no others). A delayed one also has a
+    row in ``timers`` until it falls due, so that ``cancel`` reaches it as on the server."""
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     # -- the requests a client can make ---------------------------------------------------------------
@@ -90,8 +85,9 @@ class LocalInstance:
             if due is None or due.due_ms > when_ms:
                 break
             clock_set(max(due.due_ms, self.clock.now_ms()))
-            del self.timers[due.seq]
-            results.append(await self.send(dict(due.event), auth_context=None))
+            del self.timers[due.id]
+            if due.target is None:  # a message leaves (it is in the outbox); an own timer is an event
+                results.append(await self.send(dict(due.event), auth_context=None))
         clock_set(when_ms)
         return results
 
@@ -99,7 +95,7 @@ class LocalInstance:
         return {row.key for row in self.timers.values()}
 
     def next_due(self) -> TimerRow | None:
-        return min(self.timers.values(), key=lambda t: (t.due_ms, t.seq), default=None)
+        return min(self.timers.values(), key=lambda t: (t.due_ms, t.id), default=None)
 
     # -- the host contract ----------------------------------------------------------------------------
 
@@ -124,18 +120,7 @@ class LocalInstance:
         for op in round_.timers:
             if op.op == "set" and op.target is not None:
                 self.outbox.append(op)
-            elif op.op == "set":
-                assert op.delay_ms is not None and op.event is not None
-                seq = next(self._seq)
-                key = op.id if op.id is not None else f"anonymous:{seq}"
-                self.timers[seq] = TimerRow(key, now + op.delay_ms, seq, json.loads(json.dumps(op.event)))
-            elif op.op == "cancel":
-                # XState's cancel(id) reaches the most recent delayed event with that id only.
-                latest = max((row.seq for row in self.timers.values() if row.key == op.id), default=None)
-                if latest is not None:
-                    del self.timers[latest]
-            else:
-                self.timers.clear()
+            apply_timer_op(self.timers, op, now_ms=now, row_id=next(self._seq))
         for transition in round_.transitions:
             self.history.append(transition)
             self.current = transition

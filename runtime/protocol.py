@@ -172,7 +172,8 @@ class TimerOp:
     """A durable timer of the instance set or cancelled during a round, in order.
 
     ``set`` with ``id`` None is a delayed event the machine cannot cancel (XState gives it no id);
-    the host keys its row itself. ``cancel_all`` removes every timer of the instance (it stopped).
+    the host keys its row itself. ``cancel_all``: the instance stopped. What each op does to the
+    instance's timer rows is stated once, in ``runtime.timers.apply_timer_op``.
     A ``set`` with a ``target`` is a message to another instance, or the creation of a persistent
     child (wire-api 7.6): delivered reliably by the host, after ``delay_ms``.
     """

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from client.config import config_path, save_login
 from runtime import (
+    ENGINE_NAMES,
     BundleError,
     Bundler,
     Executor,
@@ -33,14 +33,16 @@ from runtime import (
     FetchPolicy,
     InvalidMachineError,
     Limits,
+    LocalInstance,
     PreparedMachine,
     SandboxError,
     Upload,
+    WindowResult,
+    make_engine,
+    resources,
 )
-from runtime.engines import ENGINE_NAMES, make_engine
-from runtime.local import LocalInstance
-from runtime.settle import WindowResult
 
+from .config import add_serve_flags, settings_from_args
 from .fetch import AiohttpTransport
 
 EXAMPLES = """examples:
@@ -58,8 +60,6 @@ EXAMPLES = """examples:
 def version_text() -> str:
     """statehost's version, then the versions of the JavaScript packages it carries (issue 19)."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from runtime import resources
 
     try:
         own = version("statehost")
@@ -105,92 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the server", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    # Each of these also reads an environment variable (for containers and process managers); a
-    # flag wins over it.
-    serve.add_argument(
-        "--host",
-        default=os.environ.get("STATEHOST_HOST", "127.0.0.1"),
-        help="address to listen on (default $STATEHOST_HOST, else 127.0.0.1)",
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=os.environ.get("STATEHOST_PORT", "8787"),  # a string default goes through type=int
-        help="port to listen on (default $STATEHOST_PORT, else 8787)",
-    )
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=os.environ.get("STATEHOST_DATA_DIR", ".statehost"),
-        help="where the database and admin credentials live (default $STATEHOST_DATA_DIR, else ./.statehost)",
-    )
-    serve.add_argument(
-        "--database-url",
-        default=os.environ.get("STATEHOST_DATABASE_URL"),
-        help="a PostgreSQL database (postgresql://...) shared by several nodes, instead of the SQLite file "
-        "in --data-dir (default $STATEHOST_DATABASE_URL)",
-    )
-    serve.add_argument(
-        "--db-pool-size",
-        type=int,
-        default=os.environ.get("STATEHOST_DB_POOL_SIZE", "10"),
-        help="PostgreSQL connections this node keeps (default $STATEHOST_DB_POOL_SIZE, else 10)",
-    )
-    serve.add_argument(
-        "--node-id",
-        default=os.environ.get("STATEHOST_NODE_ID"),
-        help="this node's name in leases and /health (default $STATEHOST_NODE_ID, else host name and pid)",
-    )
-    serve.add_argument(
-        "--lease-ttl-s",
-        type=float,
-        default=10.0,
-        help="PostgreSQL: how long a dead node's instance leases last (default 10)",
-    )
-    serve.add_argument(
-        "--public-url",
-        default=os.environ.get("STATEHOST_PUBLIC_URL"),
-        help="the URL clients reach this server at, if not http://HOST:PORT (default $STATEHOST_PUBLIC_URL)",
-    )
-    serve.add_argument("--workers", type=int, default=0, help="sandbox worker threads (default: one per CPU)")
-    serve.add_argument(
-        "--engine",
-        choices=ENGINE_NAMES,
-        default=os.environ.get("STATEHOST_ENGINE", "quickjs-wasm"),
-        help="the engine that runs machines; quickjs-wasm confines QuickJS in WebAssembly "
-        "(default $STATEHOST_ENGINE, else quickjs-wasm)",
-    )
-    serve.add_argument(
-        "--parked-sandboxes",
-        type=_count,
-        default=os.environ.get("STATEHOST_PARKED_SANDBOXES", "256"),
-        help="live sandboxes kept for hot instances' next events; 0: a pristine sandbox per event "
-        "(default $STATEHOST_PARKED_SANDBOXES, else 256)",
-    )
-    serve.add_argument(
-        "--parked-memory-mb",
-        type=_count,
-        default=os.environ.get("STATEHOST_PARKED_MEMORY_MB", "1024"),
-        help="the memory those sandboxes may hold together (default $STATEHOST_PARKED_MEMORY_MB, else 1024)",
-    )
-    serve.add_argument(
-        "--synchronous",
-        choices=("FULL", "NORMAL"),
-        default="FULL",
-        help="SQLite synchronous mode: NORMAL may lose the last commits on power loss",
-    )
-    serve.add_argument(
-        "--allow-private-fetch",
-        action="store_true",
-        help="let machines fetch loopback and private addresses (trusted tenants only)",
-    )
-    serve.add_argument("--settle-window-ms", type=int, default=90_000, help="settle window per event (default 90000)")
-    serve.add_argument(
-        "--cpu-ms",
-        type=_positive,
-        default=2_000,
-        help="CPU time one guest entry may use before it fails with 422 limit cpu_ms (default 2000)",
-    )
+    # One flag per exposed setting, declared with the setting (server/config.py).
+    add_serve_flags(serve)
 
     login = sub.add_parser(
         "login",
@@ -253,23 +169,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Bundler, PreparedMachine]:
     return bundler, make_engine(args.engine, bundler.runtime_api).prepare(bundle)
 
 
-def _positive(value: str) -> int:
-    number = _count(value)
-    if number == 0:
-        raise argparse.ArgumentTypeError("0 is not allowed; use 1 or more")
-    return number
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 or more")
-    return number
-
-
 def _event(value: str) -> dict[str, Any]:
     if value.lstrip().startswith("{"):
         parsed = json.loads(value)
@@ -307,7 +206,9 @@ class _Printer:
                             for t in transitions
                         ],
                         "timers": [
-                            {"id": row.key, "dueMs": row.due_ms, "event": row.event} for row in inst.timers.values()
+                            {"id": row.key, "dueMs": row.due_ms, "event": row.event}
+                            | ({} if row.target is None else {"target": row.target})
+                            for row in inst.timers.values()
                         ],
                         "logs": [{"stream": line.stream, "text": line.text} for line in logs],
                     }
@@ -327,7 +228,12 @@ class _Printer:
         for error in errors:
             print(f"    ✗ {error}")
         for row in sorted(inst.timers.values(), key=lambda r: r.due_ms):
-            print(f"    ⏲ {row.event.get('type')} due in {row.due_ms - inst.clock.now_ms()} ms (id {row.key})")
+            to = (
+                ""
+                if row.target is None
+                else f" to {row.target.get('machineName')}/{row.target.get('machineInstanceName')}"
+            )
+            print(f"    ⏲ {row.event.get('type')}{to} due in {row.due_ms - inst.clock.now_ms()} ms (id {row.key})")
 
 
 async def _run(args: argparse.Namespace, prepared: PreparedMachine) -> int:
@@ -460,7 +366,6 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
-    from .config import Settings
     from .db import SchemaTooNew
 
     if args.port in BAD_PORTS:
@@ -468,25 +373,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"statehost: port {args.port} is one that browsers and node's fetch refuse; pick another", file=sys.stderr
         )
         return 2
-    credentials = args.data_dir / "admin.json"
-    settings = Settings(
-        database=args.data_dir / "statehost.db",
-        database_url=args.database_url,
-        db_pool_size=args.db_pool_size,
-        node_id=args.node_id,
-        lease_ttl_s=args.lease_ttl_s,
-        synchronous=args.synchronous,
-        workers=args.workers,
-        engine=args.engine,
-        parked_sandboxes=args.parked_sandboxes,
-        parked_memory_mb=args.parked_memory_mb,
-        host=args.host,
-        port=args.port,
-        public_url=args.public_url,
-        bootstrap_file=credentials,
-        fetch=FetchPolicy(allow_private=args.allow_private_fetch),
-        limits=Limits(settle_window_ms=args.settle_window_ms, cpu_ms=args.cpu_ms),
-    )
+    settings = settings_from_args(args)
+    credentials = settings.bootstrap_file
     url = args.public_url or f"http://{args.host}:{args.port}"
 
     def ready(_: str) -> None:

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from runtime import Bundler, Clock, Executor, SystemClock
-from runtime.engines import make_engine
+from runtime import Bundler, Clock, Executor, SystemClock, make_engine
 
 from .config import Settings
 from .fetch import AiohttpTransport

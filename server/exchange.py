@@ -55,6 +55,8 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from client.tokens import AUDIENCE as API_AUDIENCE
+from client.tokens import sign_token_at as sign_token
 from runtime import FetchError, FetchRequest, Limits, Transport
 
 from . import jsonpath
@@ -89,7 +91,6 @@ __all__ = [
     "verify_key_token",
 ]
 
-API_AUDIENCE = "https://api.statebacked.dev/"
 TOKENS_AUDIENCE_PREFIX = "https://tokens.statebacked.dev/"
 ANONYMOUS_SERVICE = "anonymous-statebacked-dev"
 EXCHANGE_LIFETIME_S = 24 * 60 * 60
@@ -222,46 +223,6 @@ def _quiet_key_length() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _KEY_LENGTH_WARNING)
         yield
-
-
-_ATOB_UNSAFE = {">": "\\u003e", "?": "\\u003f", "~": "\\u007e", "\x7f": "\\u007f"}
-
-
-def _atob_safe_json(payload: Mapping[str, Any]) -> bytes:
-    """Compact JSON whose base64url never contains ``-`` or ``_``.
-
-    With ASCII-only input a base64 digit is 62 or 63 only when the last byte of a 3-byte group is
-    ``>``, ``?``, ``~`` or DEL; those occur only inside JSON strings, where ``\\u00XX`` escapes are
-    equivalent.
-    """
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    for char, escape in _ATOB_UNSAFE.items():
-        text = text.replace(char, escape)
-    return text.encode("ascii")
-
-
-def sign_token(
-    key_id: str,
-    secret: str,
-    act: Mapping[str, Any],
-    *,
-    expires_at_s: int,
-    issued_at_s: int,
-    issuer: str | None = None,
-    audience: str = API_AUDIENCE,
-) -> str:
-    """An HS256 JWT in the ``@statebacked/token`` shape. ValueError if ``act`` is not JSON."""
-    payload = {
-        "act": dict(act),
-        "aud": audience,
-        "exp": expires_at_s,
-        "iss": issuer if issuer is not None else f"https://{key_id}.client.statebacked.dev/",
-        "iat": issued_at_s,
-    }
-    with _quiet_key_length():
-        return jwt.api_jws.encode(
-            _atob_safe_json(payload), secret.encode(), algorithm="HS256", headers={"kid": key_id, "typ": None}
-        )
 
 
 def _check_times(claims: Mapping[str, Any], now_s: float, *, exp_leeway_s: float, nbf_leeway_s: float) -> float:

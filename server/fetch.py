@@ -16,9 +16,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from runtime import FetchError, FetchRequest, FetchResponse, Limits
-from runtime.limits import FetchPolicy
-from runtime.netguard import address_refusal, url_refusal
+from runtime import FetchError, FetchPolicy, FetchRequest, FetchResponse, Limits, address_refusal, url_refusal
 
 __all__ = ["AiohttpTransport"]
 

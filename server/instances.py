@@ -24,8 +24,10 @@ from typing import Any, Literal
 from runtime import (
     Bundler,
     Clock,
+    Delivery,
     Engine,
     Executor,
+    Inbox,
     Invoked,
     Limits,
     LogLine,
@@ -39,9 +41,9 @@ from runtime import (
     StepRequest,
     Transport,
     Upload,
+    WindowResult,
     run_window,
 )
-from runtime.settle import Delivery, Inbox, WindowResult
 
 from .errors import (
     ApiError,

@@ -1,13 +1,18 @@
-"""Renders docs/configuration.md from the settings' own field docstrings (server/config.py,
-runtime/limits.py), so the reference cannot drift: tests/test_docs.py compares the two.
+"""Renders docs/configuration.md from the settings themselves, so the reference cannot drift:
+the meaning from each field's docstring (server/config.py, runtime/limits.py), the default from its
+source text, the flag and environment variable from the field's ``Flag`` (the same ones
+``statehost serve`` is built from). tests/test_docs.py compares the file with ``render()``.
 
-    python -m server.settings_doc > docs/configuration.md
+    python -m server.settings_doc --write     # or: make docs
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+from .config import serve_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
@@ -19,25 +24,6 @@ SOURCES = [
         "FetchPolicy",
     ),
 ]
-FLAGS = {
-    "database": "`--data-dir`, `$STATEHOST_DATA_DIR` (the file is `<data-dir>/statehost.db`)",
-    "database_url": "`--database-url`, `$STATEHOST_DATABASE_URL`",
-    "db_pool_size": "`--db-pool-size`, `$STATEHOST_DB_POOL_SIZE`",
-    "node_id": "`--node-id`, `$STATEHOST_NODE_ID`",
-    "lease_ttl_s": "`--lease-ttl-s`",
-    "synchronous": "`--synchronous`",
-    "workers": "`--workers`",
-    "engine": "`--engine`, `$STATEHOST_ENGINE`",
-    "parked_sandboxes": "`--parked-sandboxes`, `$STATEHOST_PARKED_SANDBOXES`",
-    "parked_memory_mb": "`--parked-memory-mb`, `$STATEHOST_PARKED_MEMORY_MB`",
-    "host": "`--host`, `$STATEHOST_HOST`",
-    "port": "`--port`, `$STATEHOST_PORT`",
-    "public_url": "`--public-url`, `$STATEHOST_PUBLIC_URL`",
-    "bootstrap_file": "`--data-dir`, `$STATEHOST_DATA_DIR` (`<data-dir>/admin.json`)",
-    "allow_private": "`--allow-private-fetch`",
-    "settle_window_ms": "`--settle-window-ms`",
-    "cpu_ms": "`--cpu-ms`",
-}
 
 
 def _fields(path: Path, class_name: str) -> list[tuple[str, str, str]]:
@@ -48,9 +34,7 @@ def _fields(path: Path, class_name: str) -> list[tuple[str, str, str]]:
     for index, node in enumerate(body):
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
             continue
-        default = ast.unparse(node.value) if node.value is not None else ""
-        if default.startswith("field(default_factory="):
-            default = default.removeprefix("field(default_factory=").removesuffix(")") + "()"
+        default = _default(node.value)
         doc = ""
         following = body[index + 1] if index + 1 < len(body) else None
         if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
@@ -59,22 +43,62 @@ def _fields(path: Path, class_name: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _default(value: ast.expr | None) -> str:
+    """A field's default as written: ``field(default=X, ...)`` is X, ``default_factory=F`` is F()."""
+    if value is None:
+        return ""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "field":
+        for keyword in value.keywords:
+            if keyword.arg == "default":
+                return ast.unparse(keyword.value)
+            if keyword.arg == "default_factory":
+                return ast.unparse(keyword.value) + "()"
+    return ast.unparse(value)
+
+
+def _flags() -> dict[tuple[str, str], str]:
+    """(class name, field name) → "`--flag`, `$ENV`" for every setting ``statehost serve`` exposes."""
+    flags: dict[tuple[str, str], str] = {}
+    for flag in serve_flags():
+        text = f"`{flag.option}`" + (f", `${flag.env}`" if flag.env else "")
+        flags[(flag.owner.__name__, flag.nested or flag.setting)] = text
+    return flags
+
+
 def render() -> str:
     out = [
         "# Configuration",
         "",
-        "Generated from the settings' field docstrings by `python -m server.settings_doc`; a test fails",
-        "when this file and the code disagree. `statehost serve --help` lists the command-line flags.",
+        "Generated from the settings in server/config.py and runtime/limits.py by `make docs`",
+        "(`python -m server.settings_doc --write`); a test fails when this file and the code disagree.",
+        "The flags are `statehost serve`'s, built from the same fields (`statehost serve --help`); a",
+        "flag wins over its environment variable.",
         "",
     ]
+    flags = _flags()
     for title, path, class_name in SOURCES:
         out += [f"## {title}", "", "| Setting | Default | Flag, environment | Meaning |", "|---|---|---|---|"]
         for name, default, doc in _fields(path, class_name):
-            flag = FLAGS.get(name, "")
+            flag = flags.get((class_name, name), "")
             out.append(f"| `{name}` | `{default}` | {flag} | {doc.replace('|', '/')} |")
         out.append("")
     return "\n".join(out)
 
 
+TARGET = ROOT / "docs" / "configuration.md"
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--write"]:
+        TARGET.write_text(render())
+        print(f"wrote {TARGET}")
+    elif not argv:
+        print(render(), end="")
+    else:
+        print("usage: python -m server.settings_doc [--write]", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    raise SystemExit(main(sys.argv[1:]))

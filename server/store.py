@@ -39,7 +39,7 @@ from .db import (
 )
 from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
-from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin
+from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin, _dumps
 
 __all__ = [
     "InstanceRow",
@@ -55,10 +55,6 @@ __all__ = [
 T = TypeVar("T")
 MACHINE_ID_TTL_S = 2.0
 MACHINE_ID_CACHE = 10_000
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -197,6 +193,11 @@ class TimerOwner:
 
 @dataclass(frozen=True)
 class TimerRow:
+    """A row of the ``timers`` table: ``runtime.TimerRow``'s fields (id, key, event, due_ms, target),
+    whose rules ``commit_round`` applies in SQL, and the columns only the server has. The store may
+    not import the runtime (tests/test_layering.py), so tests/server/test_timer_rows.py holds the
+    two equal: the same fields, and the same rows after the same ops (docs/decisions.md, "Timer rules stated once")."""
+
     id: int
     instance_id: int
     key: str
@@ -583,6 +584,7 @@ class Store(DirectoryMixin):
                     ),
                 )
             elif kind == "cancel":
+                # The rules of runtime.apply_timer_op, in SQL (tests/server/test_timer_rows.py).
                 # XState's cancel(id) reaches the most recent delayed event with that id only.
                 await tx.execute(
                     "DELETE FROM timers WHERE id = (SELECT id FROM timers WHERE instance_id = ? AND timer_key = ?"

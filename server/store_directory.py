@@ -49,6 +49,7 @@ class MachineRow:
 
 
 def _dumps(value: Any) -> str:
+    """JSON as the database stores it (compact, UTF-8): the one encoder of server/store*.py."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
