@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..auth import Caller, authenticate
 from ..config import Settings
@@ -23,6 +24,7 @@ __all__ = [
     "SECRETS",
     "SETTINGS",
     "caller",
+    "form_body",
     "iso",
     "json_body",
     "name",
@@ -71,6 +73,26 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
     if not isinstance(body, dict):
         raise InvalidParameter("the body must be a JSON object", parameter="body")
     return body
+
+
+MALFORMED = (ValueError, HttpProcessingError)
+"""What aiohttp raises on a form or multipart body it cannot parse: a multipart content type without
+a boundary (ValueError), bytes that are not UTF-8 (UnicodeDecodeError, a ValueError), a part header
+that is not valid HTTP (InvalidHeader, an HttpProcessingError). Each is the client's fault: a 400."""
+
+
+def malformed(exc: Exception, what: str) -> InvalidParameter:
+    return InvalidParameter(f"{what} could not be parsed: {exc}".replace("\n", " ").strip(), parameter="body")
+
+
+async def form_body(request: web.Request) -> dict[str, str]:
+    """The string fields of a form body (urlencoded or multipart); a 400 naming the problem when it
+    cannot be parsed."""
+    try:
+        form = await request.post()
+    except MALFORMED as exc:
+        raise malformed(exc, f"the {request.content_type} body") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def only(body: dict[str, Any], allowed: set[str]) -> None:
