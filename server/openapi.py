@@ -693,6 +693,62 @@ def _errors(method: str, path: str, scope: str | None, body: bool) -> set[int]:
     return statuses
 
 
+def _operation_id(method: str, path: str) -> str:
+    """``POST /machines/{machine}/i/{instance}/events`` -> ``post_machines_machine_i_instance_events``."""
+    words = [part.strip("{}").replace("-", "_").replace(".", "_") for part in path.split("/") if part]
+    return "_".join([method.lower(), *words])
+
+
+_MACHINE = {"machine": "$request.path.machine"}
+_INSTANCE = {**_MACHINE, "instance": "$request.body#/slug"}
+# What a success answer leads to (OpenAPI links): the resource it created, named by the request or
+# the response, so that a client or the fuzzer's stateful run can follow on from it.
+_LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("POST", "/machines"): {
+        "GetMachine": ("GET", "/machines/{machine}", {"machine": "$request.body#/slug"}),
+        "CreateVersion": ("POST", "/machines/{machine}/v", {"machine": "$request.body#/slug"}),
+        "CreateInstance": ("POST", "/machines/{machine}", {"machine": "$request.body#/slug"}),
+        "ListInstances": ("GET", "/machines/{machine}/i", {"machine": "$request.body#/slug"}),
+    },
+    ("POST", "/machines/{machine}/v"): {
+        "FinalizeVersion": (
+            "PUT",
+            "/machines/{machine}/v/{signedVersionId}",
+            {**_MACHINE, "signedVersionId": "$response.body#/machineVersionId"},
+        ),
+    },
+    ("PUT", "/machines/{machine}/v/{signedVersionId}"): {
+        "GetStructure": (
+            "GET",
+            "/machines/{machine}/v/{version}/structure",
+            {**_MACHINE, "version": "$response.body#/machineVersionId"},
+        ),
+    },
+    ("POST", "/machines/{machine}/migrations"): {
+        "FinalizeMigration": (
+            "PUT",
+            "/machines/{machine}/migrations/{signedMigrationId}",
+            {**_MACHINE, "signedMigrationId": "$response.body#/machineVersionMigrationId"},
+        ),
+    },
+    ("POST", "/machines/{machine}"): {
+        "GetInstance": ("GET", "/machines/{machine}/i/{instance}", _INSTANCE),
+        "SendEvent": ("POST", "/machines/{machine}/i/{instance}/events", _INSTANCE),
+        "GetAdmin": ("GET", "/machines/{machine}/i/{instance}/admin", _INSTANCE),
+        "ListTransitions": ("GET", "/machines/{machine}/i/{instance}/events", _INSTANCE),
+        "SetStatus": ("PUT", "/machines/{machine}/i/{instance}/status", _INSTANCE),
+        "DeleteInstance": ("DELETE", "/machines/{machine}/i/{instance}", _INSTANCE),
+    },
+    ("POST", "/keys"): {"DeleteKey": ("DELETE", "/keys/{keyId}", {"keyId": "$response.body#/id"})},
+    ("POST", "/token-providers"): {
+        "DeleteTokenProvider": ("DELETE", "/token-providers/{service}", {"service": "$request.body#/service"}),
+    },
+    ("POST", "/org-members"): {
+        "AcceptInvitation": ("PUT", "/invitations/{code}", {"code": "$response.body#/code"}),
+    },
+}
+
+
 def document(server_url: str | None = None) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, scope, status, body in ROUTES:
@@ -703,6 +759,12 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         elif status == 200:
             media = "text/html" if path.startswith("/dashboard") else "application/json"
             success["content"] = {media: {"schema": {"type": "string"} if media == "text/html" else {}}}
+        links = _LINKS.get((method, path), {})
+        if links:
+            success["links"] = {
+                name: {"operationId": _operation_id(*target), "parameters": parameters}
+                for name, (*target, parameters) in links.items()
+            }
         responses: dict[str, Any] = {str(status): success}
         if path.startswith("/http-api/"):
             responses["default"] = {"description": "whatever the machine's responseMapper answers"}
@@ -714,7 +776,11 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "description": _MESSAGES.get(error, "an error"),
                 "content": {"application/json": {"schema": schema}},
             }
-        operation: dict[str, Any] = {"summary": summary, "responses": responses}
+        operation: dict[str, Any] = {
+            "operationId": _operation_id(method, path),
+            "summary": summary,
+            "responses": responses,
+        }
         if scope is None:
             operation["security"] = []
         else:

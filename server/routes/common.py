@@ -72,7 +72,27 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         raise InvalidParameter(f"the body is not valid JSON: {exc}", parameter="body") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the body must be a JSON object", parameter="body")
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(body)
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which Python parses into a string
+    that no UTF-8 store, nor the sandbox, can hold: a 400 naming the top-level field it is in.
+    (An escaped pair, such as an emoji's, parses into one character and passes.)"""
+    for key, value in body.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidParameter(
+                f"{key if key.isprintable() and key.isascii() else 'a field'} holds a lone UTF-16 surrogate "
+                "(an escape in \\ud800-\\udfff without its pair); strings must be valid Unicode",
+                parameter=key.encode("utf-8", "replace").decode(),
+            ) from None
 
 
 MALFORMED = (ValueError, HttpProcessingError)

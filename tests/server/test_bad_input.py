@@ -68,3 +68,30 @@ async def test_code_upload_without_a_boundary_is_a_400(api: Api):
     status, body = await _post(api, path, "multipart/form-data", b"--x\r\n")
     assert (status, body["code"], body["parameter"]) == (400, "invalid-parameter", "body"), body
     assert "boundary" in body["error"]
+
+
+@pytest.mark.parametrize("use", [[], {}, 1.5, None])
+async def test_a_key_whose_use_is_not_a_string_is_a_400(api: Api, use):
+    """Found by the fuzzer: ``use`` of an unhashable type reached a dict lookup (TypeError, 500)."""
+    status, body = await api.call("POST", "/keys", body={"name": "k", "use": use})
+    assert (status, body["code"], body["parameter"]) == (400, "invalid-parameter", "use"), body
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "parameter"),
+    [
+        ("/keys", '{"name": "k\\udb8f", "use": "ci"}', "name"),
+        ("/orgs", '{"name": "\\ud800"}', "name"),
+        ("/org-members", '{"email": "\\udfff@example.com", "role": "read"}', "email"),
+        ("/machines/m", '{"slug": "i1", "context": {"a": "\\ud800"}}', "context"),
+        ("/machines/m/i/i1/events", '{"event": {"type": "go", "x": "\\ud800"}}', "event"),
+    ],
+)
+async def test_lone_surrogates_in_json_strings_are_a_400(api: Api, path: str, body: str, parameter: str):
+    """JSON may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 text (SQLite, PostgreSQL,
+    the sandbox) can hold: the body is refused, naming where the surrogate is."""
+    await api.deploy("m")
+    assert (await api.call("POST", "/machines/m", body={"slug": "i1"}))[0] == 200
+    status, answer = await api.call("POST", path, data=body)
+    assert status == 400, answer
+    assert answer["code"] == "invalid-parameter" and "surrogate" in answer["error"], answer
