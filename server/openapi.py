@@ -414,11 +414,23 @@ _BODIES: dict[str, Any] = {
     "IdentityProvider": {
         **_closed(
             ["algs", "mapping"],
-            aud={"type": "string", "maxLength": 2048},
-            iss={"type": "string", "maxLength": 2048},
-            algs={"type": "array", "minItems": 1, "items": {"enum": _ALGS}, "description": "HS* or asymmetric"},
+            aud={"type": "string", "minLength": 1, "maxLength": 2048},
+            iss={"type": "string", "minLength": 1, "maxLength": 2048},
+            algs={
+                "description": "HS* or asymmetric algorithms, not both",
+                "oneOf": [
+                    {"type": "array", "minItems": 1, "items": {"enum": [a for a in _ALGS if a.startswith("HS")]}},
+                    {"type": "array", "minItems": 1, "items": {"enum": [a for a in _ALGS if not a.startswith("HS")]}},
+                ],
+            },
             mapping=_MAPPING,
-            key={"type": "string", "maxLength": 2048, "description": "base64url"},
+            key={
+                "type": "string",
+                "minLength": 2,
+                "maxLength": 2048,
+                "pattern": "^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$",
+                "description": "base64url: for HS* the secret's bytes, else a PEM, DER SPKI or JWK public key",
+            },
             jwksUrl={"type": "string", "maxLength": 2048, "pattern": "^https?://[^/?#]"},
         ),
         "description": "identified by aud and iss (at least one); exactly one of key and jwksUrl",
@@ -438,7 +450,11 @@ _BODIES: dict[str, Any] = {
         ["grant_type", "subject_token", "audience"],
         grant_type={"enum": [GRANT_TYPE]},
         subject_token={"type": "string", "minLength": 1, "description": "a JWT of one of the org's identity providers"},
-        audience={"type": "string", "minLength": 1, "description": "the token provider's service"},
+        audience={
+            "type": "string",
+            "pattern": "^https://tokens\\.statebacked\\.dev/org_[A-Za-z0-9_-]{22}/[a-zA-Z0-9_-]{1,128}$",
+            "description": "https://tokens.statebacked.dev/<orgId>/<token provider's service>",
+        },
         requested_token_type={"enum": [ACCESS_TOKEN]},
     ),
 }
