@@ -253,8 +253,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             if process.poll() is None:
                 process.kill()
             log.close()
-        tracebacks = [line for line in log_path.read_text().splitlines() if "Traceback" in line]
-        assert not tracebacks, f"the server logged {len(tracebacks)} tracebacks; see {log_path}"
+        lines = log_path.read_text().splitlines()
+        tracebacks = [i for i, line in enumerate(lines) if "Traceback" in line]
+        assert not tracebacks, f"the server logged {len(tracebacks)} tracebacks; the first:\n" + "\n".join(
+            lines[max(0, tracebacks[0] - 1) : tracebacks[0] + 40]
+        )
 
 
 @pytest.fixture(scope="module")
