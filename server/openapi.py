@@ -2,11 +2,20 @@
 
 Built from one table (``ROUTES``) of every route with its scope and success status; a test checks
 that every route the app registers is in it, so the document cannot silently drift from the code.
+Beside it, per route: the success body's schema (``_SUCCESS``), the query parameters
+(``_QUERY``) and the error statuses it can answer (``_errors``). The request schemas say what the
+routes really enforce (names' pattern, enums, required fields, lengths), so that a client generated
+from the document, or the fuzzer (tests/fuzz), sends requests the server accepts.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from .auth import ALL_SCOPES
+from .exchange import SUPPORTED_ALGS
+from .routes.providers import ACCESS_TOKEN, GRANT_TYPE
+from .store_directory import INDEX_OPERATORS
 
 __all__ = ["ROUTES", "document"]
 
@@ -203,12 +212,38 @@ ROUTES: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("GET", "/dashboard/{path}", "The dashboard's static assets (content-hashed, cached a year)", None, 200, None),
 ]
 
-# The routes that answer with the State object (wire-api 3.8).
-_STATE_ROUTES = {
-    ("POST", "/machines/{machine}"),
-    ("GET", "/machines/{machine}/i/{instance}"),
-    ("POST", "/machines/{machine}/i/{instance}/events"),
-}
+
+_NAME_PATTERN = "^[a-zA-Z0-9_-]{1,128}$"
+_NAME: dict[str, Any] = {"type": "string", "pattern": _NAME_PATTERN, "maxLength": 128}
+
+
+def _id(prefix: str) -> dict[str, Any]:
+    """``org_``, ``ver_``, ``sbk_`` + base64url of 16 bytes (wire-api 1.5)."""
+    return {"type": "string", "pattern": f"^{prefix}_[A-Za-z0-9_-]{{22}}$"}
+
+
+_ISO: dict[str, Any] = {"type": "string", "format": "date-time", "description": "ISO-8601 (toISOString form)"}
+_SCOPES = sorted(ALL_SCOPES)
+_ALGS = list(SUPPORTED_ALGS)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _closed(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props, "additionalProperties": False}
+
+
+def _open(required: list[str], **props: Any) -> dict[str, Any]:
+    """A response object: the listed fields; clients ignore others."""
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A list page (wire-api 1.6): the items, and a cursor unless it is the last page."""
+    return _open([key], **{key: {"type": "array", "items": item}, "cursor": {"type": "string"}})
+
 
 _STATE = {
     "type": "object",
@@ -279,7 +314,7 @@ _STRUCTURE_NODE: dict[str, Any] = {
                 },
             },
         },
-        "states": {"type": "array", "items": {"$ref": "#/components/schemas/StructureNode"}},
+        "states": {"type": "array", "items": _ref("StructureNode")},
     },
 }
 _STRUCTURE = {
@@ -289,105 +324,514 @@ _STRUCTURE = {
         "machineVersionId": {"type": "string"},
         "major": {"enum": [4, 5]},
         "id": {"type": "string"},
-        "root": {"$ref": "#/components/schemas/StructureNode"},
+        "root": _ref("StructureNode"),
     },
 }
+_VERSION_INFO = _open(["id", "createdAt", "clientInfo"], id=_id("ver"), createdAt=_ISO, clientInfo={"type": "string"})
+_PROVISIONAL = {
+    "codeUploadUrl": {"type": "string", "description": "absolute URL; POST the code there (multipart, no token)"},
+    "codeUploadFields": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+_NON_BLANK: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": "\\S"}
+_MAPPING: dict[str, Any] = {
+    "type": "object",
+    "description": "wire-api 2.8: keys ending in .$ take a JSONPath into the claims",
+    "additionalProperties": True,
+}
 
-
-def _obj(required: list[str], **props: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": props, "additionalProperties": False}
-
-
-_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,128}$"}
-_BODIES = {
-    "CreateOrg": _obj(["name"], name={"type": "string"}, allowAnonymousAccess={"type": "boolean"}),
-    "CreateKey": _obj(
-        ["name"],
-        name={"type": "string"},
-        scopes={"type": "array", "items": {"type": "string"}},
-        use={"enum": ["production", "ci"]},
+_BODIES: dict[str, Any] = {
+    "CreateOrg": _closed(
+        ["name"], name={**_NON_BLANK, "maxLength": 200}, allowAnonymousAccess={"type": "boolean", "default": True}
     ),
-    "CreateMachine": _obj(["slug"], slug=_NAME, indexes={"type": "array", "items": _NAME}),
-    "DeleteMachine": _obj(
+    "CreateKey": {
+        **_closed(
+            ["name"],
+            name=_NON_BLANK,
+            scopes={"type": "array", "minItems": 1, "items": {"enum": _SCOPES}},
+            use={"enum": ["production", "ci"]},
+        ),
+        "description": "give scopes, or use (a preset); scopes win when both are given",
+        "anyOf": [{"required": ["scopes"]}, {"required": ["use"]}],
+    },
+    "CreateMachine": _closed(["slug"], slug=_NAME, indexes={"type": "array", "items": _NAME}),
+    "DeleteMachine": _closed(
         ["dangerDataWillBeDeletedForever", "hmacSha256OfMachineNameWithMachineNameKey"],
-        dangerDataWillBeDeletedForever={"const": True},
-        hmacSha256OfMachineNameWithMachineNameKey={"type": "string"},
+        dangerDataWillBeDeletedForever={"enum": [True]},
+        hmacSha256OfMachineNameWithMachineNameKey={
+            "type": "string",
+            "description": "HMAC-SHA256(key = machine name, data = machine name), base64url without padding",
+        },
     ),
-    "FinalizeVersion": _obj(
+    "FinalizeVersion": _closed(
         [],
         clientInfo={"type": "string"},
         makeCurrent={"type": "boolean"},
-        indexSelectors={"type": "object", "additionalProperties": {"type": "string"}},
+        indexSelectors={
+            "type": "object",
+            "description": "the machine's index names to JSONPaths into the context",
+            "additionalProperties": {"type": "string", "pattern": "^\\$"},
+        },
         xstateMajor={"enum": [4, 5], "description": "statehost extension"},
     ),
-    "CreateMigration": _obj(
+    "CreateMigration": _closed(
         ["fromMachineVersionId", "toMachineVersionId"],
-        fromMachineVersionId={"type": "string"},
-        toMachineVersionId={"type": "string"},
+        fromMachineVersionId=_id("ver"),
+        toMachineVersionId=_id("ver"),
+        gzippedCode={"description": "sent by @statebacked/client 0.1.37; accepted and ignored"},
+        code={"description": "sent by @statebacked/client 0.1.37; accepted and ignored"},
     ),
-    "CreateInstance": _obj(["slug"], slug=_NAME, context={"type": "object"}, machineVersionId={"type": "string"}),
-    "SendEvent": _obj(["event"], event={"oneOf": [{"type": "string"}, {"type": "object", "required": ["type"]}]}),
-    "DesiredVersion": _obj(["targetMachineVersionId"], targetMachineVersionId={"type": "string"}),
-    "SetStatus": _obj(["status"], status={"enum": ["running", "paused"]}),
-    "DeleteInstance": _obj(
+    "CodeUpload": {
+        "type": "object",
+        "required": ["file"],
+        "description": "codeUploadFields first, then content-type, content-encoding (gzip) and the file",
+        "properties": {
+            "key": {"type": "string"},
+            "content-type": {"type": "string", "enum": ["application/javascript"]},
+            "content-encoding": {"type": "string", "enum": ["gzip"]},
+            "file": {"type": "string", "format": "binary"},
+        },
+    },
+    "CreateInstance": _closed(["slug"], slug=_NAME, context={"type": "object"}, machineVersionId=_id("ver")),
+    "SendEvent": _closed(
+        ["event"],
+        event={
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "minLength": 1}}},
+            ]
+        },
+    ),
+    "DesiredVersion": _closed(["targetMachineVersionId"], targetMachineVersionId=_id("ver")),
+    "SetStatus": _closed(["status"], status={"enum": ["running", "paused"]}),
+    "DeleteInstance": _closed(
         ["dangerDataWillBeDeletedForever", "hmacSha256OfMachineInstanceNameWithMachineNameKey"],
-        dangerDataWillBeDeletedForever={"const": True},
-        hmacSha256OfMachineInstanceNameWithMachineNameKey={"type": "string"},
+        dangerDataWillBeDeletedForever={"enum": [True]},
+        hmacSha256OfMachineInstanceNameWithMachineNameKey={
+            "type": "string",
+            "description": "HMAC-SHA256(key = machine name, data = instance name), base64url without padding",
+        },
     ),
-    "IdentityProvider": _obj(
-        ["algs", "mapping"],
-        aud={"type": "string"},
-        iss={"type": "string"},
-        algs={"type": "array", "items": {"type": "string"}},
-        mapping={"type": "object"},
-        key={"type": "string", "description": "base64url"},
-        jwksUrl={"type": "string"},
+    "IdentityProvider": {
+        **_closed(
+            ["algs", "mapping"],
+            aud={"type": "string", "minLength": 1, "maxLength": 2048},
+            iss={"type": "string", "minLength": 1, "maxLength": 2048},
+            algs={
+                "description": "HS* or asymmetric algorithms, not both",
+                "oneOf": [
+                    {"type": "array", "minItems": 1, "items": {"enum": [a for a in _ALGS if a.startswith("HS")]}},
+                    {"type": "array", "minItems": 1, "items": {"enum": [a for a in _ALGS if not a.startswith("HS")]}},
+                ],
+            },
+            mapping=_MAPPING,
+            key={
+                "type": "string",
+                "minLength": 2,
+                "maxLength": 2048,
+                "pattern": "^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$",
+                "description": "base64url: for HS* the secret's bytes, else a PEM, DER SPKI or JWK public key",
+            },
+            jwksUrl={"type": "string", "maxLength": 2048, "pattern": "^https?://[^/?#]"},
+        ),
+        "description": "identified by aud and iss (at least one); exactly one of key and jwksUrl",
+        "allOf": [
+            {"anyOf": [{"required": ["aud"]}, {"required": ["iss"]}]},
+            {"oneOf": [{"required": ["key"]}, {"required": ["jwksUrl"]}]},
+        ],
+    },
+    "IdentityProviderId": _closed(
+        [], aud={"type": "string", "maxLength": 2048}, iss={"type": "string", "maxLength": 2048}
     ),
-    "IdentityProviderId": _obj([], aud={"type": "string"}, iss={"type": "string"}),
-    "TokenProvider": _obj(
-        ["keyId", "service", "mapping"], keyId={"type": "string"}, service=_NAME, mapping={"type": "object"}
+    "TokenProvider": _closed(["keyId", "service", "mapping"], keyId=_id("sbk"), service=_NAME, mapping=_MAPPING),
+    "Invitation": _closed(
+        ["email", "role"], email={"type": "string", "pattern": "@"}, role={"enum": ["admin", "write", "read"]}
     ),
-    "Invitation": _obj(["email", "role"], email={"type": "string"}, role={"enum": ["admin", "write", "read"]}),
+    "TokenExchange": _closed(
+        ["grant_type", "subject_token", "audience"],
+        grant_type={"enum": [GRANT_TYPE]},
+        subject_token={"type": "string", "minLength": 1, "description": "a JWT of one of the org's identity providers"},
+        audience={
+            "type": "string",
+            "pattern": "^https://tokens\\.statebacked\\.dev/org_[A-Za-z0-9_-]{22}/[a-zA-Z0-9_-]{1,128}$",
+            "description": "https://tokens.statebacked.dev/<orgId>/<token provider's service>",
+        },
+        requested_token_type={"enum": [ACCESS_TOKEN]},
+    ),
+}
+
+_ORG = _open(
+    ["id", "name", "role", "createdAt", "limits"],
+    id=_id("org"),
+    name={"type": "string"},
+    role={"enum": ["admin", "write", "read"]},
+    createdAt=_ISO,
+    limits=_open(
+        ["monthlyEventsLimit", "monthlyReadsLimit"],
+        monthlyEventsLimit={"type": "integer"},
+        monthlyReadsLimit={"type": "integer"},
+    ),
+)
+
+# The body of each route's success answer (the 201s and 204s have none).
+_SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/orgs"): _page("orgs", _ORG),
+    ("POST", "/orgs"): _open(["id"], id=_id("org")),
+    ("GET", "/billing"): _open(["url"], url={"type": "string"}),
+    ("GET", "/keys"): _page(
+        "keys",
+        _open(
+            ["id", "name", "scopes", "createdAt"],
+            id=_id("sbk"),
+            name={"type": "string"},
+            scopes={"type": "array", "items": {"enum": _SCOPES}},
+            createdAt=_ISO,
+        ),
+    ),
+    ("POST", "/keys"): _open(["id", "key"], id=_id("sbk"), key={"type": "string", "pattern": "^sbsec_"}),
+    ("GET", "/machines"): _page(
+        "machines", _open(["slug", "createdAt"], slug=_NAME, createdAt=_ISO, currentVersion=_ref("VersionInfo"))
+    ),
+    ("GET", "/machines/{machine}"): _open(
+        ["machine"],
+        machine=_open(
+            ["createdAt", "indexes"],
+            createdAt=_ISO,
+            indexes={"type": "array", "items": _NAME},
+            currentVersion=_ref("VersionInfo"),
+        ),
+        currentVersion={**_ref("VersionInfo"), "description": "mirrored for an old official example"},
+    ),
+    ("GET", "/machines/{machine}/v"): _page("versions", _ref("VersionInfo")),
+    ("GET", "/machines/{machine}/v/{version}/structure"): _ref("Structure"),
+    ("POST", "/machines/{machine}/v"): _open(
+        ["machineVersionId", "codeUploadUrl", "codeUploadFields"],
+        machineVersionId={"type": "string", "description": "signed; the path segment of the finalize call"},
+        **_PROVISIONAL,
+    ),
+    ("PUT", "/machines/{machine}/v/{signedVersionId}"): _open(["machineVersionId"], machineVersionId=_id("ver")),
+    ("POST", "/machines/{machine}/migrations"): _open(
+        ["machineVersionMigrationId", "codeUploadUrl", "codeUploadFields"],
+        machineVersionMigrationId={"type": "string", "description": "signed; the path segment of the finalize call"},
+        **_PROVISIONAL,
+    ),
+    ("PUT", "/machines/{machine}/migrations/{signedMigrationId}"): _open(
+        ["machineVersionMigrationId"], machineVersionMigrationId={"type": "string"}
+    ),
+    ("POST", "/machines/{machine}"): _ref("State"),
+    ("GET", "/machines/{machine}/i"): _page(
+        "instances",
+        _open(
+            ["slug", "createdAt", "status", "machineVersion"],
+            slug=_NAME,
+            createdAt=_ISO,
+            status={"enum": ["running", "paused"]},
+            machineVersion=_ref("VersionInfo"),
+        ),
+    ),
+    ("GET", "/machines/{machine}/i/{instance}"): _ref("State"),
+    ("POST", "/machines/{machine}/i/{instance}/events"): _ref("State"),
+    ("GET", "/machines/{machine}/i/{instance}/events"): _page(
+        "transitions",
+        _open(
+            ["createdAt", "state", "event"],
+            createdAt=_ISO,
+            state={"description": "the XState state value"},
+            event=_open(["type"], type={"type": "string"}),
+        ),
+    ),
+    ("GET", "/machines/{machine}/i/{instance}/admin"): _open(
+        ["state", "context", "status", "tags", "done", "machineVersion", "createdAt"],
+        state={"description": "the XState state value"},
+        context={"type": "object", "description": "the full context, private parts too"},
+        status={"enum": ["running", "paused"]},
+        tags={"type": "array", "items": {"type": "string"}},
+        done={"type": "boolean"},
+        machineVersion=_ref("VersionInfo"),
+        desiredMachineVersion=_ref("VersionInfo"),
+        createdAt=_ISO,
+    ),
+    ("GET", "/machines/{machine}/indexes/{index}/query"): _page(
+        "instances", _open(["indexValue", "slug"], indexValue={"type": "string"}, slug=_NAME)
+    ),
+    ("GET", "/idps"): _page(
+        "idps",
+        _open(
+            ["algs", "mapping"],
+            aud={"type": "string"},
+            iss={"type": "string"},
+            algs={"type": "array", "items": {"enum": _ALGS}},
+            jwksUrl={"type": "string"},
+            mapping={"type": "object"},
+        ),
+    ),
+    ("GET", "/token-providers"): _page(
+        "tokenProviders",
+        _open(["service", "keyId", "mapping"], service=_NAME, keyId=_id("sbk"), mapping={"type": "object"}),
+    ),
+    ("POST", "/tokens"): _open(
+        ["access_token", "issued_token_type", "token_type"],
+        access_token={"type": "string"},
+        issued_token_type={"enum": [ACCESS_TOKEN]},
+        token_type={"enum": ["Bearer"]},
+    ),
+    ("POST", "/org-members"): _open(["code"], code={"type": "string"}),
+    ("PUT", "/invitations/{code}"): _open(["orgId"], orgId=_id("org")),
+    ("PUT", "/{code}"): _open(["orgId"], orgId=_id("org")),
+    ("GET", "/logs"): _open(
+        ["maxTimestamp", "logs"],
+        maxTimestamp=_ISO,
+        logs={
+            "type": "array",
+            "items": _open(
+                ["timestamp", "orgId", "machineName", "instanceName", "machineVersionId", "outputType", "log"],
+                timestamp=_ISO,
+                orgId=_id("org"),
+                machineName=_NAME,
+                instanceName=_NAME,
+                machineVersionId=_id("ver"),
+                outputType={"type": "string"},
+                log={"type": "string"},
+            ),
+        },
+    ),
+    ("GET", "/openapi.json"): _open(["openapi", "info", "paths"], openapi={"type": "string"}),
+    ("GET", "/health"): _ref("Health"),
+}
+_HEALTH = _open(
+    ["node", "database", "status"],
+    node={"type": "string"},
+    status={"enum": ["ok", "unavailable"]},
+    database=_open(["kind"], kind={"type": "string"}, reachable={"type": "boolean"}, latency_ms={"type": "number"}),
+    leases={"type": "object"},
+    error={"type": "string"},
+)
+
+_CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "from the previous page"}
+_LISTS = {
+    "/orgs",
+    "/keys",
+    "/machines",
+    "/machines/{machine}/v",
+    "/machines/{machine}/i",
+    "/machines/{machine}/i/{instance}/events",
+    "/idps",
+    "/token-providers",
+}
+_QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/machines/{machine}/indexes/{index}/query"): [
+        {"name": "op", "in": "query", "schema": {"enum": list(INDEX_OPERATORS)}, "description": "with value"},
+        {"name": "value", "in": "query", "schema": {"type": "string"}, "description": "with op"},
+        {"name": "dir", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "asc"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        _CURSOR,
+    ],
+    ("GET", "/logs"): [
+        {"name": "from", "in": "query", "required": True, "schema": _ISO, "description": "exclusive"},
+        {"name": "to", "in": "query", "schema": _ISO},
+        {"name": "machine", "in": "query", "schema": _NAME},
+        {"name": "instance", "in": "query", "schema": _NAME},
+        {"name": "version", "in": "query", "schema": _id("ver")},
+    ],
+    ("POST", "/machines/{machine}/v"): [
+        {
+            "name": "gzip",
+            "in": "query",
+            "allowEmptyValue": True,
+            "schema": {"type": "string"},
+            "description": "present: the upload will be gzipped",
+        }
+    ],
+}
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "machine": _NAME,
+    "machineName": _NAME,
+    "instance": _NAME,
+    "index": _NAME,
+    "service": _NAME,
+    "slug": _NAME,
+    "keyId": _id("sbk"),
+    "version": _id("ver"),
+    "orgId": _id("org"),
+}
+_ORG_HEADER = {
+    "name": "x-statebacked-org-id",
+    "in": "header",
+    "schema": _id("org"),
+    "description": "the org to act in, for an admin who belongs to several (else 400 specify-org)",
+}
+_MESSAGES = {
+    400: "invalid input (code invalid-parameter, specify-org or no-migration-path; parameter names the field)",
+    403: "no valid token, a missing scope, or the machine's authorizer refused",
+    404: "no such machine, instance, version, key or resource",
+    409: "exists already, paused, or moved on meanwhile (invalid-state)",
+    413: "the request body is too large",
+    422: "the machine's code threw or hit a limit (machine-error)",
+    503: "the server is shutting down, or another writer took the instance meanwhile: retry",
+    504: "the settle window ended before any transition (timeout)",
+}
+_CONFLICTS = {
+    ("POST", "/code-uploads/{token}"),
+    ("POST", "/machines"),
+    ("DELETE", "/machines/{machine}"),
+    ("PUT", "/machines/{machine}/v/{signedVersionId}"),
+    ("PUT", "/machines/{machine}/migrations/{signedMigrationId}"),
+    ("POST", "/machines/{machine}"),
+    ("POST", "/machines/{machine}/i/{instance}/events"),
+    ("PUT", "/invitations/{code}"),
+    ("PUT", "/{code}"),
+}
+_RUNS_MACHINE_CODE = {
+    ("POST", "/machines/{machine}"),
+    ("GET", "/machines/{machine}/i/{instance}"),
+    ("POST", "/machines/{machine}/i/{instance}/events"),
+    ("GET", "/machines/{machine}/v/{version}/structure"),
+    ("PUT", "/machines/{machine}/i/{instance}/v"),
+}
+
+
+def _errors(method: str, path: str, scope: str | None, body: bool) -> set[int]:
+    """The error statuses a route answers (wire-api 1.4)."""
+    if path == "/openapi.json" or path.startswith("/dashboard"):
+        return {404, 503} if path.startswith("/dashboard") else set()
+    if path == "/health":
+        return {503}
+    if path.startswith("/http-api/"):
+        return {400, 403, 404, 409, 413, 422, 503, 504}
+    statuses = {400, 413, 503}
+    if scope is not None or path == "/tokens":
+        statuses.add(403)
+    if "{" in path or path == "/billing" or body:
+        statuses.add(404)
+    if (method, path) in _CONFLICTS or path.startswith("/machines/{machine}/i/{instance}"):
+        statuses.add(409)
+    if (method, path) in _RUNS_MACHINE_CODE:
+        statuses |= {422, 504}
+    return statuses
+
+
+def _operation_id(method: str, path: str) -> str:
+    """``POST /machines/{machine}/i/{instance}/events`` -> ``post_machines_machine_i_instance_events``."""
+    words = [part.strip("{}").replace("-", "_").replace(".", "_") for part in path.split("/") if part]
+    return "_".join([method.lower(), *words])
+
+
+_MACHINE = {"machine": "$request.path.machine"}
+_INSTANCE = {**_MACHINE, "instance": "$request.body#/slug"}
+# What a success answer leads to (OpenAPI links): the resource it created, named by the request or
+# the response, so that a client or the fuzzer's stateful run can follow on from it.
+_LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("POST", "/machines"): {
+        "GetMachine": ("GET", "/machines/{machine}", {"machine": "$request.body#/slug"}),
+        "CreateVersion": ("POST", "/machines/{machine}/v", {"machine": "$request.body#/slug"}),
+        "CreateInstance": ("POST", "/machines/{machine}", {"machine": "$request.body#/slug"}),
+        "ListInstances": ("GET", "/machines/{machine}/i", {"machine": "$request.body#/slug"}),
+    },
+    ("POST", "/machines/{machine}/v"): {
+        "FinalizeVersion": (
+            "PUT",
+            "/machines/{machine}/v/{signedVersionId}",
+            {**_MACHINE, "signedVersionId": "$response.body#/machineVersionId"},
+        ),
+    },
+    ("PUT", "/machines/{machine}/v/{signedVersionId}"): {
+        "GetStructure": (
+            "GET",
+            "/machines/{machine}/v/{version}/structure",
+            {**_MACHINE, "version": "$response.body#/machineVersionId"},
+        ),
+    },
+    ("POST", "/machines/{machine}/migrations"): {
+        "FinalizeMigration": (
+            "PUT",
+            "/machines/{machine}/migrations/{signedMigrationId}",
+            {**_MACHINE, "signedMigrationId": "$response.body#/machineVersionMigrationId"},
+        ),
+    },
+    ("POST", "/machines/{machine}"): {
+        "GetInstance": ("GET", "/machines/{machine}/i/{instance}", _INSTANCE),
+        "SendEvent": ("POST", "/machines/{machine}/i/{instance}/events", _INSTANCE),
+        "GetAdmin": ("GET", "/machines/{machine}/i/{instance}/admin", _INSTANCE),
+        "ListTransitions": ("GET", "/machines/{machine}/i/{instance}/events", _INSTANCE),
+        "SetStatus": ("PUT", "/machines/{machine}/i/{instance}/status", _INSTANCE),
+        "DeleteInstance": ("DELETE", "/machines/{machine}/i/{instance}", _INSTANCE),
+    },
+    ("POST", "/keys"): {"DeleteKey": ("DELETE", "/keys/{keyId}", {"keyId": "$response.body#/id"})},
+    ("POST", "/token-providers"): {
+        "DeleteTokenProvider": ("DELETE", "/token-providers/{service}", {"service": "$request.body#/service"}),
+    },
+    ("POST", "/org-members"): {
+        "AcceptInvitation": ("PUT", "/invitations/{code}", {"code": "$response.body#/code"}),
+    },
 }
 
 
 def document(server_url: str | None = None) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, scope, status, body in ROUTES:
+        success: dict[str, Any] = {"description": "success"}
+        schema = _SUCCESS.get((method, path))
+        if schema is not None:
+            success["content"] = {"application/json": {"schema": schema}}
+        elif status == 200:
+            media = "text/html" if path.startswith("/dashboard") else "application/json"
+            success["content"] = {media: {"schema": {"type": "string"} if media == "text/html" else {}}}
+        links = _LINKS.get((method, path), {})
+        if links:
+            success["links"] = {
+                name: {"operationId": _operation_id(*target), "parameters": parameters}
+                for name, (*target, parameters) in links.items()
+            }
+        responses: dict[str, Any] = {str(status): success}
+        if path.startswith("/http-api/"):
+            responses["default"] = {"description": "whatever the machine's responseMapper answers"}
+        for error in sorted(_errors(method, path, scope, body is not None)):
+            if str(error) in responses:
+                continue
+            schema = _ref("Health") if path == "/health" else _ref("Error")
+            responses[str(error)] = {
+                "description": _MESSAGES.get(error, "an error"),
+                "content": {"application/json": {"schema": schema}},
+            }
         operation: dict[str, Any] = {
+            "operationId": _operation_id(method, path),
             "summary": summary,
-            "responses": {
-                str(status): {"description": "success"}
-                if status in (201, 204)
-                else {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "default": {
-                    "description": "an error",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                },
-            },
+            "responses": responses,
         }
-        if (method, path) in _STATE_ROUTES:
-            operation["responses"]["200"]["content"]["application/json"]["schema"] = {
-                "$ref": "#/components/schemas/State"
-            }
-        if (method, path) == ("GET", "/machines/{machine}/v/{version}/structure"):
-            operation["responses"]["200"]["content"]["application/json"]["schema"] = {
-                "$ref": "#/components/schemas/Structure"
-            }
         if scope is None:
             operation["security"] = []
         else:
             operation["x-statebacked-scope"] = scope
         if body is not None:
             operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+                "required": body not in ("FinalizeVersion", "IdentityProviderId"),
+                "content": {"application/json": {"schema": _ref(body)}},
             }
-        params = [part[1:-1] for part in path.split("/") if part.startswith("{")]
-        if params:
-            operation["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-            ]
+        elif (method, path) == ("POST", "/tokens"):
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/x-www-form-urlencoded": {"schema": _ref("TokenExchange")}},
+            }
+        elif (method, path) == ("POST", "/code-uploads/{token}"):
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": _ref("CodeUpload")}},
+            }
+        parameters: list[dict[str, Any]] = [
+            {
+                "name": p,
+                "in": "path",
+                "required": True,
+                "schema": _PATH_PARAMETERS.get(p, {"type": "string", "minLength": 1}),
+            }
+            for p in (part[1:-1] for part in path.split("/") if part.startswith("{"))
+        ]
+        parameters += _QUERY.get((method, path), [])
+        if method == "GET" and path in _LISTS:
+            parameters.append(_CURSOR)
+        if scope is not None and path != "/rt":
+            parameters.append(_ORG_HEADER)
+        if parameters:
+            operation["parameters"] = parameters
         paths.setdefault(path, {})[method.lower()] = operation
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
@@ -404,6 +848,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "Error": _ERROR,
                 "Structure": _STRUCTURE,
                 "StructureNode": _STRUCTURE_NODE,
+                "VersionInfo": _VERSION_INFO,
+                "Health": _HEALTH,
                 **_BODIES,
             },
         },

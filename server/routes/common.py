@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..auth import Caller, authenticate
 from ..config import Settings
@@ -23,6 +24,7 @@ __all__ = [
     "SECRETS",
     "SETTINGS",
     "caller",
+    "form_body",
     "iso",
     "json_body",
     "name",
@@ -70,7 +72,47 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         raise InvalidParameter(f"the body is not valid JSON: {exc}", parameter="body") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the body must be a JSON object", parameter="body")
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(body)
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which Python parses into a string
+    that no UTF-8 store, nor the sandbox, can hold: a 400 naming the top-level field it is in.
+    (An escaped pair, such as an emoji's, parses into one character and passes.)"""
+    for key, value in body.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidParameter(
+                f"{key if key.isprintable() and key.isascii() else 'a field'} holds a lone UTF-16 surrogate "
+                "(an escape in \\ud800-\\udfff without its pair); strings must be valid Unicode",
+                parameter=key.encode("utf-8", "replace").decode(),
+            ) from None
+
+
+MALFORMED = (ValueError, HttpProcessingError)
+"""What aiohttp raises on a form or multipart body it cannot parse: a multipart content type without
+a boundary (ValueError), bytes that are not UTF-8 (UnicodeDecodeError, a ValueError), a part header
+that is not valid HTTP (InvalidHeader, an HttpProcessingError). Each is the client's fault: a 400."""
+
+
+def malformed(exc: Exception, what: str) -> InvalidParameter:
+    return InvalidParameter(f"{what} could not be parsed: {exc}".replace("\n", " ").strip(), parameter="body")
+
+
+async def form_body(request: web.Request) -> dict[str, str]:
+    """The string fields of a form body (urlencoded or multipart); a 400 naming the problem when it
+    cannot be parsed."""
+    try:
+        form = await request.post()
+    except MALFORMED as exc:
+        raise malformed(exc, f"the {request.content_type} body") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def only(body: dict[str, Any], allowed: set[str]) -> None:

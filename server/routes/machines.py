@@ -15,7 +15,20 @@ from ..errors import Conflict, InvalidParameter, NotFound
 from ..indexes import check_selectors, inherit_selectors
 from ..store_directory import VersionInfo
 from ..uploads import read_upload, sign_id, unsign_id, upload_token, verify_upload_token
-from .common import ENGINE, SECRETS, caller, iso, json_body, name, ok, only, page_response, public_base
+from .common import (
+    ENGINE,
+    MALFORMED,
+    SECRETS,
+    caller,
+    iso,
+    json_body,
+    malformed,
+    name,
+    ok,
+    only,
+    page_response,
+    public_base,
+)
 
 routes = web.RouteTableDef()
 
@@ -152,7 +165,10 @@ async def upload_code(request: web.Request) -> web.Response:
     kind, object_id = verify_upload_token(
         request.app[SECRETS]["uploads"], request.match_info["token"], engine.clock.now_ms() // 1000
     )
-    data, filename = await read_upload(request)
+    try:
+        data, filename = await read_upload(request)
+    except MALFORMED as exc:
+        raise malformed(exc, "the multipart upload") from None
     if kind == "migration":
         await engine.store.store_migration_upload(object_id, data, filename)
     else:

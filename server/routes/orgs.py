@@ -97,7 +97,7 @@ async def create_key(request: web.Request) -> web.Response:
         if unknown:
             raise InvalidParameter(f"unknown scope {unknown[0]!r}", parameter="scopes")
         granted = tuple(dict.fromkeys(scopes))
-    elif use in USE_PRESETS:
+    elif isinstance(use, str) and use in USE_PRESETS:
         granted = USE_PRESETS[use]
     else:
         raise InvalidParameter("give scopes, or use: production | ci", parameter="use")

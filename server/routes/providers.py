@@ -17,7 +17,7 @@ from ..exchange import (
     validate_mapping,
 )
 from ..store import Store
-from .common import ENGINE, JWKS, caller, json_body, name, ok, only, page_response
+from .common import ENGINE, JWKS, caller, form_body, json_body, name, ok, only, page_response
 
 routes = web.RouteTableDef()
 
@@ -194,8 +194,7 @@ async def delete_token_provider(request: web.Request) -> web.Response:
 @routes.post("/tokens")
 async def token_exchange(request: web.Request) -> web.Response:
     """RFC 8693-style exchange; unauthenticated (the subject token is the credential)."""
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await form_body(request)
     if fields.get("grant_type") != GRANT_TYPE:
         raise InvalidParameter(f"grant_type must be {GRANT_TYPE}", parameter="grant_type")
     requested = fields.get("requested_token_type", fields.get("requested_token-type", ACCESS_TOKEN))
