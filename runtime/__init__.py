@@ -11,7 +11,7 @@ from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
 from .engines import ENGINE_NAMES, make_engine
 from .engines.quickjs_native import QuickJSNativeEngine
 from .errors import BundleError, Diagnostic, HostError, InvalidMachineError, ProtocolError, SandboxError
-from .executor import Executor
+from .executor import Executor, Lane, Runner
 from .limits import FetchPolicy, Limits, Outcome
 from .local import LocalInstance
 from .netguard import address_refusal, url_refusal
@@ -56,6 +56,7 @@ __all__ = [
     "Inbox",
     "InvalidMachineError",
     "Invoked",
+    "Lane",
     "Limits",
     "LocalInstance",
     "LogLine",
@@ -68,6 +69,7 @@ __all__ = [
     "ReadDecision",
     "ReadRequest",
     "Round",
+    "Runner",
     "SandboxError",
     "SandboxInstance",
     "StateDescription",

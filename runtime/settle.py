@@ -24,7 +24,7 @@ from typing import Any
 
 from .clock import Clock
 from .engine import GuestSandbox, PreparedMachine, SandboxInstance
-from .executor import Executor
+from .executor import Runner
 from .limits import Limits, Outcome
 from .protocol import EffectResult, FetchRequest, LogLine, Round, StepRequest
 from .transport import FetchError, Transport
@@ -129,7 +129,7 @@ async def run_window(
     prepared: PreparedMachine,
     request: StepRequest,
     *,
-    executor: Executor,
+    executor: Runner,
     commit: CommitFn,
     transport: Transport,
     clock: Clock,
@@ -183,7 +183,7 @@ async def drive(
     instance: GuestSandbox,
     first: Round,
     *,
-    executor: Executor,
+    executor: Runner,
     commit: CommitFn,
     transport: Transport,
     clock: Clock,

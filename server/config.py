@@ -115,8 +115,10 @@ class Settings:
     may lose the last commits on power loss (never on a process crash)."""
     group_commit: bool = True
     """Commit the transitions of many instances that are ready together in one transaction."""
-    workers: int = field(default=0, metadata=flag(Flag("sandbox worker threads; 0: one per CPU")))
-    """Sandbox worker threads; 0 = one per CPU (at least 2)."""
+    workers: int = field(default=0, metadata=flag(Flag("sandbox worker threads; 0: two per CPU (at least 4)")))
+    """Sandbox worker threads; 0 = two per CPU (at least 4). One org's calls hold at most half of
+    them at once (``runtime.Executor`` lanes), so a tenant whose events run until a limit stops
+    them cannot stall the others; one org alone still has one worker per CPU."""
     engine: Literal["quickjs-native", "quickjs-wasm"] = field(
         default="quickjs-wasm",
         metadata=flag(Flag("the engine that runs machines; quickjs-wasm confines QuickJS in WebAssembly", env=True)),

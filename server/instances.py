@@ -486,7 +486,7 @@ class InstanceService:
         if version_id is None:
             raise NotFound(f"machine {machine_slug!r} has no current version")
         prepared = await self._prepared_machine(version_id)
-        result = await self.executor.run(prepared.invoke, path, arg, self.clock.now_ms())
+        result = await self.executor.lane(org_id).run(prepared.invoke, path, arg, self.clock.now_ms())
         await self._store_logs(org_id, machine_slug, instance_name, version_id, result.logs)
         return result
 
@@ -518,7 +518,7 @@ class InstanceService:
     ) -> bool:
         """The machine's allowRead for this state (a throw or a limit is a logged denial)."""
         prepared = await self._prepared_machine(version_id)
-        decision = await self.executor.run(
+        decision = await self.executor.lane(org_id).run(
             prepared.authorize_read, ReadRequest(instance_name, state, context, auth_context)
         )
         await self._store_logs(org_id, machine_slug, instance_name, version_id, decision.logs)
@@ -735,7 +735,7 @@ class InstanceService:
         result = await run_window(
             await self._prepared_machine(target),
             step,
-            executor=self.executor,
+            executor=self.executor.lane(request.org_id),
             commit=lambda round_, tag: self._commit(window, round_, tag),
             transport=self.transport,
             clock=self.clock,
@@ -764,7 +764,7 @@ class InstanceService:
         return await run_window(
             prepared,
             step,
-            executor=self.executor,
+            executor=self.executor.lane(request.org_id),
             commit=commit,
             transport=self.transport,
             clock=self.clock,
