@@ -4,6 +4,7 @@ A pure library: it knows nothing of HTTP, SQL or auth. The server hands it a bun
 instance and an event, and gets back rounds to commit and effects to perform after committing.
 """
 
+from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -31,6 +32,9 @@ from .settle import CommitFn, WindowResult, run_window
 from .transport import FetchError, Transport
 
 __all__ = [
+    "ActorHost",
+    "ActorSettings",
+    "ActorStep",
     "BundleError",
     "Bundler",
     "Clock",
@@ -50,7 +54,9 @@ __all__ = [
     "Invoked",
     "Limits",
     "LogLine",
+    "LostActor",
     "MachineBundle",
+    "MemoryPressure",
     "Outcome",
     "PreparedMachine",
     "PreparedMigration",
@@ -70,5 +76,6 @@ __all__ = [
     "Transport",
     "Upload",
     "WindowResult",
+    "run_actor_window",
     "run_window",
 ]

@@ -57,6 +57,11 @@ const V4 = (() => {
     if (req.kind === "create" && req.context) {
       logic = logic.withContext(Object.assign({}, machine.context, req.context));
     }
+    if (req.kind === "create" && req.isolate && logic.context !== undefined) {
+      // A live actor sharing its VM: its own deep copy, so an in-place mutation of the context in
+      // one actor never reaches machine.context or its neighbours (runtime-semantics 13.1).
+      logic = logic.withContext(req.isolate(logic.context));
+    }
     const svc = api.interpret(logic, { clock, devTools: false });
     const proto = Object.getPrototypeOf(svc);
     let restoring = false;
