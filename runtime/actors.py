@@ -190,11 +190,15 @@ class _ActorGuest(_Instance):
         """The first event of a new window on a live actor: per-event budgets and the guest's window
         state (ids, performance.now) start afresh, as in a fresh sandbox."""
         self.new_window()
+        self._entries = self._host_calls = 0  # Usage counts per window, as a fresh sandbox's do
         self._slot = {"actor": self._key, "window": True}
         try:
-            return self.deliver(event, auth_context, now_ms)
+            round_ = self.deliver(event, auth_context, now_ms)
         finally:
             self._slot = {"actor": self._key}
+        if round_.outcome is Outcome.DENIED:  # worded as a fresh window's begin words it
+            round_ = dataclasses.replace(round_, error="allowWrite denied the request")
+        return round_
 
     def close(self) -> None:
         # Never closes the shared VM: the ActorHost owns it (a fault is handled there).
@@ -344,8 +348,6 @@ class ActorHost:
                     self._drop(vm, [instance_id])
                     return ActorStep(round_, True, index)
             lost = self._after(vm, actor, round_, instance_id)
-            if round_.ok and actor.key in vm.actors:
-                self._maybe_measure(vm, instance_id)
             return ActorStep(round_, not live, index, lost)
 
     def deliver(
@@ -386,7 +388,10 @@ class ActorHost:
                 return False
             if keep and actor.seq is not None and not vm.dead:
                 actor.open_window = False
-                return True
+                # Measured once the actor is idle, so that it can be evicted itself if it is the one
+                # that grew (runtime-semantics 13.6).
+                self._maybe_measure(vm, instance_id)
+                return instance_id in vm.actors
             self._drop(vm, [instance_id])
             return False
 

@@ -28,6 +28,7 @@
       cur = slot;
       H.use(slot.scope);
       StatebackedRt.use(slot.rec, slot.spawned);
+      V4.use(slot.actor ? slot : null);
     }
     return slot;
   }
@@ -136,7 +137,7 @@
     const slot = cur;
     try {
       // A live actor starts from its own copy of the initial context (runtime-semantics 13.1).
-      slot.session = driver.start(M.api, M.machine, slot.actor ? Object.assign({}, req, { isolate: deepCopy }) : req, slot.rec);
+      slot.session = driver.start(M.api, M.machine, slot.actor ? Object.assign({}, req, { isolate: deepCopy, slot }) : req, slot.rec);
       if (event !== undefined && req.kind !== "upgrade") slot.session.send(event);
     } catch (err) {
       slot.rec.setFault(err);
@@ -148,7 +149,12 @@
   function send(req) {
     const session = cur.session;
     if (!session) throw new Error("statehost: send without a live session");
-    if (req.window === true) H.freshWindow();
+    if (req.window === true) {
+      H.freshWindow();
+      // v4: children made in this window are numbered as in a fresh sandbox (the root keeps its id).
+      if (cur.actor && cur.sessions !== undefined) cur.sessions = 1;
+      if (cur.actor && session.newWindow) session.newWindow();
+    }
     H.begin(req);
     const event = Common.toEvent(req.event);
     if (req.authContext !== null) {

@@ -142,6 +142,11 @@ const V5 = (() => {
       send(event) {
         actor.send(event);
       },
+      // A live actor starts a new window (runtime/actors.py): report what a restore reports there.
+      // Restoring a done snapshot stops the actor again, which cancels all its timers (cancelAll).
+      newWindow() {
+        if (actor.getSnapshot().status === "done") rec.timer({ op: "cancelAll" });
+      },
       inflight() {
         const children = actor.getSnapshot().children || {};
         return Object.keys(children).filter((id) => {
