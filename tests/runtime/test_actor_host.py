@@ -37,6 +37,8 @@ from runtime import (
     run_actor_window,
 )
 from runtime.local import LocalInstance
+from tests.runtime import test_settle
+from tests.runtime.test_settle import loader
 from tests.scenarios import DEFAULT_AUTH, all_fixtures, bundle_fixture
 from tests.support import prepare
 
@@ -740,5 +742,39 @@ async def test_effects_are_committed_before_they_are_performed(
         ]
         assert [s.restored for s in inst.steps] == [True, False, False]
         assert host.is_live("f")
+    finally:
+        host.close()
+
+
+# ---- the settle window's 90 s limit still applies per event ------------------------------------------
+
+service = test_settle.service  # the real slow HTTP service fixture of test_settle
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_window_cut_off_drops_the_actor_and_the_next_event_errors_first(
+    major, bundler, engine, executor, transport, service
+):
+    """The settle window ends (settle_window_ms) with a service in flight: the actor is not kept live
+    (the window did not settle), and the next event restores it, delivers the service's error event
+    first, and never re-runs the service. Same rules as restore-per-event (test_settle)."""
+    from runtime import SystemClock
+
+    prepared = prepare(bundler, engine, loader(major), major, limits=Limits(settle_window_ms=300))
+    host = ActorHost(prepared, ActorSettings(vms=1))
+    inst = ActorLocal(prepared, executor, transport, SystemClock(), name="w", host=host)
+    try:
+        await inst.create({"baseUrl": service.url})
+        result = await inst.send({"type": "load", "path": "/slow"})
+        assert result.ok and result.cut_off and not host.is_live("w")
+        assert inst.persisted is not None and len(inst.persisted["inflight"]) == 1
+        result = await inst.send("ping")
+        assert result.ok and not result.cut_off and inst.steps[-1].restored
+        assert [t.event["type"] for t in result.committed[0].transitions] == [
+            "error.platform.fetcher" if major == 4 else "xstate.error.actor.fetcher",
+            "ping",
+        ]
+        assert service.hits["slow"] == 1 and host.is_live("w")
+        assert inst.current is not None and inst.current.public_context["pings"] == 1
     finally:
         host.close()
