@@ -112,13 +112,18 @@ class ActorSettings:
     VM's hard QuickJS limit is ``limits.memory_bytes`` plus this, so one event still gets its own
     ``memory_bytes`` on top of a full VM."""
     measure_every: int = 64
-    """Steps of a VM between two measurements of its heap (a measurement walks the heap)."""
+    """Settled windows of a VM between two measurements of its heap, at least. A measurement walks
+    the whole heap (about 40 us per live actor), so the interval also grows with the VM's actors
+    (``measure_per_actor``); on the WASM engine a growth of linear memory by an eighth of the budget
+    (an O(1) check) triggers a measurement at once."""
+    measure_per_actor: float = 4.0
+    """The interval is at least this many windows per live actor of the VM (0: ``measure_every`` only)."""
     idle_ms: int = 10 * 60_000
     """:meth:`ActorHost.evict_idle` drops actors whose last step is older than this."""
 
     def __post_init__(self) -> None:
-        if self.vms < 1 or self.max_actors_per_vm < 1 or self.measure_every < 1:
-            raise ValueError("vms, max_actors_per_vm and measure_every must be at least 1")
+        if self.vms < 1 or self.max_actors_per_vm < 1 or self.measure_every < 1 or self.measure_per_actor < 0:
+            raise ValueError("vms, max_actors_per_vm and measure_every must be at least 1, measure_per_actor >= 0")
         if self.vm_memory_bytes < 0 or self.idle_ms < 0:
             raise ValueError("vm_memory_bytes and idle_ms must not be negative")
 
@@ -228,6 +233,8 @@ class _SharedVM:
     steps: int = 0
     heap: int = 0
     dead: bool = False
+    since_measure: int = 0
+    footprint_at_measure: int = 0
 
 
 class ActorHost:
@@ -273,6 +280,7 @@ class ActorHost:
                         raw.close()
                         raise RuntimeError(f"the machine failed to load into a shared VM: {reply!r}")
                 vm = _SharedVM(index, session, raw.heap_used())
+                vm.footprint_at_measure = raw.footprint() if raw.footprint_is_cheap else 0
                 self._vms[index] = vm
             return vm
 
@@ -536,9 +544,16 @@ class ActorHost:
         self._evictions += len(idle)
 
     def _maybe_measure(self, vm: _SharedVM, instance_id: str) -> None:
-        if vm.steps % self.settings.measure_every:
+        settings = self.settings
+        vm.since_measure += 1
+        raw = vm.session.vm
+        interval = max(settings.measure_every, int(settings.measure_per_actor * len(vm.actors)))
+        grown = raw.footprint_is_cheap and raw.footprint() > vm.footprint_at_measure + settings.vm_memory_bytes // 8
+        if vm.since_measure < interval and not grown:
             return
-        vm.heap = max(0, vm.session.vm.heap_used() - vm.base_heap)
+        vm.since_measure = 0
+        vm.footprint_at_measure = raw.footprint() if raw.footprint_is_cheap else 0
+        vm.heap = max(0, raw.heap_used() - vm.base_heap)
         budget = self.settings.vm_memory_bytes
         if vm.heap <= budget:
             return

@@ -127,6 +127,8 @@ class VM(abc.ABC):
 
     attached: bool = False
     """The machine was attached already (an image taken after ``entry("attach")``)."""
+    footprint_is_cheap: bool = False
+    """``footprint`` is an O(1) read (no heap walk): live actors use it as a growth trigger."""
 
     @abc.abstractmethod
     def eval(self, code: str) -> str | None:

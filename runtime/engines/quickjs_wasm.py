@@ -594,6 +594,8 @@ class _WasmVM(VM):
     def alive(self) -> bool:
         return self.store is not None
 
+    footprint_is_cheap = True  # the size of linear memory
+
     def close(self) -> None:
         self.store = None  # the store (and its memory) go with it
         self._exports.clear()

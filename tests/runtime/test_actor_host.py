@@ -646,7 +646,7 @@ async def test_memory_pressure_names_and_evicts_the_leaking_actor(major, bundler
     """One actor's context grows; when its VM crosses the budget the host names it (the instance whose
     step crossed, and the largest snapshot), evicts it first, and keeps most neighbours live."""
     prepared = prepare(bundler, engine, LEAKY[major], major)
-    host = ActorHost(prepared, ActorSettings(vms=1, measure_every=1, vm_memory_bytes=2**30))
+    host = ActorHost(prepared, ActorSettings(vms=1, measure_every=1, measure_per_actor=0, vm_memory_bytes=2**30))
     d = Driver(host)
     try:
         neighbours = [f"n{i}" for i in range(20)]
