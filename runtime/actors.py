@@ -98,6 +98,9 @@ VM_FATAL = frozenset(
     }
 )
 
+# Outcomes of a request refused before anything ran: the actor is as it was.
+_REFUSED = frozenset({Outcome.DENIED, Outcome.INVALID_EVENT, Outcome.EXCEEDED_EVENT_SIZE, Outcome.CANCELED})
+
 
 @dataclass(frozen=True)
 class ActorSettings:
@@ -443,6 +446,12 @@ class ActorHost:
             lost, self._lost = self._lost, []
         return lost
 
+    @property
+    def lost_actors(self) -> tuple[LostActor, ...]:
+        """Actors lost since the last :meth:`take_lost`, without taking them."""
+        with self._open_lock:
+            return tuple(self._lost)
+
     def take_memory_pressure(self) -> list[MemoryPressure]:
         with self._open_lock:
             events, self._pressure = self._pressure, []
@@ -528,7 +537,7 @@ class ActorHost:
                 actor.seq = None  # ahead of the database until the caller confirms the commit
                 actor.pending = round_.persisted
             return ()
-        if round_.outcome in (Outcome.DENIED, Outcome.INVALID_EVENT, Outcome.EXCEEDED_EVENT_SIZE, Outcome.CANCELED):
+        if round_.outcome in _REFUSED:
             return ()  # refused before anything ran: the actor is as it was
         if round_.outcome in VM_FATAL or actor.guest.vm_suspect or not vm.session.vm.alive:
             return self._discard_vm(vm, instance_id, round_.error or round_.outcome.value)
@@ -654,7 +663,8 @@ async def run_actor_window(
             tag=tag,
             inbox=inbox,
         )
-        keep = result.ok and result.quiescent
+        # A refused event (denied, invalid) ran nothing: the live actor is as it was.
+        keep = (result.ok and result.quiescent) or step.round.outcome in _REFUSED
         return result, step
     finally:
         if step.round.ok or host.is_live(instance_id):

@@ -778,3 +778,27 @@ async def test_window_cut_off_drops_the_actor_and_the_next_event_errors_first(
         assert inst.current is not None and inst.current.public_context["pings"] == 1
     finally:
         host.close()
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_a_refused_event_leaves_the_live_actor_live(major, bundler, engine, executor, transport, clock):
+    """allowWrite's denial and an invalid event run nothing: the actor stays live and in step."""
+    body = HOSTILE[major].replace("export default", "export const allowRead = () => true;\nexport default")
+    source = "export const allowWrite = (req) => req.type !== 'event' || req.event.type !== 'forbidden';\n" + body
+    prepared = prepare(
+        bundler, engine, 'import { createMachine, assign } from "xstate";\n' + source, major, header=False
+    )
+    host = ActorHost(prepared, ActorSettings(vms=1))
+    inst = ActorLocal(prepared, executor, transport, clock, name="r", host=host)
+    try:
+        await inst.create(None, AUTH)
+        assert (await inst.send("ping", AUTH)).ok
+        denied = await inst.send("forbidden", AUTH)
+        assert denied.outcome is Outcome.DENIED and host.is_live("r")
+        invalid = await inst.send({"type": "xstate.init"}, AUTH)
+        assert invalid.outcome is Outcome.INVALID_EVENT and host.is_live("r")
+        assert (await inst.send("ping", AUTH)).ok
+        assert [s.restored for s in inst.steps] == [True, False, False, False, False]
+        assert inst.current is not None and inst.current.public_context == {"n": 2}
+    finally:
+        host.close()
