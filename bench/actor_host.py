@@ -29,11 +29,12 @@ import platform
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from runtime import ActorHost, ActorSettings, Bundler, PreparedMachine, StepRequest, Upload
+from runtime import ActorHost, ActorSettings, Bundler, Limits, PreparedMachine, StepRequest, Upload
 from runtime.engine import SandboxInstance
 from runtime.engines import make_engine
 
@@ -207,6 +208,81 @@ def many_instances(
     }
 
 
+HOSTILE = {
+    4: """
+import { createMachine, assign } from "xstate";
+export const allowRead = () => true;
+export const allowWrite = () => true;
+export default createMachine({ id: "h", predictableActionArguments: true, initial: "idle", context: { n: 0 },
+  states: { idle: { on: {
+    toggle: { actions: assign({ n: (c) => c.n + 1 }) },
+    spin: { actions: () => { for (;;) {} } },
+  } } } });
+""",
+    5: """
+import { createMachine, assign } from "xstate";
+export const allowRead = () => true;
+export const allowWrite = () => true;
+export default createMachine({ id: "h", initial: "idle", context: { n: 0 },
+  states: { idle: { on: {
+    toggle: { actions: assign({ n: ({ context }) => context.n + 1 }) },
+    spin: { actions: () => { for (;;) {} } },
+  } } } });
+""",
+}
+
+
+def hostile_neighbours(engine: Any, bundler: Bundler, major: int, events: int) -> dict[str, Any]:
+    """Neighbours' event latency (median, max) in another VM while a hostile instance spins in VM 0
+    until its CPU limit (1 s), against the same neighbours with no hostile instance."""
+    limits = Limits(cpu_ms=1_000, entry_wall_ms=10_000)
+    prepared = engine.prepare(bundler.bundle(Upload("h.ts", HOSTILE[major].encode(), xstate_major=major)), limits)
+    actors = Actors(prepared, ActorSettings(vms=2))
+    bad = next(f"h{n}" for n in range(1000) if actors.host.vm_index(f"h{n}") == 0)
+    near = [f"n{n}" for n in range(1000) if actors.host.vm_index(f"n{n}") == 1][:50]
+    for name in [bad, *near]:
+        actors.create(name)
+
+    def run(count: int) -> list[float]:
+        out = []
+        for i in range(count):
+            t = time.perf_counter()
+            actors.event(near[i % len(near)])
+            out.append(time.perf_counter() - t)
+        return out
+
+    quiet = run(events)
+    result: dict[str, Any] = {}
+
+    def spin() -> None:
+        t = time.perf_counter()
+        step = actors.host.step(
+            bad,
+            actors.seq[bad],
+            StepRequest("event", bad, AUTH, persisted=actors.persisted[bad], event={"type": "spin"}),
+            NOW,
+        )
+        result["hostile_outcome"] = step.round.outcome.value
+        result["hostile_s"] = round(time.perf_counter() - t, 2)
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    noisy: list[float] = []
+    while thread.is_alive():
+        noisy.extend(run(10))
+    thread.join()
+    actors.host.close()
+    result.update(
+        {
+            "neighbour_quiet_median_ms": _median_ms(quiet),
+            "neighbour_with_hostile_median_ms": _median_ms(noisy),
+            "neighbour_with_hostile_max_ms": round(max(noisy) * 1000, 2),
+            "neighbour_events_during_hostile": len(noisy),
+        }
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="quickjs-wasm,quickjs-native")
@@ -234,6 +310,7 @@ def main() -> None:
             prepared = engine.prepare(bundler.bundle(Upload("machine.ts", source, xstate_major=major)))
             row: dict[str, Any] = {"engine": engine_name, "major": major}
             row.update(one_hot_instance(prepared, iterations))
+            row["hostile"] = hostile_neighbours(engine, bundler, major, iterations)
             print(json.dumps(row), flush=True)
             for count in sizes:
                 events = 20_000 if count >= 10_000 else 10_000
