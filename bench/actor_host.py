@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -283,13 +284,56 @@ def hostile_neighbours(engine: Any, bundler: Bundler, major: int, events: int) -
     return result
 
 
+def rss_in_fresh_process(engine_name: str, major: int, count: int, vms: int) -> dict[str, float]:
+    """RSS added per live actor, measured in a fresh process (in a long-running one, memory freed by
+    earlier measurements is reused and hides the growth)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.actor_host", "--rss", f"{engine_name},{major},{count},{vms}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _rss_child(spec: str) -> None:
+    engine_name, major, count, vms = spec.split(",")
+    bundler = Bundler()
+    engine = make_engine(engine_name, bundler.runtime_api)
+    source = (ROOT / "fixtures" / "machines" / "toggle" / f"v{major}" / "machine.ts").read_bytes()
+    prepared = engine.prepare(bundler.bundle(Upload("machine.ts", source, xstate_major=int(major))))
+    actors = Actors(prepared, ActorSettings(vms=int(vms), max_actors_per_vm=max(4096, int(count))))
+    for n in range(int(vms) * 4):  # open every VM first: their base is not per-actor memory
+        actors.create(f"warm{n}")
+    gc.collect()
+    before = _rss()
+    for n in range(int(count)):
+        actors.create(f"i{n}")
+    gc.collect()
+    heap = actors.host.measure()
+    print(
+        json.dumps(
+            {
+                "rss_per_actor_kib": round((_rss() - before) / int(count) / 1024, 1),
+                "heap_per_actor_kib": round(sum(heap) / int(count) / 1024, 1),
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="quickjs-wasm,quickjs-native")
     parser.add_argument("--majors", default="4,5")
     parser.add_argument("--quick", action="store_true", help="fewer iterations and 1,000 instances only")
     parser.add_argument("--vms", type=int, default=4)
+    parser.add_argument("--rss", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss:
+        _rss_child(args.rss)
+        return
     iterations = 100 if args.quick else 400
     sizes = [1_000] if args.quick else [1_000, 10_000]
     bundler = Bundler()
@@ -318,6 +362,8 @@ def main() -> None:
                     events = 3_000
                 many = many_instances(prepared, count, events, min(events, 2_000), args.vms)
                 many.update({"engine": engine_name, "major": major})
+                fresh = rss_in_fresh_process(engine_name, major, count, args.vms)
+                many["fresh_process_rss_per_actor_kib"] = fresh["rss_per_actor_kib"]
                 print(json.dumps(many), flush=True)
                 row[f"n{count}"] = many
             results["runs"].append(row)
