@@ -35,10 +35,11 @@ What it guarantees (runtime-semantics section 13, point by point):
    and timer ids and ``performance.now()`` as a fresh sandbox does. The differential tests check
    that a live actor and restore-per-event commit identical rounds.
 6. **Memory.** Each VM's QuickJS heap is capped at ``limits.memory_bytes`` (one event's limit) plus
-   ``settings.vm_memory_bytes`` (the resident actors' budget). Every ``settings.measure_every`` steps
-   the heap above the VM's base is measured; over budget, idle actors are evicted (the largest
-   snapshots first when one stands out, then least recently used) and a :class:`MemoryPressure`
-   names the instance whose step crossed the budget. Idle actors are also evicted by count
+   ``settings.vm_memory_bytes`` (the resident actors' budget). Now and then, at the end of a
+   settled window (:class:`ActorSettings` ``measure_every``, ``measure_per_actor``), the heap above
+   the VM's base is measured; over budget, idle actors are evicted (the largest snapshots first
+   when one stands out, then least recently used) and a :class:`MemoryPressure` names the instance
+   whose window crossed the budget. Idle actors are also evicted by count
    (``max_actors_per_vm``) and by age (:meth:`ActorHost.evict_idle`).
 
 The host never performs effects: every entry returns a :class:`~runtime.protocol.Round` for the
