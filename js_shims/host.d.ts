@@ -18,12 +18,23 @@ declare function __statehost_entry(op: "begin", arg: string /* BeginRequest */):
 declare function __statehost_entry(op: "send", arg: string /* SendRequest */): string /* "" | { denied: true } */;
 declare function __statehost_entry(op: "settle", arg: string /* SettleRequest */): string /* "" */;
 declare function __statehost_entry(op: "fire", arg: string /* FireRequest */): string /* "" */;
-declare function __statehost_entry(op: "collect", arg: string /* "{}" */): string /* Round */;
+declare function __statehost_entry(op: "collect", arg: string /* "{}" | ActorSlot */): string /* Round */;
 declare function __statehost_entry(op: "authorize_read", arg: string /* ReadRequest */): string /* Decision */;
 declare function __statehost_entry(op: "eval", arg: string /* { code } */): string /* "" */;
 declare function __statehost_entry(op: "describe", arg: string /* DescribeRequest */): string /* Described */;
 declare function __statehost_entry(op: "structure", arg: string /* StepContext */): string /* Structured */;
 declare function __statehost_entry(op: "migrate", arg: string /* MigrateRequest */): string /* Described | { exports } */;
+declare function __statehost_entry(op: "drop", arg: string /* DropRequest */): string /* { live: number } */;
+
+// ---- live actors sharing one VM (runtime/actors.py) --------------------------------------------
+// A VM may host many live actors of its one machine. Every request of begin, send, settle, fire and
+// collect may then carry `actor`, the host's key for the instance: `begin` with a key makes a fresh
+// slot for it (replacing any, which is dropped without stop()), the other ops select that slot
+// (an unknown key is a fault). A slot has its own session, recorder, spawned references and H scope
+// (outbox, pending requests, log lines, ephemeral timers, performance.now() origin), so nothing of
+// one actor's window reaches another's. Without `actor`, the sandbox's own single slot is used.
+interface ActorSlot { actor?: string }
+interface DropRequest { actors: string[] }   // forget these slots (eviction); nothing of theirs runs
 
 interface AttachRequest { runtimeApi: "bundle" | "global" }  // where interpret/createActor come from
 interface AttachReply { major: 4 | 5; exports: string[]; fault?: GuestFault }
@@ -65,7 +76,7 @@ interface StructureNode {
 }
 interface Structured { structure: { major: 4 | 5; id: string; root: StructureNode }; logs: LogLine[]; fault?: GuestFault }
 
-interface BeginRequest extends StepContext {
+interface BeginRequest extends StepContext, ActorSlot {
   // restore: load the snapshot, deliver nothing, persist it again. upgrade: build the instance from
   // `description` in this machine (validated) and record one transition whose event is `event`.
   kind: "create" | "event" | "restore" | "upgrade";
@@ -78,7 +89,8 @@ interface BeginRequest extends StepContext {
   event?: { type: string; [k: string]: unknown };
 }
 
-interface SendRequest extends StepContext {   // an event joining the live session of this window
+interface SendRequest extends StepContext, ActorSlot {   // an event joining the live session of this window
+  window?: true;   // a live actor's first event of a new window: ids and performance.now() restart
   instanceName: string;
   authContext: object | null;
   event: { type: string; [k: string]: unknown };
@@ -90,8 +102,8 @@ interface Persisted {            // opaque to the server; produced and consumed 
   inflight: string[];            // ids of services running when this was committed (at-most-once)
 }
 
-interface SettleRequest extends StepContext { results: HostResult[] }
-interface FireRequest extends StepContext {}      // fire every ephemeral timer due at nowMs
+interface SettleRequest extends StepContext, ActorSlot { results: HostResult[] }
+interface FireRequest extends StepContext, ActorSlot {}      // fire every ephemeral timer due at nowMs
 
 interface ReadRequest extends StepContext {
   instanceName: string; state: unknown; context: object; authContext: object;

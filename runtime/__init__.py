@@ -5,6 +5,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 """
 
 from . import resources
+from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -37,6 +38,9 @@ from .transport import FetchError, Transport
 
 __all__ = [
     "ENGINE_NAMES",
+    "ActorHost",
+    "ActorSettings",
+    "ActorStep",
     "BundleError",
     "Bundler",
     "Clock",
@@ -60,7 +64,9 @@ __all__ = [
     "Limits",
     "LocalInstance",
     "LogLine",
+    "LostActor",
     "MachineBundle",
+    "MemoryPressure",
     "Outcome",
     "PreparedMachine",
     "PreparedMigration",
@@ -86,6 +92,7 @@ __all__ = [
     "apply_timer_op",
     "make_engine",
     "resources",
+    "run_actor_window",
     "run_window",
     "url_refusal",
 ]

@@ -3,9 +3,77 @@
 
 (() => {
   let M = null; // { user, api, major, machine }
-  let session = null;
-  const rec = Common.createRecorder();
-  let denied = false;
+  // A slot is one instance's session: the sandbox's own (`main`), or one of the live actors a
+  // shared VM hosts (runtime/actors.py), keyed by the host's actor key. Every entry selects its slot
+  // first (`req.actor`), so recorders, H scopes and spawned references never cross actors.
+  const main = { session: null, rec: Common.createRecorder(), denied: false, scope: H.scope(), spawned: StatebackedRt.spawnedMap(), actor: false };
+  const actors = new Map();
+  let cur = main;
+
+  function select(op, req) {
+    let slot = main;
+    if (req && req.actor !== undefined) {
+      const key = String(req.actor);
+      if (op === "begin") {
+        // A (re)start of the actor: a fresh slot. The old one, if any, is dropped without stop()
+        // (stop() runs exit actions, which would queue real effects: runtime-semantics 12.2).
+        slot = { session: null, rec: Common.createRecorder(), denied: false, scope: H.newScope(), spawned: new Map(), actor: true };
+        actors.set(key, slot);
+      } else {
+        slot = actors.get(key);
+        if (!slot) throw new Error(`statehost: no live actor ${key}`);
+      }
+    }
+    if (slot !== cur) {
+      cur = slot;
+      H.use(slot.scope);
+      StatebackedRt.use(slot.rec, slot.spawned);
+      V4.use(slot.actor ? slot : null);
+    }
+    return slot;
+  }
+
+  // Drop live actors (eviction, a refused commit, the end of a window that did not settle): the
+  // objects go, nothing of theirs runs (no stop(), no exit actions).
+  function drop(req) {
+    for (const key of req.actors || []) actors.delete(String(key));
+    return { live: actors.size };
+  }
+
+  // Deep copy of an initial context for a live actor (runtime-semantics 13.1): plain objects,
+  // arrays, Dates, Maps and Sets are copied; anything else (functions, class instances) is shared,
+  // as it is between events of one instance.
+  function deepCopy(value, seen) {
+    if (value === null || typeof value !== "object") return value;
+    seen = seen || new Map();
+    if (seen.has(value)) return seen.get(value);
+    let out;
+    if (Array.isArray(value)) {
+      out = [];
+      seen.set(value, out);
+      for (let i = 0; i < value.length; i++) out[i] = deepCopy(value[i], seen);
+      return out;
+    }
+    if (value instanceof Date) return new Date(value.getTime());
+    if (value instanceof Map) {
+      out = new Map();
+      seen.set(value, out);
+      for (const [k, v] of value) out.set(deepCopy(k, seen), deepCopy(v, seen));
+      return out;
+    }
+    if (value instanceof Set) {
+      out = new Set();
+      seen.set(value, out);
+      for (const v of value) out.add(deepCopy(v, seen));
+      return out;
+    }
+    const proto = Object.getPrototypeOf(value);
+    if (proto !== Object.prototype && proto !== null) return value;
+    out = Object.create(proto);
+    seen.set(value, out);
+    for (const key of Object.keys(value)) out[key] = deepCopy(value[key], seen);
+    return out;
+  }
 
   // The bundle's `var __m` (and the runtime API's `var __statehost_xstate`) are non-configurable
   // globals: they cannot be deleted, so they are emptied once captured.
@@ -40,13 +108,13 @@
       throw new TypeError(`XState ${major}'s ${needed} is missing from the runtime API`);
     }
     M = { user, api, major, machine };
-    StatebackedRt.attach(M, rec);
+    StatebackedRt.attach(M, main.rec);
     return { major, exports };
   }
 
   function begin(req) {
     if (!M) throw new Error("statehost: begin before attach");
-    if (session) throw new Error("statehost: one session per sandbox");
+    if (cur.session) throw new Error("statehost: one session per sandbox");
     H.begin(req);
     const event = req.event === undefined ? undefined : Common.toEvent(req.event);
     if (req.authContext !== null && req.kind !== "restore" && req.kind !== "upgrade") {
@@ -61,23 +129,32 @@
             authContext: req.authContext,
           };
       if (!Common.authorize(M.user.allowWrite, "allowWrite", arg)) {
-        denied = true;
+        cur.denied = true;
         return;
       }
     }
     const driver = M.major === 5 ? V5 : V4;
+    const slot = cur;
     try {
-      session = driver.start(M.api, M.machine, req, rec);
-      if (event !== undefined && req.kind !== "upgrade") session.send(event);
+      // A live actor starts from its own copy of the initial context (runtime-semantics 13.1).
+      slot.session = driver.start(M.api, M.machine, slot.actor ? Object.assign({}, req, { isolate: deepCopy, slot }) : req, slot.rec);
+      if (event !== undefined && req.kind !== "upgrade") slot.session.send(event);
     } catch (err) {
-      rec.setFault(err);
+      slot.rec.setFault(err);
     }
   }
 
   // An event that arrives while the window is still open joins the live session: it is authorized
   // against the current state and sent into the running interpreter (its services keep running).
   function send(req) {
+    const session = cur.session;
     if (!session) throw new Error("statehost: send without a live session");
+    if (req.window === true) {
+      H.freshWindow();
+      // v4: children made in this window are numbered as in a fresh sandbox (the root keeps its id).
+      if (cur.actor && cur.sessions !== undefined) cur.sessions = 1;
+      if (cur.actor && session.newWindow) session.newWindow();
+    }
     H.begin(req);
     const event = Common.toEvent(req.event);
     if (req.authContext !== null) {
@@ -95,13 +172,14 @@
     try {
       session.send(event);
     } catch (err) {
-      rec.setFault(err);
+      cur.rec.setFault(err);
     }
     return undefined;
   }
 
   function collect() {
-    const drained = rec.drain();
+    const { session, denied } = cur;
+    const drained = cur.rec.drain();
     let persisted = null;
     let fault = drained.fault;
     if (!fault && session && session.status && session.status() === "error") {
@@ -148,7 +226,7 @@
     try {
       H.fireDue();
     } catch (err) {
-      rec.setFault(err);
+      cur.rec.setFault(err);
     }
   }
 
@@ -250,7 +328,7 @@
 
   const ops = {
     attach, begin, send, collect, settle, fire, authorize_read: authorizeRead, describe, structure, migrate, invoke,
-    invoke_result: invokeResult,
+    invoke_result: invokeResult, drop,
   };
 
   function entry(op, arg) {
@@ -258,7 +336,9 @@
     if (!fn) throw new Error(`statehost: unknown entry op ${op}`);
     let reply;
     try {
-      reply = fn(H.parse(arg));
+      const req = H.parse(arg);
+      select(op, req);
+      reply = fn(req);
     } catch (err) {
       reply = { fault: Common.describeFault(err) };
     }

@@ -52,10 +52,71 @@ const V4 = (() => {
     return callback;
   };
 
+  // ---- live actors sharing one VM (runtime/actors.py) ---------------------------------------------
+  // XState 4 books interpreter session ids ("x:N") from one counter per XState copy, and they reach
+  // the persisted state (`_sessionid`, events' `origin`). A fresh sandbox starts that counter at the
+  // same value for every window; in a VM shared by live actors it would keep counting across actors.
+  // So, once a VM hosts actors, the interpreter prototype's `sessionId` becomes an accessor that
+  // numbers each actor's interpreters from that same start (its root first, children from +1 in each
+  // window), and sends to a session id resolve among the current actor's own interpreters first.
+  let actorSlot = null;
+  let sessionBase = null;
+  let patchedProto = null;
+  let patchedProbe = null;
+  const patched = new WeakSet();
+
+  function use(slot) {
+    actorSlot = slot;
+  }
+
+  function isolateSessions(proto, firstId) {
+    if (patched.has(proto)) return;
+    patched.add(proto);
+    // The throwaway interpreter that found the prototype booked the id a fresh sandbox's first
+    // interpreter gets: number from there.
+    if (sessionBase === null && /^x:\d+$/.test(String(firstId))) sessionBase = Number(String(firstId).slice(2));
+    Object.defineProperty(proto, "sessionId", {
+      configurable: true,
+      get() {
+        return this.__statehostSessionId;
+      },
+      set(value) {
+        let id = value;
+        if (actorSlot && typeof value === "string" && /^x:\d+$/.test(value)) {
+          if (sessionBase === null) sessionBase = Number(value.slice(2));
+          id = `x:${sessionBase + actorSlot.sessions++}`;
+          actorSlot.interpreters.set(id, this);
+        }
+        Object.defineProperty(this, "__statehostSessionId", { value: id, writable: true, configurable: true, enumerable: false });
+      },
+    });
+    const sendTo = proto.sendTo;
+    proto.sendTo = function (event, to, immediate) {
+      if (actorSlot && typeof to === "string" && !this.children.has(to)) {
+        const own = actorSlot.interpreters.get(to);
+        if (own) return sendTo.call(this, event, own, immediate);
+      }
+      return sendTo.call(this, event, to, immediate);
+    };
+  }
+
   function start(api, machine, req, rec) {
+    if (req.slot) {
+      // Before the first interpreter of this actor is made (it books its session id when made).
+      const proto = patchedProto || Object.getPrototypeOf((patchedProbe = api.interpret(machine.withConfig({}), { devTools: false })));
+      isolateSessions(proto, patchedProbe && patchedProbe.sessionId);
+      patchedProto = proto;
+      req.slot.sessions = 0;
+      req.slot.interpreters = new Map();
+    }
     let logic = machine.withConfig({ services: { "statebacked.invoke": invokeService } });
     if (req.kind === "create" && req.context) {
       logic = logic.withContext(Object.assign({}, machine.context, req.context));
+    }
+    if (req.kind === "create" && req.isolate && logic.context !== undefined) {
+      // A live actor sharing its VM: its own deep copy, so an in-place mutation of the context in
+      // one actor never reaches machine.context or its neighbours (runtime-semantics 13.1).
+      logic = logic.withContext(req.isolate(logic.context));
     }
     const svc = api.interpret(logic, { clock, devTools: false });
     const proto = Object.getPrototypeOf(svc);
@@ -259,5 +320,5 @@ const V4 = (() => {
     };
   }
 
-  return { start, view, describe };
+  return { start, view, describe, use };
 })();

@@ -30,11 +30,12 @@ const V5 = (() => {
 
   // The caller's context is shallow-merged over the machine's initial context, which may be an
   // object or a function of { input, spawn, self }; the caller's context is also passed as input.
-  function withContext(machine, extra) {
+  function withContext(machine, extra, copy) {
     const original = machine.config.context;
+    const own = copy || ((value) => value);
     const context = typeof original === "function"
-      ? (args) => Object.assign({}, original(args), extra)
-      : Object.assign({}, original, extra);
+      ? (args) => own(Object.assign({}, original(args), extra))
+      : own(Object.assign({}, original, extra));
     return new machine.constructor(Object.assign({}, machine.config, { context }), machine.implementations);
   }
 
@@ -43,8 +44,11 @@ const V5 = (() => {
     let input;
     let snapshot;
     if (req.kind === "create" && req.context) {
-      logic = withContext(machine, req.context);
+      logic = withContext(machine, req.context, req.isolate);
       input = req.context;
+    } else if (req.kind === "create" && req.isolate && machine.config.context !== undefined) {
+      // A live actor sharing its VM: its own deep copy of the initial context (runtime-semantics 13.1).
+      logic = withContext(machine, {}, req.isolate);
     }
     if (req.kind === "upgrade") {
       req = Object.assign({}, req, { snapshot: { xstate: adopt(machine, req.description), inflight: [] } });
@@ -137,6 +141,11 @@ const V5 = (() => {
     return {
       send(event) {
         actor.send(event);
+      },
+      // A live actor starts a new window (runtime/actors.py): report what a restore reports there.
+      // Restoring a done snapshot stops the actor again, which cancels all its timers (cancelAll).
+      newWindow() {
+        if (actor.getSnapshot().status === "done") rec.timer({ op: "cancelAll" });
       },
       inflight() {
         const children = actor.getSnapshot().children || {};

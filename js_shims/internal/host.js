@@ -103,23 +103,42 @@ const H = (() => {
   }
 
   // ---- the outbox ---------------------------------------------------------------------------------
-  let nextRequestId = 1;
-  let outbox = [];
-  const pending = new Map();
+  // ---- scopes: what belongs to one instance's session --------------------------------------------
+  // A sandbox serving one instance has one scope. A VM hosting many live actors (runtime/actors.py)
+  // gives each its own: outbox, waiters, log lines, ephemeral timers and the performance.now()
+  // origin never cross between actors. The host enters one actor at a time and pumps every promise
+  // job before the next entry, so the current scope is always the one whose code runs.
+  function newScope() {
+    return { nextRequestId: 1, outbox: [], pending: new Map(), logs: [], nextTimerId: 1, timers: new Map(), timeOrigin: null };
+  }
+  let S = newScope();
+  function use(scope) {
+    S = scope;
+  }
+  // A new settle window of a live actor starts as a fresh sandbox would: request and timer ids from
+  // 1, performance.now() from 0. Only when nothing of the previous window is left.
+  function freshWindow() {
+    if (S.pending.size === 0 && S.timers.size === 0 && S.outbox.length === 0) {
+      S.nextRequestId = 1;
+      S.nextTimerId = 1;
+      S.timeOrigin = null;
+    }
+  }
 
   function request(kind, payload) {
-    const id = nextRequestId++;
-    outbox.push(Object.assign({ id, kind }, payload));
-    return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+    const id = S.nextRequestId++;
+    S.outbox.push(Object.assign({ id, kind }, payload));
+    return new Promise((resolve, reject) => S.pending.set(id, { resolve, reject }));
   }
 
   function drainRequests() {
-    const drained = outbox;
-    outbox = [];
+    const drained = S.outbox;
+    S.outbox = [];
     return drained;
   }
 
   function settle(results) {
+    const pending = S.pending;
     for (const r of results) {
       const waiter = pending.get(r.id);
       if (!waiter) continue;
@@ -130,13 +149,12 @@ const H = (() => {
   }
 
   // ---- log lines ------------------------------------------------------------------------------------
-  let logs = [];
   function log(stream, level, text) {
-    logs.push({ stream, level, text, timeMs: nowMs });
+    S.logs.push({ stream, level, text, timeMs: nowMs });
   }
   function drainLogs() {
-    const drained = logs;
-    logs = [];
+    const drained = S.logs;
+    S.logs = [];
     return drained;
   }
 
@@ -144,27 +162,25 @@ const H = (() => {
   // They never sleep: the host reads nextDue() and calls fire() when its clock reaches it, inside
   // the event's settle window. Timers of the instance itself are durable and go through the host's
   // timer table instead (harness).
-  let nextTimerId = 1;
-  const timers = new Map();
-
   function setTimer(fn, ms, args, repeat) {
-    const id = nextTimerId++;
+    const id = S.nextTimerId++;
     const delay = Math.max(0, Number(ms) || 0);
-    timers.set(id, { fn, args, due: nowMs + delay, delay, repeat, seq: id });
+    S.timers.set(id, { fn, args, due: nowMs + delay, delay, repeat, seq: id });
     return id;
   }
 
   function clearTimer(id) {
-    timers.delete(id);
+    S.timers.delete(id);
   }
 
   function nextDue() {
     let best = null;
-    for (const t of timers.values()) if (best === null || t.due < best) best = t.due;
+    for (const t of S.timers.values()) if (best === null || t.due < best) best = t.due;
     return best;
   }
 
   function fireDue() {
+    const timers = S.timers;
     for (;;) {
       let next = null;
       for (const [id, t] of timers) {
@@ -176,7 +192,7 @@ const H = (() => {
       const [id, t] = next;
       if (t.repeat) {
         t.due = nowMs + Math.max(1, t.delay);
-        t.seq = nextTimerId++;
+        t.seq = S.nextTimerId++;
       } else {
         timers.delete(id);
       }
@@ -196,14 +212,13 @@ const H = (() => {
   FrozenDate.UTC = RealDate.UTC;
   globalThis.Date = FrozenDate;
   // No high-resolution timers: performance.now() advances only with the host's clock.
-  let timeOrigin = null;
   const performance = {
     now() {
-      if (timeOrigin === null) timeOrigin = nowMs;
-      return nowMs - timeOrigin;
+      if (S.timeOrigin === null) S.timeOrigin = nowMs;
+      return nowMs - S.timeOrigin;
     },
     get timeOrigin() {
-      return timeOrigin === null ? nowMs : timeOrigin;
+      return S.timeOrigin === null ? nowMs : S.timeOrigin;
     },
   };
   Object.defineProperty(globalThis, "performance", { value: performance, writable: true, configurable: true, enumerable: false });
@@ -256,7 +271,11 @@ const H = (() => {
     request,
     drainRequests,
     settle,
-    pendingCount: () => pending.size,
+    pendingCount: () => S.pending.size,
+    newScope,
+    use,
+    scope: () => S,
+    freshWindow,
     log,
     drainLogs,
     setTimer,

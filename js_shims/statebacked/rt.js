@@ -14,7 +14,7 @@ const StatebackedRt = (() => {
   let rec = null;
   // References spawned in this sandbox by id: an entry action may send to one that the transition's
   // assign just created, before the context holding it is the interpreter's state.
-  const spawned = new Map();
+  let spawned = new Map();
 
   function spawnPersistent(descriptor, opts) {
     if (!rec) throw new Error("statehost: spawnPersistentInstance was called outside of a transition");
@@ -58,6 +58,14 @@ const StatebackedRt = (() => {
     attach(m, recorder) {
       M = m;
       rec = recorder;
+    },
+    // A live actor sharing the VM (harness/entry.js): its own recorder and spawned references.
+    use(recorder, spawnedRefs) {
+      rec = recorder;
+      spawned = spawnedRefs;
+    },
+    spawnedMap() {
+      return spawned;
     },
     spawnedRef(id) {
       return spawned.get(id) || null;

@@ -127,6 +127,8 @@ class VM(abc.ABC):
 
     attached: bool = False
     """The machine was attached already (an image taken after ``entry("attach")``)."""
+    footprint_is_cheap: bool = False
+    """``footprint`` is an O(1) read (no heap walk): live actors use it as a growth trigger."""
 
     @abc.abstractmethod
     def eval(self, code: str) -> str | None:
@@ -153,6 +155,19 @@ class VM(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the VM. Idempotent; never runs guest code."""
+
+    def heap_used(self) -> int:
+        """Bytes the JS heap holds now, as its memory limit counts them (live actors' accounting,
+        runtime/actors.py). Default: the footprint, an upper bound."""
+        return self.footprint()
+
+    def collect_garbage(self) -> None:  # noqa: B027 (optional hook)
+        """Run the cycle collector if the engine can (after actors were dropped). Never runs guest code."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the VM trapped or was closed (it must not be entered again)."""
+        return True
 
 
 class VMProvider(abc.ABC):
@@ -216,10 +231,15 @@ class _Session:
                 return
 
 
-def _step_context(now_ms: int, seed: bool = True) -> dict[str, Any]:
+Entropy = Callable[[int], bytes]
+"""Where an entry's seed (Math.random, crypto) comes from: ``os.urandom`` unless a caller injects a
+deterministic source (the differential tests of live actors against restore-per-event)."""
+
+
+def _step_context(now_ms: int, seed: bool = True, entropy: Entropy = os.urandom) -> dict[str, Any]:
     ctx: dict[str, Any] = {"nowMs": now_ms}
     if seed:
-        ctx["seed"] = base64.b64encode(os.urandom(32)).decode()
+        ctx["seed"] = base64.b64encode(entropy(32)).decode()
     return ctx
 
 
@@ -328,15 +348,29 @@ def _fetch_request(raw: Mapping[str, Any]) -> FetchRequest:
 class _Guest(GuestSandbox):
     """The host loop's side of one sandbox: entries, pumping, pure requests, limits."""
 
-    def __init__(self, open_vm: Callable[[], VM], limits: Limits, attach: str | None = None) -> None:
+    def __init__(
+        self,
+        open_vm: Callable[[], VM],
+        limits: Limits,
+        attach: str | None = None,
+        *,
+        session: _Session | None = None,
+        entropy: Entropy = os.urandom,
+    ) -> None:
         self.limits = limits
+        self.entropy = entropy
+        self._slot: dict[str, Any] = {}
+        """Merged into every entry's payload: ``{"actor": key}`` for a live actor sharing a VM."""
+        self.vm_suspect = False
+        """A fault that may have left the VM itself in doubt (a trap, an interrupt, malformed replies),
+        as opposed to a JS exception of the machine: a VM shared by live actors is then discarded."""
         self._sandbox: _Session | None = None
         self._startup_fault: Round | None = None
         """Loading the machine failed in this sandbox (e.g. the process-wide CPU clock ran out while
         top-level code ran): every entry answers with this fault."""
         try:
-            self._sandbox = _Session(open_vm(), limits)
-            if attach is not None and not self._sandbox.vm.attached:
+            self._sandbox = session if session is not None else _Session(open_vm(), limits)
+            if session is None and attach is not None and not self._sandbox.vm.attached:
                 reply = self._sandbox.call("attach", {"runtimeApi": attach})
                 if isinstance(reply, dict) and "fault" in reply:
                     outcome, message = _outcome_of_fault(reply["fault"], limits)
@@ -363,10 +397,13 @@ class _Guest(GuestSandbox):
         self._log_dropped = 0
 
     def resume(self, results: Sequence[EffectResult], now_ms: int) -> Round:
-        return self._enter("settle", {**_step_context(now_ms), "results": [_result(r) for r in results]}, now_ms)
+        return self._enter("settle", {**self._context(now_ms), "results": [_result(r) for r in results]}, now_ms)
 
     def fire_timers(self, now_ms: int) -> Round:
-        return self._enter("fire", _step_context(now_ms), now_ms)
+        return self._enter("fire", self._context(now_ms), now_ms)
+
+    def _context(self, now_ms: int, seed: bool = True) -> dict[str, Any]:
+        return _step_context(now_ms, seed, self.entropy)
 
     def footprint(self) -> int:
         return 0 if self._sandbox is None else self._sandbox.vm.footprint()
@@ -384,6 +421,8 @@ class _Guest(GuestSandbox):
             raise HostError("this sandbox was discarded after a fault; start a new instance")
         self._entries += 1
         acc = _Accumulated()
+        if self._slot:
+            payload = {**payload, **self._slot}
         sandbox.start_entry()
         jobs_before = sandbox.jobs
         try:
@@ -397,12 +436,12 @@ class _Guest(GuestSandbox):
                     return self._fail(outcome, message, acc)
                 if isinstance(reply, dict) and reply.get("denied"):
                     # Nothing ran; the live session is untouched. Keep the authorizer's log lines.
-                    self._add_logs(acc, sandbox.call("collect", {}).get("logs") or [])
+                    self._add_logs(acc, sandbox.call("collect", self._slot).get("logs") or [])
                     return Round(Outcome.DENIED, logs=tuple(acc.logs), error="allowWrite denied the event")
             while True:
                 sandbox.pump()
                 sandbox.check_wall()  # host answers (crypto, refused fetches) can loop forever too
-                raw = sandbox.call("collect", {})
+                raw = sandbox.call("collect", self._slot)
                 if not isinstance(raw, dict):
                     raise GuestDataError("the sandbox's collect reply is not an object")
                 self._add_logs(acc, raw.get("logs") or [])
@@ -415,16 +454,19 @@ class _Guest(GuestSandbox):
                 if not answers:
                     break
                 self._host_calls += len(answers)
-                sandbox.call("settle", {**_step_context(now_ms, seed=False), "results": answers})
+                sandbox.call("settle", {**self._context(now_ms, seed=False), "results": answers, **self._slot})
             return self._finish(acc, sandbox.jobs - jobs_before)
         except _LimitHit as hit:
             return self._fail(hit.outcome, str(hit), acc)
         except GuestDataError as exc:
+            self.vm_suspect = True
             return self._fail(Outcome.GUEST_ERROR, str(exc), acc)
         except VMError as exc:
+            self.vm_suspect = True
             mapped = _limit_from_exception(exc, self.limits)
             return self._fail(mapped.outcome, str(mapped), acc)
         except _MALFORMED as exc:  # guest data that did not fit the contract (host.d.ts)
+            self.vm_suspect = True
             return self._fail(Outcome.GUEST_ERROR, f"the sandbox's reply does not follow the contract: {exc!r}", acc)
 
     def _absorb(self, raw: Mapping[str, Any], acc: _Accumulated) -> list[dict[str, Any]]:
@@ -541,8 +583,14 @@ class _Guest(GuestSandbox):
 
 
 class _Instance(_Guest, SandboxInstance):
-    def __init__(self, prepared: _Prepared) -> None:
-        super().__init__(prepared.open_vm, prepared.limits, attach=prepared.runtime_api_mode)
+    def __init__(self, prepared: _Prepared, session: _Session | None = None) -> None:
+        super().__init__(
+            prepared.open_vm,
+            prepared.limits,
+            attach=prepared.runtime_api_mode,
+            session=session,
+            entropy=prepared.entropy,
+        )
         self._instance_name = ""
 
     def begin(self, request: StepRequest, now_ms: int) -> Round:
@@ -553,7 +601,7 @@ class _Instance(_Guest, SandboxInstance):
             return invalid
         self._instance_name = request.instance_name
         payload: dict[str, Any] = {
-            **_step_context(now_ms),
+            **self._context(now_ms),
             "kind": request.kind,
             "instanceName": request.instance_name,
             "authContext": None if request.auth_context is None else dict(request.auth_context),
@@ -581,7 +629,7 @@ class _Instance(_Guest, SandboxInstance):
         if invalid is not None:
             return invalid
         payload = {
-            **_step_context(now_ms),
+            **self._context(now_ms),
             "instanceName": self._instance_name,
             "authContext": None if auth_context is None else dict(auth_context),
             "event": dict(event),
@@ -695,9 +743,11 @@ class _Prepared(PreparedMachine):
         scripts: tuple[str, ...] = (bundle.code,) if runtime_api is None else (bundle.code, runtime_api)
         self.runtime_api_mode = "bundle" if runtime_api is None else "global"
         self._opener = provider.opener(scripts, limits, self.runtime_api_mode, attached)
+        self.entropy: Entropy = os.urandom
+        """Seeds of this machine's sandboxes (tests inject a deterministic source)."""
 
-    def open_vm(self) -> VM:
-        return self._opener(self.limits)
+    def open_vm(self, limits: Limits | None = None) -> VM:
+        return self._opener(limits or self.limits)
 
     def new_instance(self) -> SandboxInstance:
         return _Instance(self)

@@ -87,6 +87,12 @@ class _NativeVM(VM):
     def footprint(self) -> int:
         return int(self.ctx.memory()["malloc_size"])  # QuickJS's own heap, as its limit counts it
 
+    def heap_used(self) -> int:
+        return self.footprint()
+
+    def collect_garbage(self) -> None:
+        self.ctx.gc()
+
     def close(self) -> None:
         pass  # the context is freed with its last reference
 

@@ -587,6 +587,15 @@ class _WasmVM(VM):
     def mem_used(self) -> int:
         return self.call_i32("g_mem_used") & 0xFFFFFFFF
 
+    def heap_used(self) -> int:
+        return 0 if self.store is None else self.mem_used()
+
+    @property
+    def alive(self) -> bool:
+        return self.store is not None
+
+    footprint_is_cheap = True  # the size of linear memory
+
     def close(self) -> None:
         self.store = None  # the store (and its memory) go with it
         self._exports.clear()
