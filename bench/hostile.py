@@ -19,8 +19,10 @@ one run on the same server:
 and again, ``--windows`` pairs in all (so that a drift of the machine's other load hits both).
 
 Each hostile event holds a sandbox worker until its limit stops it (up to ``cpu_ms`` of CPU, or
-``entry_wall_ms`` = 5 s for a loop whose awaits the host answers): with ``--workers`` at its default
-(one per CPU, at least 2), as many concurrent hostile senders as workers stall every other instance
+``entry_wall_ms`` = 5 s for a loop whose awaits the host answers). The hostile machines belong to an
+org of their own (a second tenant): one org holds at most half the sandbox workers at once
+(``runtime.Executor`` lanes), so the ordinary tenant keeps the other half; before lanes, as many
+concurrent hostile senders as workers stalled every other instance
 (docs/threat-model.md has both figures).
 
 Latency is measured client-side, request sent to answer read. It reports p50/p99 of each phase and
@@ -177,10 +179,12 @@ class Report:
 
 
 class _Api:
-    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, org: str | None = None) -> None:
         self.session = session
         self.url = url
         self.headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        if org is not None:
+            self.headers["x-statebacked-org-id"] = org
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body)
@@ -239,14 +243,19 @@ async def run(
     report = Report(engine, len(plan))
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        api = _Api(session, server.url, credentials["adminToken"])
+        api = _Api(session, server.url, credentials["adminToken"], credentials["orgId"])
         await api.deploy("counter", COUNTER, 4)
+        # The hostile machines belong to a tenant of their own (an org the same admin creates): the
+        # threat is one tenant's code slowing others (a tenant slowing itself is its own business).
+        status, org = await api.call("POST", "/orgs", {"name": "hostile tenant"})
+        assert status == 200, (status, org)
+        tenant = _Api(session, server.url, credentials["adminToken"], org["id"])
         uploads = asyncio.Semaphore(4)
 
         async def upload(slug: str, kind: str, major: int) -> None:
             async with uploads:
-                await api.deploy(slug, hostile_source(kind, major), major)
-                status, body = await api.call("POST", f"/machines/{slug}", {"slug": "i"})
+                await tenant.deploy(slug, hostile_source(kind, major), major)
+                status, body = await tenant.call("POST", f"/machines/{slug}", {"slug": "i"})
                 assert status == 200, (slug, status, body)
 
         started = time.perf_counter()
@@ -284,7 +293,7 @@ async def run(
                 position[h] += 1
                 hit.add(slug)
                 started = time.perf_counter()
-                status, body = await api.call("POST", f"/machines/{slug}/i/i/events", {"event": "go"})
+                status, body = await tenant.call("POST", f"/machines/{slug}/i/i/events", {"event": "go"})
                 took = time.perf_counter() - started
                 report.kind_seconds[kind] = max(took, report.kind_seconds.get(kind, 0.0))
                 limit = body.get("limit") if isinstance(body, dict) else None
@@ -295,7 +304,7 @@ async def run(
                 elif status == 422 and body.get("code") != "machine-error":
                     report.violations.append(f"{slug}: code {body.get('code')!r}, not machine-error")
                 elif status == 200 and kind == "log_flood":
-                    await api.call("POST", f"/machines/{slug}/i/i/events", {"event": "back"})  # flood again
+                    await tenant.call("POST", f"/machines/{slug}/i/i/events", {"event": "back"})  # flood again
 
         # Timed mode alternates the phases ``windows`` times (B H B H ...), so that a drift of the
         # machine's other load hits both alike.
@@ -319,7 +328,7 @@ async def run(
             if status != 200 or state["publicContext"]["seen"] != numbers:
                 report.violations.append(f"o{c}: history lost or reordered ({status})")
         for slug, kind, _ in plan:
-            status, state = await api.call("GET", f"/machines/{slug}/i/i")
+            status, state = await tenant.call("GET", f"/machines/{slug}/i/i")
             want = "busy" if KINDS[kind].status == 200 else "idle"
             if status != 200 or state["state"] not in (want, "idle"):
                 report.violations.append(f"{slug}: not at its last good state ({status} {state})")
@@ -354,7 +363,7 @@ async def _main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = report.summary()
         row["settings"] = {
             "cpu_ms": args.cpu_ms,
-            "workers": args.workers or "default (one per CPU, at least 2)",
+            "workers": args.workers or "default (two per CPU, at least 4; one org holds at most half)",
             "clients": args.clients,
             "hostile_clients": args.hostile_clients,
             "seconds_per_window": args.seconds,
