@@ -93,3 +93,11 @@ bench: setup $(BASELINESTAMP) postgres
 
 clean:
 	rm -rf $(VENV) node_modules dashboard/dist bench/baseline/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# Random event programs against a real `statehost serve` that is SIGKILLed at random points, checked
+# against XState in node (tests/oracle): `make soak MINUTES=30` draws fresh programs until the time
+# is up, printing each batch's seed and the totals (programs, kills, events and timers checked).
+MINUTES ?= 10
+.PHONY: soak
+soak: setup
+	STATEHOST_SOAK_MINUTES=$(MINUTES) STATEHOST_ORACLE_STATS=soak-stats.json $(VPY) -m pytest -q -s tests/oracle/test_random_programs.py

@@ -75,9 +75,22 @@ ALPHABETS: dict[str, list[dict[str, Any]]] = {
     "invoke_reject": [{"type": "retry"}],
     "counter": [{"type": "inc"}, {"type": "dec"}, *({"type": "set", "value": v} for v in (-1, 0, 3, 10, 11))],
 }
-UNKNOWN_EVENTS = [{"type": "bogus"}, {"type": "xstate.nothing"}, {"type": "START"}]
-WAITS = [0, 1, 999, 1000, 1999, 2000, 2999, 3000, 4999, 5000, 9999, 10000, 20000, 29999, 30000, 35000, 60000]
-BAD_REQUESTS = ["no-type", "number", "empty-type", "extra-key", "not-json", "missing-instance"]
+UNKNOWN_EVENTS = [{"type": "bogus"}, {"type": "START"}, {"type": "ping.more"}]
+WAITS = [2000, 3000, 5000, 10000, 30000, 60000, 0, 1, 999, 1000, 2999, 7000, 20000, 29999, 35000, 55000, 120000]
+"""Clock moves (ms): the fixtures' delays, one ms either side of some, and sums of them (hypothesis
+shrinks towards the first ones)."""
+BAD_REQUESTS = [
+    "no-type",
+    "number",
+    "empty-type",
+    "extra-key",
+    "not-json",
+    "missing-instance",
+    "forged-timer",
+    "forged-done",
+]
+"""Malformed requests, and events a client may not send (XState's own types: a forged timer or
+service result). Each must be answered 400/404 with a code and change nothing."""
 
 
 @dataclasses.dataclass
@@ -387,6 +400,10 @@ async def _bad_request(
         body = {"event": {"type": "ping"}, "extra": True}
     elif kind == "not-json":
         raw = "{not json"
+    elif kind == "forged-timer":
+        body = {"event": {"type": "xstate.after(2000)#timed_job.cooling"}}
+    elif kind == "forged-done":
+        body = {"event": {"type": "done.invoke.job", "data": 1}}
     elif kind == "missing-instance":
         path, body, expect = f"/machines/{machine}/i/no-such-instance/events", {"event": {"type": "ping"}}, 404
     else:
@@ -424,6 +441,11 @@ def replay(env: OracleEnv, program: dict[str, Any]) -> None:
             return await check(env.node, env.bundles[(program["fixture"], program["major"])], run), run
 
     problems, run = asyncio.run(go())
+    log = os.environ.get("STATEHOST_ORACLE_LOG")
+    if log:  # every program run, one JSON line each, with what happened to it
+        with open(log, "a") as out:
+            summary = {"instance": run.instance, "kills": run.kills, "rows": len(run.history), "ok": not problems}
+            out.write(json.dumps({"program": program, **summary}) + "\n")
     if problems:
         raise AssertionError(reproduction(program, problems, run))
 
@@ -524,9 +546,32 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def compare(run: Run, reference: dict[str, Any]) -> list[str]:
-    """Differences between the server's run and one oracle run."""
+def compare(run: Run, steps: list[dict[str, Any]], reference: dict[str, Any]) -> list[str]:
+    """Differences between the server's run and one oracle run of ``steps``."""
     diffs: list[str] = []
+    # The answer to an event sent alone is the settled state right after it (promise 4).
+    results = {
+        step["event"]["eid"]: result
+        for step, result in zip(steps, reference["results"], strict=True)
+        if "event" in step
+    }
+    alone = {item.step for item in run.sent if sum(other.step == item.step for other in run.sent) == 1}
+    for item in run.sent:
+        if item.outcome != "acked" or item.step not in alone or item.event["eid"] not in results:
+            continue
+        want = results[item.event["eid"]]
+        got = item.answer[1]
+        if "error" in want:
+            continue
+        pairs = [
+            ("state", got.get("state"), want["state"]),
+            ("publicContext", got.get("publicContext"), want["publicContext"]),
+            ("tags", sorted(got.get("tags", [])), want["tags"]),
+            ("done", bool(got.get("done")), bool(want["done"])),
+        ]
+        for field, a, b in pairs:
+            if _normal(a) != _normal(b):
+                diffs.append(f"the answer to {item.event}: {field} {json.dumps(a)}, XState {json.dumps(b)}")
     errors = [r for r in reference["results"] if "error" in r]
     if errors:
         diffs.append(f"XState itself failed: {errors[0]}")
@@ -560,7 +605,7 @@ async def check(node: str, bundle: Path, run: Run) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="oracle-") as tmp:
         for steps in candidates:
             STATS.candidates_tried += 1
-            diffs = compare(run, await oracle(node, bundle, steps, Path(tmp)))
+            diffs = compare(run, steps, await oracle(node, bundle, steps, Path(tmp)))
             if not diffs:
                 _count(run)
                 return []
