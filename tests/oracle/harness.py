@@ -67,6 +67,7 @@ ALPHABETS: dict[str, list[dict[str, Any]]] = {
         *({"type": "retry", "n": n} for n in range(4)),
         {"type": "ping"},
         {"type": "snooze"},
+        {"type": "nap"},
         {"type": "unsnooze"},
         {"type": "wake"},
     ],
