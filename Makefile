@@ -100,4 +100,4 @@ clean:
 MINUTES ?= 10
 .PHONY: soak
 soak: setup
-	STATEHOST_SOAK_MINUTES=$(MINUTES) STATEHOST_ORACLE_STATS=soak-stats.json $(VPY) -m pytest -q -s tests/oracle/test_random_programs.py
+	STATEHOST_SOAK_MINUTES=$(MINUTES) $(VPY) -m pytest -q -s tests/oracle/test_random_programs.py
