@@ -46,12 +46,13 @@ def programs(draw: st.DrawFn) -> dict[str, Any]:
     action = st.one_of(
         events.map(lambda e: {"send": [e]}),
         events.map(lambda e: {"send": [e]}),
+        events.map(lambda e: {"send": [e]}),
         st.lists(events, min_size=2, max_size=3).map(lambda es: {"send": es}),
         st.sampled_from(BAD_REQUESTS).map(lambda b: {"bad": b}),
         st.just({"kill": True}),
     )
     # Kills during a step (real milliseconds): rare per step, so a program has a few.
-    kill_during = st.one_of(st.none(), st.none(), st.none(), st.none(), st.integers(0, 15))
+    kill_during = st.sampled_from([None] * 90 + list(range(16)))  # about one step in seven
     # A program is a few segments: some actions, then the clock moves (by 0 sometimes).
     segment = st.tuples(
         st.lists(st.tuples(action, kill_during), min_size=1, max_size=3), st.sampled_from(WAITS), kill_during
@@ -63,7 +64,7 @@ def programs(draw: st.DrawFn) -> dict[str, Any]:
                 body = {**body, "kill_after_ms": kill_after}
             steps.append(body)
     program: dict[str, Any] = {"fixture": fixture, "major": major, "steps": steps}
-    create_kill = draw(st.one_of(st.none(), st.none(), st.none(), st.integers(0, 15)))
+    create_kill = draw(st.sampled_from([None] * 48 + list(range(16))))
     if create_kill is not None:
         program["create_kill_after_ms"] = create_kill
     return program
