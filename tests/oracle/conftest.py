@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,22 @@ from runtime import Bundler, Upload
 from tests.oracle.harness import ALPHABETS, FIXTURES, STATS, OracleEnv, Server, require_node
 
 ENGINE = os.environ.get("STATEHOST_ORACLE_ENGINE", "quickjs-wasm")
+BACKEND = os.environ.get("STATEHOST_ORACLE_BACKEND", "sqlite")
+"""``postgres``: the server runs on a throwaway PostgreSQL database (the pg_cluster fixture) instead."""
 
 
 @pytest.fixture(scope="module")
-def oracle_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleEnv]:
+def oracle_env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[OracleEnv]:
     node = require_node()
     tmp = tmp_path_factory.mktemp("oracle")
     data = tmp / "data"
     data.mkdir()
-    server = Server(data, ENGINE)
+    database_url = None
+    if BACKEND == "postgres":
+        database_url = request.getfixturevalue("pg_cluster").create_database(f"oracle_{uuid.uuid4().hex[:8]}")
+    elif BACKEND != "sqlite":
+        raise ValueError(f"STATEHOST_ORACLE_BACKEND must be sqlite or postgres, not {BACKEND!r}")
+    server = Server(data, ENGINE, database_url)
     bundler = Bundler()
     bundles: dict[tuple[str, int], Path] = {}
     for fixture in sorted(ALPHABETS):

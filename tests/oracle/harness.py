@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "machines"
 DRIVER = ROOT / "tests" / "node" / "drive.mjs"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=120)
+LEASE_TTL_S = 1.5
 START_CAP_S = 60.0
 MAX_CANDIDATES = 24
 """Linearizations tried when acknowledged-but-unrecorded events of concurrent groups could sit in
@@ -139,9 +140,12 @@ def require_node() -> str:
 class Server:
     """One ``statehost serve`` (on the test clock) over one data directory; killed and restarted."""
 
-    def __init__(self, data_dir: Path, engine: str) -> None:
+    def __init__(self, data_dir: Path, engine: str, database_url: str | None = None) -> None:
         self.data_dir = data_dir
         self.engine = engine
+        self.database_url = database_url
+        """PostgreSQL instead of the SQLite file in data_dir; each start is then a new node id, and
+        a killed node's leases lapse after LEASE_TTL_S (real time)."""
         self.port = free_port()
         self.now_ms = int(time.time() * 1000)
         """The clock's time as the test last set it (a restart starts there)."""
@@ -180,6 +184,7 @@ class Server:
                     self.engine,
                     "--workers",
                     "2",
+                    *self._database_args(),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -200,6 +205,12 @@ class Server:
         credentials = json.loads((self.data_dir / "admin.json").read_text())
         self.token, self.org = credentials["adminToken"], credentials["orgId"]
         await self.move_clock(session, self.now_ms)  # deliver what came due while it was down
+
+    def _database_args(self) -> list[str]:
+        if self.database_url is None:
+            return []
+        lease = ["--lease-ttl-s", str(LEASE_TTL_S), "--settle-window-ms", "5000"]
+        return ["--database-url", self.database_url, "--node-id", f"oracle-{self.starts}", *lease]
 
     def kill(self) -> None:
         assert self.process is not None
