@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.node, pytest.mark.slow]
 ENGINE = os.environ.get("STATEHOST_ORACLE_ENGINE", "quickjs-wasm")
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "14"))
 SOAK_MINUTES = float(os.environ.get("STATEHOST_SOAK_MINUTES", "0"))
-SOAK_BATCH = 20
+SOAK_BATCH = 50
+"""Programs per seed: hypothesis starts every batch with the simplest programs, so batches are long."""
 
 
 # ---- programs ----------------------------------------------------------------------------------------
