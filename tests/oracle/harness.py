@@ -164,7 +164,7 @@ class Server:
         text = log.read_text(errors="replace") if log.exists() else ""
         return "\n--- serve.log tail ---\n" + "\n".join(text.splitlines()[-lines:])
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    async def start(self, session: aiohttp.ClientSession, retries: int = 2) -> None:
         self.starts += 1
         with (self.data_dir / "serve.log").open("ab") as log:
             # Popen, not asyncio's: the process outlives the event loop of one program (asyncio.run)
@@ -194,6 +194,11 @@ class Server:
         deadline = time.monotonic() + START_CAP_S
         while True:
             if self.process.poll() is not None:
+                if "address already in use" in self.log_tail(5) and retries > 0:
+                    # another process took the port while the server was down: move
+                    self.port = free_port()
+                    await self.start(session, retries - 1)
+                    return
                 raise AssertionError(f"statehost serve exited ({self.process.returncode}){self.log_tail()}")
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 async with session.get(f"{self.base}/health", timeout=aiohttp.ClientTimeout(total=2)) as response:
