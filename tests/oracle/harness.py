@@ -20,7 +20,7 @@ server is restarted on the same database with the clock where the test last set 
 interrupted by a kill is redone. Requests that got no answer because of a kill are *unanswered*.
 
 The check (:func:`check`): the instance's whole history (``GET .../events``), its final state and
-full context (``GET .../admin``) must equal what XState produces for the *linearization* the server
+full context (``GET .../admin``), and the answer to each event sent alone, must equal what XState produces for the *linearization* the server
 chose: the program's events in program order, the events of a concurrent group in the order the
 history shows, an acknowledged event missing from the history placed somewhere in its group (it
 must then be one XState ignores there), an unanswered event applied as the history shows (0 or 1
