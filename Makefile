@@ -115,3 +115,11 @@ wheel: $(STAMP) $(NPMSTAMP) $(DASHBOARD)
 .PHONY: docs
 docs: setup
 	$(VPY) -m server.settings_doc --write
+
+# Random event programs against a real `statehost serve` that is SIGKILLed at random points, checked
+# against XState in node (tests/oracle): `make soak MINUTES=30` draws fresh programs until the time
+# is up, printing each batch's seed and the totals (programs, kills, events and timers checked).
+MINUTES ?= 10
+.PHONY: soak
+soak: setup
+	STATEHOST_SOAK_MINUTES=$(MINUTES) $(VPY) -m pytest -q -s tests/oracle/test_random_programs.py

@@ -35,6 +35,12 @@
 //   virtual `now` (e.g. delay 0) fire during settling. Cap: 10 s, then {"error": "timeout"}.
 // - `advance: N` moves the virtual clock to now + N, firing every timer due on the way in due order
 //   (ties in the order they were set), moving `now` to each due time and settling after each firing.
+// - With `"history": true` in the scenario, the output also has "history": one {state, event} per
+//   transition, as statehost records its history rows (docs/decisions.md 3): v4 every
+//   onTransition whose `state.changed` is not false (the initial state included); v5 every
+//   `@xstate.snapshot` inspection event of the root actor that brought a new snapshot or followed a
+//   microstep that took a transition (the initial snapshot included). The random-program oracle
+//   (tests/oracle) compares it with the instance's history over the wire.
 
 import fs from "node:fs";
 import vm from "node:vm";
@@ -157,7 +163,7 @@ process.on("unhandledRejection", (err) => {
 });
 
 // ---- the two XState majors behind one interface ----------------------------------------------------
-function makeRunner(mod, api) {
+function makeRunner(mod, api, history) {
   const machine = mod.user.default;
   if (!machine) throw new Error("the bundle's module has no default export");
   const interpret = mod.interpret ?? api?.interpret;
@@ -174,6 +180,12 @@ function makeRunner(mod, api) {
         const logic =
           callerContext === undefined ? machine : machine.withContext({ ...machine.context, ...callerContext });
         service = interpret(logic, { clock });
+        if (history) {
+          service.onTransition((state) => {
+            if (state.changed === false) return;
+            history.push({ state: plain(state.value), event: plain(state.event) });
+          });
+        }
         service.start();
       },
       send(event) {
@@ -200,7 +212,26 @@ function makeRunner(mod, api) {
               : { ...(base ?? {}), ...callerContext };
           logic = new machine.constructor({ ...machine.config, context: merged }, machine.implementations);
         }
-        actor = createActor(logic, { clock });
+        const options = { clock };
+        if (history) {
+          let last = null;
+          let took = false;
+          options.inspect = (ev) => {
+            if (!actor || ev.actorRef !== actor) return;
+            if (ev.type === "@xstate.microstep") {
+              if (ev._transitions && ev._transitions.length) took = true;
+              return;
+            }
+            if (ev.type !== "@xstate.snapshot") return;
+            const fresh = ev.snapshot !== last;
+            last = ev.snapshot;
+            const handled = took;
+            took = false;
+            if (ev.snapshot.status === "error" || !(fresh || handled)) return;
+            history.push({ state: plain(ev.snapshot.value), event: plain(ev.event) });
+          };
+        }
+        actor = createActor(logic, options);
         actor.subscribe({
           error: (err) => {
             actorError ??= err;
@@ -328,7 +359,8 @@ async function main() {
   }
   const mod = globalThis.__m;
   if (!mod || !mod.user) throw new Error("the bundle did not define __m.user");
-  const ctx = { user: mod.user, runner: makeRunner(mod, globalThis.__statehost_xstate) };
+  const history = scenario.history ? [] : null;
+  const ctx = { user: mod.user, runner: makeRunner(mod, globalThis.__statehost_xstate, history) };
 
   const results = [];
   for (const step of scenario.steps) {
@@ -342,7 +374,7 @@ async function main() {
     if (stepError && !("error" in result)) result = { error: messageOf(stepError) };
     results.push(result);
   }
-  return { results };
+  return history ? { results, history } : { results };
 }
 
 main().then(
