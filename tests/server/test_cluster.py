@@ -21,6 +21,7 @@ from server.config import Settings
 from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
 from tests.server.conftest import eventually
+from tests.support import need_tool
 
 COUNTER = b"""import { createMachine, assign } from "xstate";
 export const allowRead = () => true;
@@ -229,7 +230,7 @@ async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_
     """docs/deployment.md, "the database is unreachable": nothing is acknowledged that was not
     committed, the node answers 503 (not 500), /health says so, timers wait; then it continues."""
     if find_bin_dir() is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     with PostgresCluster() as pg:
         url = pg.create_database("outage")
         async for api in api_client(tmp_path, bundler, url):
