@@ -87,7 +87,7 @@ async def test_logs_and_subscriptions(admin: StatehostClient):
     updates = admin.instances.subscribe("toggle", "i1")
     assert (await anext(updates))["state"] == "inactive"
     await admin.instances.send_event("toggle", "i1", "toggle")
-    update = await asyncio.wait_for(anext(updates), 10)
+    update = await asyncio.wait_for(anext(updates), 60)
     assert update["state"] == "active" and update["publicContext"] == {"toggleCount": 1}
     await updates.aclose()
     page = await admin.logs.retrieve(since, machine="toggle")
