@@ -125,10 +125,11 @@ def test_from_an_empty_server_to_a_live_instance(chromium: Path, server: dict[st
         browser = p.chromium.launch(executable_path=str(chromium), args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(60_000)  # a bound on a hang: a busy machine is slow
             page.on("pageerror", lambda e: console.append(f"page error: {e}"))
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
             expect = playwright_api.expect
+            expect.set_options(timeout=60_000)  # assertions retry up to this (the default is 5 s)
 
             def shot(name: str, *, full: bool = True) -> None:
                 page.screenshot(path=str(shots / f"{name}.png"), full_page=full)
