@@ -164,6 +164,7 @@ async def test_allow_read_is_rechecked_before_every_push(api: Api):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 1,500 sockets: minutes on a busy machine
 async def test_fan_out_500_subscribers_on_one_instance_and_200_instances_with_5_each(api: Api):
     token, _key_id, _secret = await _setup(api)
     # Our own client session: the test client's pool stops at 100 connections.
