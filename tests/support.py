@@ -92,7 +92,7 @@ def which_or_need(program: str, reason: str) -> str:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], within_s: float = 10.0, *, what: str = "the condition", every_s: float = 0.005
+    check: Callable[[], Awaitable[bool]], within_s: float = 60.0, *, what: str = "the condition", every_s: float = 0.005
 ) -> None:
     """Wait until ``await check()`` is true, polling every ``every_s``; an AssertionError naming
     ``what`` after ``within_s`` seconds. Set ``within_s`` generously: it bounds a wait for something
@@ -106,7 +106,7 @@ async def eventually(
 
 
 def eventually_sync(
-    check: Callable[[], bool], within_s: float = 10.0, *, what: str = "the condition", every_s: float = 0.05
+    check: Callable[[], bool], within_s: float = 60.0, *, what: str = "the condition", every_s: float = 0.05
 ) -> None:
     """``eventually`` for synchronous code (subprocesses, files)."""
     deadline = time.monotonic() + within_s
