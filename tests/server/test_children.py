@@ -212,8 +212,8 @@ async def test_children_are_instances_of_the_api(api: Api, admin: StatehostClien
     )
     assert status == 200
 
-    async def reported() -> bool:  # each child reports on its own: wait for all three
-        for name in ("api-1", "api-2", "api-3"):
+    async def reported() -> bool:  # each child reports on its own (c3 gets its work an hour later)
+        for name in ("api-1", "api-2"):
             try:
                 state = await admin.instances.get("child", name)
             except Exception:
