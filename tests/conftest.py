@@ -1,5 +1,6 @@
 """Shared fixtures: the real bundler (esbuild), both real QuickJS engines (native, WASM), a worker
-pool, a loopback stub HTTP server, an aiohttp transport, and a fake clock."""
+pool, a loopback stub HTTP server, an aiohttp transport, and a fake clock. And the guard against
+quiet skips: with STATEHOST_REQUIRE_ALL_TOOLS set (CI), a run in which any test skipped fails."""
 
 from __future__ import annotations
 
@@ -17,7 +18,51 @@ from server.fetch import AiohttpTransport
 from tests.node.stub import start_stub
 from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
-from tests.support import DATABASE_URLS
+from tests.support import DATABASE_URLS, REQUIRE_ALL_TOOLS, need_tool, tools_required
+
+# -- no quiet skips in CI ------------------------------------------------------------------------
+# need_tool (tests/support.py) fails a test whose tool is missing when the switch is on; this is the
+# backstop for any other skip (a bare pytest.skip, an importorskip, a skip marker): under the switch a
+# skipped test makes the run fail, unless it is marked ``allowed_skip("why")``. No test is so marked.
+
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allowed_skip(reason): this test may skip even under STATEHOST_REQUIRE_ALL_TOOLS (say why)",
+    )
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and "allowed_skip" not in report.keywords:
+        _SKIPPED.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _SKIPPED.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _SKIPPED and tools_required():
+        terminalreporter.section(f"skipped tests fail the run ({REQUIRE_ALL_TOOLS} is set)", red=True)
+        for nodeid, reason in _SKIPPED:
+            terminalreporter.line(f"skipped without allowed_skip: {nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and tools_required() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +150,10 @@ async def admin(api: Api) -> AsyncIterator[StatehostClient]:
 def pg_cluster() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL server for the whole run (tests/pg.py): 127.0.0.1, a free port, trust
     authentication, removed at the end. Starting it (initdb included) takes about 1 s (0.5 s on tmpfs).
-    Skips the test when there are no PostgreSQL binaries (`make postgres` installs Debian's)."""
+    Without PostgreSQL binaries (`make postgres` installs Debian's) the test skips, or fails under
+    STATEHOST_REQUIRE_ALL_TOOLS (tests.support.need_tool)."""
     if find_bin_dir() is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     with PostgresCluster() as cluster:
         yield cluster
 

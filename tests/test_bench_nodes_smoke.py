@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg import find_bin_dir, missing_binaries
+from tests.support import need_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_nodes_benchmark_runs_in_quick_mode():
     if find_bin_dir() is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     proc = subprocess.run(
         [sys.executable, "-m", "bench.nodes", "--quick"],
         cwd=ROOT,

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from tests.pg import PostgresCluster, PostgresError, find_bin_dir, missing_binaries
+from tests.support import need_tool
 
 
 def _name() -> str:
@@ -108,7 +109,7 @@ def test_database_names_are_checked(pg_cluster: PostgresCluster):
 
 def test_stop_shuts_the_server_down_and_removes_its_directory():
     if find_bin_dir() is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     with PostgresCluster() as cluster:
         directory, port = cluster.dir, cluster.port
         assert directory is not None and (directory / "data" / "PG_VERSION").exists()
@@ -123,7 +124,7 @@ def test_stop_shuts_the_server_down_and_removes_its_directory():
 def test_a_failed_start_says_why_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     cluster = PostgresCluster(bin_dir)
     # a setting postgres rejects: it exits at startup, and the error carries its log
     monkeypatch.setattr(cluster, "max_connections", -1)

@@ -573,7 +573,12 @@ class _WasmVM(VM):
         ran = self.call_i32("g_run_jobs", max(0, min(max_jobs, 2**31 - 1)))
         if ran >= 0:
             return ran
-        self._text_or_raise(self.call_i32("g_take_exception"))
+        # g_take_exception runs no guest code, but call_i32 clears the interrupt's reason: keep the
+        # reason of the job that failed (a wall-time interrupt was reported as a CPU one).
+        reason = self.interrupt_reason
+        ptr = self.call_i32("g_take_exception")
+        self.interrupt_reason = reason
+        self._text_or_raise(ptr)
         raise VMError("a promise job failed")
 
     def start_entry(self, deadline: float) -> None:

@@ -26,6 +26,7 @@ from client import (
 )
 from client.tokens import SHORT_KEY_WARNING
 from tests.server.api_support import GUARDED, TOGGLE, Api
+from tests.support import eventually
 
 
 async def test_machines_versions_and_instances(admin: StatehostClient):
@@ -86,7 +87,7 @@ async def test_logs_and_subscriptions(admin: StatehostClient):
     updates = admin.instances.subscribe("toggle", "i1")
     assert (await anext(updates))["state"] == "inactive"
     await admin.instances.send_event("toggle", "i1", "toggle")
-    update = await asyncio.wait_for(anext(updates), 10)
+    update = await asyncio.wait_for(anext(updates), 60)
     assert update["state"] == "active" and update["publicContext"] == {"toggleCount": 1}
     await updates.aclose()
     page = await admin.logs.retrieve(since, machine="toggle")
@@ -98,7 +99,11 @@ async def test_logs_and_subscriptions(admin: StatehostClient):
             watched.append(entry)
 
     task = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
+
+    async def caught_up() -> bool:
+        return len(watched) >= len(page["logs"])
+
+    await eventually(caught_up, within_s=60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -22,8 +22,7 @@ from server.config import Settings
 from server.engine import DurableEngine
 from server.errors import Conflict, Unavailable
 from server.store import Lease, RoundCommit, TransitionRecord
-from tests.server.conftest import eventually
-from tests.support import ALLOW_ALL, HEADER
+from tests.support import ALLOW_ALL, HEADER, eventually
 
 INSTANCES = 60
 # Three timers per instance, two of them due together: 180 timers, due in two waves.
@@ -151,7 +150,13 @@ async def test_two_nodes_deliver_every_due_timer_exactly_once(
         await node.instances.create(org, "race", name)
         await node.instances.send_event(org, "race", name, "arm", {})
     assert await _timer_rows(pg_url) == 3 * INSTANCES
-    await asyncio.sleep(timers.POLL_S + 0.2)  # both loops sleep until the first due time now
+    first_due = clock.now_ms() + 1000
+
+    async def both_loops_wait_for_the_first_due_time() -> bool:
+        sleeping = [when for when, _, waiter in clock._sleepers if not waiter.done()]
+        return sleeping.count(first_due) >= 2
+
+    await eventually(both_loops_wait_for_the_first_due_time, within_s=60)  # so both wake at once
     clock.advance(1000)
     await asyncio.sleep(0.05)
     clock.advance(1000)
@@ -160,7 +165,11 @@ async def test_two_nodes_deliver_every_due_timer_exactly_once(
         return a.timers.delivered + b.timers.delivered >= 3 * INSTANCES and await _timer_rows(pg_url) == 0
 
     await eventually(all_delivered, within_s=60)
-    await asyncio.sleep(timers.POLL_S + 0.2)  # a late second delivery would show now
+
+    async def no_delivery_running() -> bool:  # with no timer row left, none can start
+        return not a.timers._tasks and not b.timers._tasks
+
+    await eventually(no_delivery_running, within_s=60)  # a late second delivery would have shown now
     history = await _history(pg_url, "race")
     assert sorted(history) == sorted(names)
     for name in names:

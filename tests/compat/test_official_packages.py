@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import free_port
+from tests.support import need_tool, which_or_need
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -31,8 +31,9 @@ pytestmark = [pytest.mark.node, pytest.mark.slow]
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real `statehost serve`, on SQLite and on PostgreSQL (a database of the run's server)."""
-    if shutil.which("node") is None or not SMPLY.exists():
-        pytest.skip("node or the pinned npm packages are missing (make setup installs them)")
+    which_or_need("node", "node is not on PATH (install Node.js 20 or later)")
+    if not SMPLY.exists():
+        need_tool("the pinned npm packages", f"no {SMPLY} (make setup installs them)")
     data = tmp_path_factory.mktemp("data")
     port = free_port()
     log = (data / "server.log").open("w")

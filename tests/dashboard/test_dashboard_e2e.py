@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import free_port, wait_for_line
+from tests.support import need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPAT = ROOT / "tests" / "compat"
@@ -65,7 +66,9 @@ def chromium() -> Path:
             timeout=900,
         )
         if not CHROMIUM.exists():
-            pytest.skip(f"Debian's chromium is not installed and could not be installed: {done.stderr.strip()}")
+            need_tool(
+                "chromium", f"Debian's chromium is not installed and could not be installed: {done.stderr.strip()}"
+            )
     return CHROMIUM
 
 
@@ -106,7 +109,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def test_from_an_empty_server_to_a_live_instance(chromium: Path, server: dict[str, str], tmp_path: Path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError as e:
+        need_tool("playwright", f"the Python package is not installed ({e}; make setup installs it)")
     shots = tmp_path / "screenshots"
     shots.mkdir()
     source = _quickstart_machine()
@@ -119,10 +125,11 @@ def test_from_an_empty_server_to_a_live_instance(chromium: Path, server: dict[st
         browser = p.chromium.launch(executable_path=str(chromium), args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(60_000)  # a bound on a hang: a busy machine is slow
             page.on("pageerror", lambda e: console.append(f"page error: {e}"))
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
             expect = playwright_api.expect
+            expect.set_options(timeout=60_000)  # assertions retry up to this (the default is 5 s)
 
             def shot(name: str, *, full: bool = True) -> None:
                 page.screenshot(path=str(shots / f"{name}.png"), full_page=full)

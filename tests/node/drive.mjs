@@ -29,9 +29,10 @@
 //   not sent), allowRead({machineInstanceName, state, context, authContext}) for a read step.
 //   machineInstanceName is always "fixture-instance"; authContext defaults to {userId: "fixture-user"}.
 // - After each create/event/advance the driver waits for the interpreter to settle: it loops on
-//   setImmediate (plus a 5 ms real sleep once things look quiet) until no fetch is in flight
-//   (globalThis.fetch is wrapped to count requests, and a response's body reads count too) and the
-//   snapshot (value, context, status) has not changed for 5 iterations. Timers already due at the
+//   setImmediate (plus a 5 ms real sleep once things look quiet) until no fetch or crypto.subtle
+//   call is in flight (globalThis.fetch and crypto.subtle's methods are wrapped to count them, and a
+//   response's body reads count too) and the snapshot (value, context, status) has not changed
+//   for 5 iterations. Timers already due at the
 //   virtual `now` (e.g. delay 0) fire during settling. Cap: 10 s, then {"error": "timeout"}.
 // - `advance: N` moves the virtual clock to now + N, firing every timer due on the way in due order
 //   (ties in the order they were set), moving `now` to each due time and settling after each firing.
@@ -152,6 +153,26 @@ globalThis.fetch = function fetch(...args) {
     }),
   );
 };
+
+// crypto.subtle's promises settle on libuv's thread pool, outside the event loop's turns that the
+// settle loop counts: on a busy machine a digest outlasts "5 quiet iterations", and the step was
+// taken for settled while its service was still running. They count as in flight too.
+const subtle = globalThis.crypto?.subtle;
+if (subtle) {
+  for (const name of [
+    "digest", "encrypt", "decrypt", "sign", "verify", "generateKey", "deriveKey", "deriveBits",
+    "importKey", "exportKey", "wrapKey", "unwrapKey",
+  ]) {
+    const original = subtle[name];
+    if (typeof original === "function") {
+      Object.defineProperty(subtle, name, {
+        value: (...a) => track(original.apply(subtle, a)),
+        configurable: true,
+        writable: true,
+      });
+    }
+  }
+}
 
 // ---- uncaught errors are attributed to the running step ---------------------------------------------
 let stepError = null;

@@ -4,7 +4,6 @@ against real XState in node (differential), and through persistence round trips.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from runtime import StepRequest
 from tests.scenarios import Fixture, all_fixtures, bundle_fixture, check_expectations, run_scenario
+from tests.support import which_or_need
 
 FIXTURES = all_fixtures()
 DRIVER = Path(__file__).resolve().parent.parent / "node" / "drive.mjs"
@@ -37,9 +37,7 @@ async def test_scenario_meets_its_expectations(fixture: Fixture, bundler, engine
 async def test_sandbox_matches_xstate_in_node(
     fixture: Fixture, bundler, engine, executor, transport, clock, stub_url, tmp_path
 ):
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = which_or_need("node", "node is not on PATH (install Node.js 20 or later)")
     bundle = bundle_fixture(bundler, fixture)
     bundle_file = tmp_path / "bundle.js"
     bundle_file.write_text(bundle.code)

@@ -57,6 +57,18 @@ def hostile_machine(action: str, major: int) -> str:
 SMALL = Limits(memory_bytes=32 * 2**20, cpu_ms=300, max_jobs=20_000)
 
 
+def limits_for(outcome: Outcome) -> Limits:
+    """SMALL, with every limit but the one the case must hit out of reach, so that limit wins by
+    construction however busy the machine is: a CPU case gets no wall limit to speak of (a loaded
+    machine stretches 300 ms of CPU over seconds of wall time); every other case gets two minutes of
+    CPU (measured: the bombs reach 32 MB in under 0.2 s of CPU, the promise chain its 20,000 jobs
+    in under 0.1 s), which also keeps the WASM engine's epoch backstop (2 x cpu_ms + 2 s of wall
+    time) out of the way."""
+    if outcome is Outcome.EXCEEDED_CPU:
+        return replace(SMALL, entry_wall_ms=600_000)
+    return replace(SMALL, cpu_ms=120_000, entry_wall_ms=600_000)
+
+
 async def _assert_still_healthy(inst, bundler, engine, executor, transport, clock, major) -> None:
     # The instance that misbehaved keeps its last good state and takes other events ...
     assert inst.current is not None and inst.current.state == "idle"
@@ -74,7 +86,7 @@ async def _assert_still_healthy(inst, bundler, engine, executor, transport, cloc
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 async def test_hostile_action_hits_its_limit(name, major, bundler, engine, executor, transport, clock):
     action, outcome = HOSTILE[name]
-    prepared = prepare(bundler, engine, hostile_machine(action, major), major, limits=SMALL)
+    prepared = prepare(bundler, engine, hostile_machine(action, major), major, limits=limits_for(outcome))
     inst = local(prepared, executor, transport, clock)
     assert (await inst.create()).ok
     before = (inst.persisted, dict(inst.timers), len(inst.history))
@@ -177,7 +189,9 @@ export default setup({{ actors: {{ get: fromPromise({src}) }} }}).createMachine(
 
 # -- guest data and budget attacks (from the runtime review) -------------------------------------
 
-WALL = Limits(cpu_ms=200, entry_wall_ms=400)
+# Only the wall limit is within reach: ten minutes of CPU, no job limit to speak of, so each loop
+# below (endless otherwise) can end only at entry_wall_ms, however busy the machine is.
+WALL = Limits(cpu_ms=600_000, entry_wall_ms=400, max_jobs=2**31 - 1)
 
 
 @pytest.mark.parametrize(
@@ -195,8 +209,11 @@ async def test_an_entry_never_outlives_its_wall_time(action, bundler, engine, ex
     await inst.create()
     started = time.monotonic()
     result = await inst.send("go")
-    assert time.monotonic() - started < 3.0
-    assert result.outcome in (Outcome.EXCEEDED_WALL_TIME, Outcome.EXCEEDED_JOBS, Outcome.EXCEEDED_CPU), result.error
+    assert result.outcome is Outcome.EXCEEDED_WALL_TIME, result.error
+    assert "entry_wall_ms = 400" in (result.error or "")
+    # The loops are endless: the wall limit ended them. 400 ms of wall time plus what a loaded machine
+    # adds (a bound on a hang, not a figure: figures live in bench/).
+    assert time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize("major", [4, 5])

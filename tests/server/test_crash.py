@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import eventually
+
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 INSTANCES = 8
@@ -128,6 +130,21 @@ def _check_database(db: Path, commands: list[dict], acked: set[int]) -> None:
         conn.close()
 
 
+async def _timers_fired(db: Path) -> None:
+    """Wait until every armed instance's timer has fired (the node delivers them; 300 ms after each
+    arm, overdue ones at start)."""
+
+    def fired() -> bool:
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            armed = conn.execute("SELECT COUNT(*) FROM instances WHERE state_json = '\"armed\"'").fetchone()[0]
+            return armed == 0 and conn.execute("SELECT COUNT(*) FROM timers").fetchone()[0] == 0
+        finally:
+            conn.close()
+
+    await eventually(lambda: asyncio.to_thread(fired), within_s=120, what="every armed timer fired", every_s=0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
@@ -150,7 +167,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Pa
     node = Node(db, org)
     await node.start()
     reader = asyncio.ensure_future(node.read_acks())
-    await asyncio.sleep(2.0)
+    await _timers_fired(db)
     assert node.process is not None
     node.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(node.process.wait(), 30) == 0
@@ -178,7 +195,7 @@ async def test_sigterm_finishes_open_work_and_loses_nothing(tmp_path: Path):
     node2 = Node(db, org)
     await node2.start()
     reader2 = asyncio.ensure_future(node2.read_acks())
-    await asyncio.sleep(1.0)  # armed timers fire
+    await _timers_fired(db)
     assert node2.process is not None
     node2.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(node2.process.wait(), 30) == 0

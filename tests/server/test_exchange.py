@@ -454,7 +454,7 @@ class JwksServer:
             return web.Response(body=b"x" * (2 * 1024 * 1024), content_type="application/json")
 
         async def slow(request: web.Request) -> web.Response:
-            await asyncio.wait_for(self._release.wait(), 5)
+            await asyncio.wait_for(self._release.wait(), 120)  # stop() releases it
             return web.json_response(self.document)
 
         async def broken(request: web.Request) -> web.Response:
@@ -814,9 +814,12 @@ async def test_jwks_cache_concurrent_callers_share_one_download(jwks_server, tra
 
 
 async def test_jwks_cache_failures(jwks_server, transport, ec_key, clock):
-    cache = JwksCache(transport, max_bytes=1024 * 1024, timeout_s=0.5, failure_retry_s=10, clock=lambda: clock[0])
+    # The size limit wins by construction: no timeout to speak of (reading 1 MB on a busy machine).
+    roomy = JwksCache(transport, max_bytes=1024 * 1024, timeout_s=60, failure_retry_s=10, clock=lambda: clock[0])
     with pytest.raises(MissingUser, match="bytes"):
-        await cache.keys(jwks_server.url("/big.json"), kid=None, alg="ES256")
+        await roomy.keys(jwks_server.url("/big.json"), kid=None, alg="ES256")
+    # /slow.json answers only when the server stops: the timeout wins by construction.
+    cache = JwksCache(transport, max_bytes=1024 * 1024, timeout_s=0.5, failure_retry_s=10, clock=lambda: clock[0])
     with pytest.raises(MissingUser, match="timed out"):
         await cache.keys(jwks_server.url("/slow.json"), kid=None, alg="ES256")
     with pytest.raises(MissingUser, match="500"):

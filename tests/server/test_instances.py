@@ -13,6 +13,7 @@ from runtime.engines import ENGINE_NAMES
 from server.engine import DurableEngine
 from server.errors import Conflict, InvalidParameter, MachineError, NotFound, Paused, Rejected
 from tests.server.conftest import Deployment, settings_for
+from tests.support import eventually
 
 COUNTER = {
     4: """
@@ -253,7 +254,7 @@ async def slow_server():
 
 async def test_the_window_waits_for_a_service_and_cuts_off_one_that_never_ends(db_dir, bundler, slow_server):
     engine = DurableEngine(
-        settings_for(db_dir, limits=Limits(settle_window_ms=3_000)), clock=SystemClock(), bundler=bundler
+        settings_for(db_dir, limits=Limits(settle_window_ms=6_000)), clock=SystemClock(), bundler=bundler
     )
     await engine.start()
     try:
@@ -261,7 +262,7 @@ async def test_the_window_waits_for_a_service_and_cuts_off_one_that_never_ends(d
         await Deployment(engine, org).machine("f", FETCHER)
         svc = engine.instances
         await svc.create(org, "f", "i1", context={"url": slow_server})
-        # A service resolving after 1 s: the call returns the settled state.
+        # A service resolving after 1 s (well inside the 6 s window): the call returns the settled state.
         loop = asyncio.get_running_loop()
         started = loop.time()
         state = await svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/1"}, {})
@@ -277,10 +278,16 @@ async def test_the_window_waits_for_a_service_and_cuts_off_one_that_never_ends(d
         assert [t.event["type"] for t in transitions][-3:] == ["error.platform.get", "load", "done.invoke.get"]
         # An event arriving while a window is open joins it instead of waiting for the window.
         slow = asyncio.ensure_future(svc.send_event(org, "f", "i1", {"type": "load", "path": "/after/60"}, {}))
-        await asyncio.sleep(0.3)
+
+        async def loading() -> bool:  # the window committed `loading` and waits for the fetch
+            _, transitions = await history(engine, org, "f", "i1")
+            return len(transitions) == count + 1 and transitions[-1].state == "loading"
+
+        count = len(transitions)
+        await eventually(loading, within_s=60)
         cancelled = await svc.send_event(org, "f", "i1", "cancel", {})
         assert cancelled.state == "idle"
-        assert (await asyncio.wait_for(slow, 2)).state == "idle"
+        assert (await asyncio.wait_for(slow, 60)).state == "idle"
     finally:
         await engine.stop()
 
@@ -448,10 +455,14 @@ async def test_requests_that_joined_a_failing_window_are_answered(
         await original(commit, now_ms)
 
     monkeypatch.setattr(durable.store, "commit_round", failing_second_commit)
-    first = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", {"type": "load", "path": "/after/5"}, {}))
-    await asyncio.sleep(0.3)  # the window is open, waiting for the fetch
+    first = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", {"type": "load", "path": "/after/60"}, {}))
+
+    async def window_open() -> bool:  # its first round (`loading`) committed; it waits for the fetch
+        return calls >= 1
+
+    await eventually(window_open, within_s=60)
     joined = asyncio.ensure_future(svc.send_event(deploy.org_id, "f", "i1", "cancel", {}))
-    first_outcome, joined_outcome = await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 5)
+    first_outcome, joined_outcome = await asyncio.wait_for(asyncio.gather(first, joined, return_exceptions=True), 60)
     assert isinstance(joined_outcome, Conflict)
     assert not isinstance(first_outcome, BaseException), first_outcome
     machine_id = await durable.store.machine_id(deploy.org_id, "f")

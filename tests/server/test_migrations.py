@@ -80,7 +80,7 @@ async def test_renamed_state_upgrades_on_the_next_event(admin: StatehostClient, 
     }
     assert [t["event"]["type"] for t in history] == ["xstate.init", "toggle", "statebacked.upgrade", "toggle"]
     # Subscribers see the upgrade, then the event's transition.
-    seen = [(await asyncio.wait_for(anext(updates), 10))["state"] for _ in range(2)]
+    seen = [(await asyncio.wait_for(anext(updates), 60))["state"] for _ in range(2)]
     await updates.aclose()
     assert seen == ["on", "off"]
     assert await version_of(admin, "t", "i1") == v2
