@@ -51,13 +51,13 @@ $(DASHBOARD): $(NPMSTAMP) dashboard/build.mjs $(DASHBOARD_SRC)
 # browser build. Installs it where it is missing and apt-get can (root); otherwise that test skips
 # and says why.
 browser:
-	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip"
+	@bash tests/dashboard/install_chromium.sh || echo "chromium is not installed: the dashboard's browser test will skip (fail under STATEHOST_REQUIRE_ALL_TOOLS)"
 
 # Debian's PostgreSQL server binaries for the PostgreSQL backend's tests, which start their own
 # throwaway server on a free loopback port (tests/pg.py). Installs them where they are missing and
 # apt-get can (root); otherwise those tests skip and say why.
 postgres:
-	@bash tests/install_postgres.sh || echo "PostgreSQL is not installed: the tests that need a PostgreSQL server will skip"
+	@bash tests/install_postgres.sh || echo "PostgreSQL is not installed: the tests that need a PostgreSQL server will skip (fail under STATEHOST_REQUIRE_ALL_TOOLS)"
 
 run: setup
 	$(VENV)/bin/statehost serve

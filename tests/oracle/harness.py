@@ -37,7 +37,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -122,15 +121,13 @@ def slug(fixture: str, major: int) -> str:
 
 
 def require_node() -> str:
-    """node, or a skip (a failure when STATEHOST_REQUIRE_ALL_TOOLS=1)."""
-    import pytest
+    """node (``need_tool``: a failure under STATEHOST_REQUIRE_ALL_TOOLS, else a skip, when it or the
+    npm dev dependencies are missing)."""
+    from tests.support import need_tool, which_or_need
 
-    node = shutil.which("node")
-    if node is None or not (ROOT / "node_modules").exists():
-        message = "node and the npm dev dependencies are needed for the XState oracle"
-        if os.environ.get("STATEHOST_REQUIRE_ALL_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    node = which_or_need("node", "the XState oracle runs the machines in node (make setup)")
+    if not (ROOT / "node_modules").exists():
+        need_tool("node_modules", "the XState oracle needs the npm dev dependencies (make setup)")
     return node
 
 

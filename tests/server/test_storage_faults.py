@@ -42,7 +42,7 @@ from server.config import Settings
 from server.db import SqliteDatabase, storage_error
 from server.errors import StorageFull, StorageUnavailable
 from tests.server.api_support import Api, api_client, bearer, key_token
-from tests.server.conftest import eventually
+from tests.support import eventually, need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,10 +67,9 @@ PAD = "x" * 20_000
 
 
 def need_root_tool(reason: str) -> None:
-    """This fault cannot be injected here: fail under STATEHOST_REQUIRE_ALL_TOOLS=1 (CI), else skip."""
-    if os.environ.get("STATEHOST_REQUIRE_ALL_TOOLS") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    """This fault cannot be injected here (no root, no mount, no prlimit): ``need_tool`` fails the
+    test under STATEHOST_REQUIRE_ALL_TOOLS (CI), else skips it."""
+    need_tool("a fault injection mechanism", reason)
 
 
 # -- consistency ---------------------------------------------------------------------------------
