@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
+from runtime import FakeClock
 from runtime.wasm_build import cache_dir
+from server.engine import DurableEngine
+from tests.server.conftest import ORG_NAME, Deployment, settings_for
 from tests.server.test_storage_faults import ServeProcess
 
 
@@ -108,3 +112,46 @@ async def test_without_images_the_restart_evaluates_at_warm_up(tmp_path: Path, m
         finally:
             assert await node.stop() == 0, node.tail()
     assert not (tmp_path / "cache" / "machine-images").exists()
+
+
+TOGGLE_BODY = (
+    'export default createMachine({ id: "t", initial: "off", states: { off: { on: { go: "on" } }, on: {} } });\n'
+)
+
+
+@pytest.mark.parametrize("engine_name", ["quickjs-wasm", "quickjs-native"])
+async def test_the_warm_up_prepares_the_current_versions_in_use_newest_first_within_its_bounds(
+    engine_name, db_dir: Path, clock: FakeClock, bundler, tmp_path: Path, monkeypatch
+):
+    """Both databases (SQLite, PostgreSQL), both engines: machines with instances are warmed, the
+    newest deployment first; one without instances is not; the count bound holds."""
+    monkeypatch.setenv("STATEHOST_CACHE", str(_private_cache(tmp_path)))
+    settings = settings_for(db_dir, engine=engine_name)
+    first = DurableEngine(settings, clock=clock, bundler=bundler)
+    await first.start()
+    try:
+        deploy = Deployment(first, await first.store.create_org(ORG_NAME, clock.now_ms()))
+        versions = {}
+        for slug in ("older", "newer", "unused"):
+            versions[slug] = await deploy.machine(slug, TOGGLE_BODY.replace('"t"', f'"{slug}"'))
+            clock.advance(1_000)
+        for slug in ("older", "newer"):
+            await first.instances.create(deploy.org_id, slug, "i1")
+    finally:
+        await first.stop()
+
+    for bound, expected in ((1, ["newer"]), (64, ["newer", "older"])):
+        engine = DurableEngine(settings, clock=clock, bundler=bundler)
+        await engine.start()
+        try:
+            assert await engine.store.versions_to_warm(64) == [versions["newer"], versions["older"]]
+            report = await engine.instances.warm_up(bound, 5.0)
+            assert (report["candidates"], report["warmed"]) == (len(expected), len(expected))
+            assert set(engine.instances._prepared) == {versions[slug] for slug in expected}
+            for slug in ("older", "newer"):
+                state = await engine.instances.send_event(deploy.org_id, slug, "i1", {"type": "go"}, None)
+                assert state.state == "on"
+            counts = engine.instances.prepare_counts
+            assert (counts["warmed"], counts["on_demand"]) == (len(expected), 2 - len(expected))
+        finally:
+            await engine.stop()
