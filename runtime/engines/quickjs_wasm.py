@@ -34,6 +34,10 @@ Decision log:
   calls (alloc, call) plus one to pump jobs. wasmtime is pinned exactly in pyproject.toml because
   this module uses its ctypes layer (``wasmtime._ffi``).
 - Serialized modules are trusted input: only files this module wrote, in the 0700 cache directory.
+- **Persisted machine images** (``image_cache_bytes`` > 0; ``statehost serve`` gives 512 MB): what
+  preparing a version produced (its changed pages, the attach reply) is kept on disk
+  (image_cache.py) under a key of everything that determines it, so a restarted server prepares a
+  version by reading a file instead of evaluating its bundle (docs/runtime.md).
 """
 
 from __future__ import annotations
