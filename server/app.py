@@ -44,6 +44,10 @@ log = logging.getLogger("statehost.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALLOWED_HEADERS = "authorization, content-type, x-statebacked-org-id, x-statebacked-act"
 MAX_BODY = 11_000_000  # the largest legitimate body is a 10 MB upload plus multipart framing
+WARM_UP_VERSIONS = 64
+"""At start, at most this many versions are prepared before the node reports ready..."""
+WARM_UP_BUDGET_S = 5.0
+"""...and none is started after this many seconds (a huge database must not hold the start)."""
 
 
 def _cors_headers(request: web.Request, settings: Settings) -> dict[str, str]:
@@ -125,6 +129,9 @@ async def health(request: web.Request) -> web.Response:
         body["database"]["reachable"] = False
         return web.json_response(body, status=503)
     body["database"].update(reachable=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    # since start: versions prepared by the warm-up and by requests, and how the engine prepared them
+    stats = getattr(engine.instances.engine, "prepare_stats", None)
+    body["machines"] = {**engine.instances.prepare_counts, **({} if stats is None else dict(stats))}
     body["status"] = "ok"
     return web.json_response(body)
 
@@ -161,6 +168,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
             await bootstrap(
                 engine, app[SECRETS]["admin"], url, settings.bootstrap_file, settings.admin_token_lifetime_s
             )
+        # The readiness point: this runs before run_app binds a socket, so nothing (not /health)
+        # answers until the versions in use are prepared (from their persisted images on WASM).
+        warmed = await engine.instances.warm_up(WARM_UP_VERSIONS, WARM_UP_BUDGET_S)
+        log.info("warm-up: %(warmed)d of %(candidates)d versions prepared in %(seconds)s s", warmed)
         yield
         if feed is not None:
             await feed.close()

@@ -173,6 +173,22 @@ class Settings:
     """The memory parked sandboxes may hold together, as each reports it (WASM: its whole linear
     memory, ~5 MB for an XState machine of which ~2 MB is resident; native: QuickJS's heap,
     ~1 MB). A sandbox bigger than a quarter of this is not parked."""
+    machine_image_cache_mb: int = field(
+        default=512,
+        metadata=flag(
+            Flag(
+                "disk for prepared machine images (WASM engine), least recently used evicted; 0: none",
+                env=True,
+                parse=count,
+            )
+        ),
+    )
+    """Disk space for prepared machine images (WASM engine): the pages that evaluating a version's
+    bundle changed and its attach reply, ~1.6 MB per version (an XState machine), kept in
+    ``<cache dir>/machine-images`` (``$STATEHOST_CACHE``, else ``~/.cache/statehost``; shared by the
+    nodes of one host) and evicted least recently used first. A restarted node loads the versions
+    it warms up (and any other version's first event) from them instead of evaluating bundles
+    again (docs/runtime.md). 0: no images on disk; every start evaluates every version again."""
     host: str = field(default="127.0.0.1", metadata=flag(Flag("address to listen on", env=True)))
     """Address ``statehost serve`` listens on."""
     port: int = field(default=8787, metadata=flag(Flag("port to listen on", env=True)))

@@ -66,7 +66,11 @@ class DurableEngine:
         await self.store.open()
         self._executor = Executor(self.settings.workers or None)
         self._transport = AiohttpTransport(self.settings.fetch)
-        engine = make_engine(self.settings.engine, self.bundler.runtime_api)
+        engine = make_engine(
+            self.settings.engine,
+            self.bundler.runtime_api,
+            image_cache_bytes=self.settings.machine_image_cache_mb * 2**20,
+        )
         if self.store.shared:
             self.leases = Leases(self.store, self.node_id, self.settings.lease_ttl_s)
         self._instances = InstanceService(

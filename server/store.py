@@ -392,6 +392,18 @@ class Store(DirectoryMixin):
         row = await self._read_one("SELECT current_version_id FROM machines WHERE id = ?", (machine_id,))
         return None if row is None else row["current_version_id"]
 
+    async def versions_to_warm(self, limit: int) -> list[str]:
+        """The current versions of machines that have instances, newest deployment first (at most
+        ``limit``): what a starting node prepares before it reports ready. One index probe per
+        machine (no scan of the instances: nothing indexes their last use)."""
+        rows = await self._read(
+            "SELECT v.id FROM machines m JOIN machine_versions v ON v.id = m.current_version_id"
+            " WHERE v.status = 'final' AND EXISTS (SELECT 1 FROM instances i WHERE i.machine_id = m.id)"
+            " ORDER BY v.created_ms DESC, v.id LIMIT ?",
+            (limit,),
+        )
+        return [row["id"] for row in rows]
+
     async def get_version(self, version_id: str) -> VersionRow:
         row = await self._read_one(
             "SELECT id, machine_id, xstate_major, bundle, bundle_hash, runtime_api, client_info, created_ms"

@@ -34,6 +34,10 @@ Decision log:
   calls (alloc, call) plus one to pump jobs. wasmtime is pinned exactly in pyproject.toml because
   this module uses its ctypes layer (``wasmtime._ffi``).
 - Serialized modules are trusted input: only files this module wrote, in the 0700 cache directory.
+- **Persisted machine images** (``image_cache_bytes`` > 0; ``statehost serve`` gives 512 MB): what
+  preparing a version produced (its changed pages, the attach reply) is kept on disk
+  (image_cache.py) under a key of everything that determines it, so a restarted server prepares a
+  version by reading a file instead of evaluating its bundle (docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -55,11 +59,22 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..bundle import MachineBundle
+from ..engine import PreparedMachine
 from ..errors import HostError
 from ..limits import Limits, Outcome
 from ..shims import load_lazy_shims, prelude, prelude_hash
 from ..wasm_build import SHADOW_STACK_BYTES, cache_dir, guest_wasm
-from .guest_loop import VM, GuestDataError, GuestLoopEngine, RuntimeApiSource, VMError, VMProvider
+from .guest_loop import (
+    VM,
+    GuestDataError,
+    GuestLoopEngine,
+    RuntimeApiSource,
+    VMError,
+    VMProvider,
+    _Prepared,
+)
+from .image_cache import ImageCache
 
 __all__ = ["QuickJSWasmEngine", "WasmRuntime", "preinitialise"]
 
@@ -271,6 +286,7 @@ class WasmRuntime:
         self.engine = wasmtime.Engine(config)
         self.guest_path = guest_wasm()
         self.guest_bytes = self.guest_path.read_bytes()
+        self.guest_digest = hashlib.sha256(self.guest_bytes).hexdigest()
         self._cache_key = hashlib.sha256(self.config_key.encode() + b"\0" + self.guest_bytes)
         """Hashed once: every cache file's key starts with the configuration and the guest."""
         self.linker = self._linker()
@@ -285,6 +301,8 @@ class WasmRuntime:
         probe = _WasmVM(self, self.image_limits, fresh=False)
         self.image_memory = probe.memory_bytes()
         self.image_stack_pointer = probe.stack_pointer()
+        self.image_digest = hashlib.sha256(self.image_memory).hexdigest()
+        """Names the prelude image (guest, prelude, lazy shims) in persisted machine images' keys."""
         probe.close()
         self.timings["read_image_s"] = time.perf_counter() - started
         self._ticker = threading.Thread(target=self._tick, name="statehost-wasm-epoch", daemon=True)
@@ -618,15 +636,28 @@ class MachineImage:
 
     COMPILE_AFTER = 32
 
-    def __init__(self, runtime: WasmRuntime, memory: bytes, guest_limits: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        runtime: WasmRuntime,
+        size: int,
+        runs: tuple[tuple[int, bytes], ...],
+        guest_limits: tuple[int, int],
+        key: bytes,
+    ) -> None:
         self.runtime = runtime
-        self.size = len(memory)
-        self.runs = _diff(runtime.image_memory, memory)
+        self.size = size
+        self.runs = runs
         self.guest_limits = guest_limits
-        self.key = hashlib.sha256(memory).digest() + repr(guest_limits).encode()
+        self.key = key
+        """The whole memory's hash and the guest limits: names the compiled module of a hot machine."""
         self.pre: wasmtime.InstancePre | None = runtime.cached_machine_module(self.key)
         self.used = 0
         self._compiling = False
+
+    @classmethod
+    def of_memory(cls, runtime: WasmRuntime, memory: bytes, guest_limits: tuple[int, int]) -> MachineImage:
+        key = hashlib.sha256(memory).digest() + repr(guest_limits).encode()
+        return cls(runtime, len(memory), _diff(runtime.image_memory, memory), guest_limits, key)
 
     @property
     def patch_bytes(self) -> int:
@@ -700,8 +731,7 @@ class _WasmProvider(VMProvider):
             and attached.store is not None
             and attached.stack_pointer() == runtime.image_stack_pointer
         ):
-            image = MachineImage(runtime, attached.memory_bytes(), _guest_limits(limits))
-            return lambda current: _WasmVM(runtime, current, machine=image)
+            return _ImageOpener(MachineImage.of_memory(runtime, attached.memory_bytes(), _guest_limits(limits)))
         vm = _WasmVM(runtime, limits)
         try:
             vm.start_entry(time.monotonic() + limits.entry_wall_ms / 1000)
@@ -710,19 +740,163 @@ class _WasmProvider(VMProvider):
             reply = vm.call_entry("attach", json.dumps({"runtimeApi": attach}))
             if not reply or "fault" in json.loads(reply) or vm.stack_pointer() != runtime.image_stack_pointer:
                 raise GuestDataError("attach failed")
-            image = MachineImage(runtime, vm.memory_bytes(), _guest_limits(limits))
+            image = MachineImage.of_memory(runtime, vm.memory_bytes(), _guest_limits(limits))
         except (VMError, GuestDataError, ValueError, RecursionError):
             # Leave it to each window to meet (and report) the fault the same way.
             return lambda current: self.open(scripts, current)
         finally:
             vm.close()
-        return lambda current: _WasmVM(runtime, current, machine=image)
+        return _ImageOpener(image)
+
+
+class _ImageOpener:
+    """Opens the VMs of a prepared machine from its image (``VMProvider.opener``'s result)."""
+
+    def __init__(self, image: MachineImage) -> None:
+        self.image = image
+
+    def __call__(self, current: Limits) -> VM:
+        return _WasmVM(self.image.runtime, current, machine=self.image)
+
+
+class _RestoredProvider(VMProvider):
+    """Hands a machine image read from disk to a prepared machine, instead of evaluating its bundle."""
+
+    def __init__(self, provider: _WasmProvider, image: MachineImage) -> None:
+        self._provider = provider
+        self._image = image
+
+    def open(self, scripts: Sequence[str], limits: Limits) -> VM:
+        return self._provider.open(scripts, limits)
+
+    def opener(
+        self, scripts: Sequence[str], limits: Limits, attach: str, attached: VM | None = None
+    ) -> Callable[[Limits], VM]:
+        return _ImageOpener(self._image)
+
+
+IMAGE_FORMAT = 1
+"""Part of every persisted image's key: bump it when what an image holds, or means, changes."""
 
 
 class QuickJSWasmEngine(GuestLoopEngine):
-    """QuickJS-NG in WebAssembly under wasmtime, a pristine instance per sandbox."""
+    """QuickJS-NG in WebAssembly under wasmtime, a pristine instance per sandbox.
+
+    ``image_cache_bytes`` > 0 keeps prepared machine images on disk (``image_dir``, default
+    ``<cache dir>/machine-images``; runtime/engines/image_cache.py), keyed by everything that
+    determines one: the wasmtime configuration and guest, the prelude image (its memory's hash),
+    the bundle, the limits and the engine. ``prepare`` then loads a version it (or another process)
+    prepared before without evaluating its bundle: same pages, same attach reply, so machines
+    cannot tell (top-level code runs before any entry set the clock or seeded the DRBG)."""
 
     name = "quickjs-wasm"
 
-    def __init__(self, runtime_api: RuntimeApiSource | None = None, runtime: WasmRuntime | None = None) -> None:
-        super().__init__(_WasmProvider(runtime), runtime_api)
+    def __init__(
+        self,
+        runtime_api: RuntimeApiSource | None = None,
+        runtime: WasmRuntime | None = None,
+        *,
+        image_cache_bytes: int = 0,
+        image_dir: Path | None = None,
+    ) -> None:
+        self._wasm = _WasmProvider(runtime)
+        super().__init__(self._wasm, runtime_api)
+        self.images: ImageCache | None = None
+        if image_cache_bytes > 0:
+            self.images = ImageCache(image_dir or cache_dir() / "machine-images", image_cache_bytes)
+        self._lock = threading.Lock()
+        self.prepare_stats = {"evaluated": 0, "loaded": 0}
+        """Since start: versions prepared by evaluating their bundle, and loaded from a persisted image."""
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.prepare_stats[name] += 1
+
+    def image_key(self, bundle: MachineBundle, limits: Limits) -> str:
+        runtime = self._wasm.runtime
+        key = hashlib.sha256()
+        for part in (
+            f"format={IMAGE_FORMAT};engine={self.name}",
+            runtime.config_key,
+            runtime.guest_digest,
+            runtime.image_digest,
+            f"sp={runtime.image_stack_pointer}",
+            # the code's own hash (not the stored one: a key must not trust what it keys)
+            f"bundle={hashlib.sha256(bundle.code.encode()).hexdigest()};xstate={bundle.xstate_major}",
+            repr(limits),
+        ):
+            key.update(part.encode() + b"\0")
+        return key.hexdigest()[:40]
+
+    def prepare(self, bundle: MachineBundle, limits: Limits | None = None) -> PreparedMachine:
+        limits = limits or Limits()
+        if self.images is None:
+            prepared = super().prepare(bundle, limits)
+            self._count("evaluated")
+            return prepared
+        key = self.image_key(bundle, limits)
+        restored = self._restore(key, bundle, limits)
+        if restored is not None:
+            self._count("loaded")
+            return restored
+        prepared = super().prepare(bundle, limits)
+        self._count("evaluated")
+        self._persist(key, prepared)
+        return prepared
+
+    def _restore(self, key: str, bundle: MachineBundle, limits: Limits) -> PreparedMachine | None:
+        assert self.images is not None
+        entry = self.images.get(key)
+        if entry is None:
+            return None
+        head = entry.header
+        try:
+            major, exports, api_hash = int(head["major"]), tuple(head["exports"]), head["runtime_api"]
+            size, guest_limits, memory_key = int(head["size"]), tuple(head["guest_limits"]), head["memory_key"]
+            runs: list[tuple[int, bytes]] = []
+            pos = 0
+            for offset, length in head["runs"]:
+                runs.append((int(offset), entry.body[pos : pos + length]))
+                pos += length
+            if pos != len(entry.body) or len(guest_limits) != 2:
+                raise ValueError("the runs do not cover the body")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("machine image %s has a malformed header (%s): rebuilding", key, exc)
+            return None
+        runtime_api = None
+        if api_hash is not None:  # self-contained: the runtime API beside it must be the one imaged
+            if self._runtime_api is None:
+                return None
+            runtime_api = self._runtime_api(major)
+            if hashlib.sha256(runtime_api.encode()).hexdigest() != api_hash:
+                return None
+        image = MachineImage(
+            self._wasm.runtime,
+            size,
+            tuple(runs),
+            (int(guest_limits[0]), int(guest_limits[1])),
+            bytes.fromhex(memory_key),
+        )
+        return _Prepared(bundle, major, exports, limits, runtime_api, _RestoredProvider(self._wasm, image))
+
+    def _persist(self, key: str, prepared: PreparedMachine) -> None:
+        assert self.images is not None
+        opener = getattr(prepared, "_opener", None)
+        if not isinstance(prepared, _Prepared) or not isinstance(opener, _ImageOpener):
+            return  # no image (the bundle failed to attach once; each window meets that itself)
+        image = opener.image
+        runtime_api = None
+        if prepared.runtime_api_mode == "global":
+            if self._runtime_api is None:
+                return
+            runtime_api = self._runtime_api(prepared.major)
+        header = {
+            "major": prepared.major,
+            "exports": list(prepared.exports),
+            "runtime_api": None if runtime_api is None else hashlib.sha256(runtime_api.encode()).hexdigest(),
+            "size": image.size,
+            "guest_limits": list(image.guest_limits),
+            "memory_key": image.key.hex(),
+            "runs": [[offset, len(data)] for offset, data in image.runs],
+        }
+        self.images.put(key, header, b"".join(data for _, data in image.runs))
