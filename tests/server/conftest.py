@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from runtime import FakeClock, FetchPolicy, Limits, Upload
+from server.app import create_app
 from server.config import Settings
 from server.engine import DurableEngine
+from tests.server.api_support import Api, api_client
 from tests.support import ALLOW_ALL, DATABASE_URLS, HEADER, eventually
 
 ORG_NAME = "test-org"
@@ -68,3 +71,12 @@ async def durable(request, db_dir: Path, clock: FakeClock, bundler) -> AsyncIter
 async def deploy(durable: DurableEngine) -> Deployment:
     org_id = await durable.store.create_org(ORG_NAME, durable.clock.now_ms())
     return Deployment(durable, org_id)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, pg_url: str, bundler) -> AsyncIterator[tuple[Api, Api]]:
+    """Node A (it bootstraps the database) and node B, both on ``pg_url``."""
+    async for a in api_client(tmp_path, bundler, pg_url):
+        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=1.0)
+        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
+            yield a, Api(client, a.admin_token, a.org_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,6 @@ export default createMachine({
   },
 });
 """
-
-
-@pytest.fixture
-async def nodes(tmp_path: Path, pg_url: str, bundler) -> AsyncIterator[tuple[Api, Api]]:
-    """Node A (it bootstraps the database) and node B, both on ``pg_url``."""
-    async for a in api_client(tmp_path, bundler, pg_url):
-        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=1.0)
-        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
-            yield a, Api(client, a.admin_token, a.org_id)
 
 
 async def test_a_subscriber_on_one_node_gets_every_transition_committed_on_the_other_in_order(nodes):

@@ -10,19 +10,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import jwt
-import pytest
 from aiohttp import ClientWebSocketResponse
-from aiohttp.test_utils import TestClient, TestServer
 
 from server import auth
 from server import store as store_module
-from server.app import REVOCATIONS, create_app
-from server.config import Settings
+from server.app import REVOCATIONS
 from server.revocation import RECHECK_S
 from server.routes.machines import confirmation
 from tests.server.api_support import TOGGLE, Api, api_client, bearer, key_token
@@ -30,15 +26,6 @@ from tests.server.conftest import eventually
 
 NOTICE_BOUND_S = 10.0
 """Generous for a loaded CI machine: a notice normally arrives within milliseconds."""
-
-
-@pytest.fixture
-async def nodes(tmp_path: Path, pg_url: str, bundler) -> AsyncIterator[tuple[Api, Api]]:
-    """Node A (it bootstraps the database) and node B, both on ``pg_url``."""
-    async for a in api_client(tmp_path, bundler, pg_url):
-        settings = Settings(database_url=pg_url, node_id="node-b", workers=2, lease_ttl_s=1.0)
-        async with TestClient(TestServer(create_app(settings, bundler=bundler))) as client:
-            yield a, Api(client, a.admin_token, a.org_id)
 
 
 async def _status(api: Api, token: str, path: str = "/machines") -> int:
