@@ -114,10 +114,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return Installed(wheel, venv, env, work)
 
 
-def _python(installed: Installed, code: str) -> str:
+def _python(installed: Installed, code: str, *, cwd: Path | None = None, stdin: str | None = None) -> str:
+    """Run ``code`` with the installed python (from ``cwd``, default the work folder); its stdout."""
     done = subprocess.run(
         [installed.bin("python"), "-c", code],
-        cwd=installed.work,
+        input=stdin,
+        cwd=cwd or installed.work,
         env=installed.env,
         capture_output=True,
         text=True,
@@ -360,17 +362,7 @@ def test_the_deploy_recipes_run_the_installed_server(installed: Installed, tmp_p
             "asyncio.run(main())\n"
         )
         # the installed client, with the installed python: no file of the checkout is used
-        done = subprocess.run(
-            [installed.bin("python"), "-c", check],
-            input=toggle,
-            cwd=run,
-            env=installed.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        _python(installed, check, cwd=run, stdin=toggle)
         # The WASM engine's compiled modules went to the recipe's cache directory.
         assert list(Path(moved["STATEHOST_CACHE"]).glob("*.cwasm"))
         if health is not None:
