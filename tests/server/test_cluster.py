@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.hostile import COUNTER  # the ordinary counter machine (context.public.seen)
 from runtime import Limits
 from server.app import FEED, create_app
 from server.cluster import CommitFeed
@@ -21,15 +22,6 @@ from server.store import Store
 from tests.pg import PostgresCluster, find_bin_dir, missing_binaries
 from tests.server.api_support import Api, api_client
 from tests.support import eventually, need_tool
-
-COUNTER = b"""import { createMachine, assign } from "xstate";
-export const allowRead = () => true;
-export const allowWrite = () => true;
-export default createMachine({
-  id: "c", predictableActionArguments: true, initial: "on", context: { public: { seen: [] } },
-  states: { on: { on: { add: { actions: assign({ public: (c, e) => ({ seen: [...c.public.seen, e.n] }) }) } } } },
-});
-"""
 
 STUCK = b"""import { createMachine } from "xstate";
 export const allowRead = () => true;
