@@ -3,17 +3,17 @@
 The mailbox hands it the request at the head of an instance's inbox. Under the instance's lease
 (several nodes on one database) it reads the row, admits the request (every precheck is here: a
 create finds no instance, others find it unpaused and their timer still set), upgrades the instance
-first when it has a desired version, and runs the window (``runtime.run_window``): each round is
+first when it has a desired version, and runs the window: on the instance's live actor
+(``runtime.run_actor_window``, server/actor_pool.py) or in a pristine sandbox
+(``runtime.run_window``; a create, or ``sandbox_mode`` pristine). Each round is
 committed (server/rounds.py) before its effects run, requests that arrive meanwhile join it, and
 when it settles everyone who took part gets the latest committed state.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import (
@@ -23,13 +23,14 @@ from runtime import (
     Inbox,
     Limits,
     Round,
-    SandboxInstance,
     StepRequest,
     Transport,
     WindowResult,
+    run_actor_window,
     run_window,
 )
 
+from .actor_pool import ActorPool, actor_key
 from .errors import Conflict, InvalidParameter, NotFound, Paused, Timeout
 from .leases import Leases
 from .machine_cache import MachineCache
@@ -42,17 +43,6 @@ from .upgrades import Upgrader
 __all__ = ["WindowRunner"]
 
 log = logging.getLogger("statehost.instances")
-
-
-@dataclass(frozen=True)
-class _Parked:
-    """The live sandbox of an instance's last quiescent window, valid while the instance is at ``seq``
-    of ``version_id``."""
-
-    seq: int
-    version_id: str
-    sandbox: SandboxInstance
-    size: int
 
 
 async def _never() -> bool:
@@ -72,8 +62,7 @@ class WindowRunner:
         clock: Clock,
         limits: Limits,
         leases: Leases | None = None,
-        parked_sandboxes: int = 0,
-        parked_bytes: int = 0,
+        actors: ActorPool | None = None,
     ) -> None:
         self.store = store
         self.machines = machines
@@ -86,12 +75,8 @@ class WindowRunner:
         self.limits = limits
         self.leases = leases
         """Several nodes on one database: a window runs only under its instance's lease."""
-        self.parking = parked_sandboxes
-        self.parking_bytes = parked_bytes
-        """The parked sandboxes' memory (as they report it) stays under this; 0: no limit but the count."""
-        self._parked: collections.OrderedDict[int, _Parked] = collections.OrderedDict()
-        """instance id -> the live sandbox of its last quiescent window, least recently used first."""
-        self._parked_bytes = 0
+        self.actors = actors
+        """Live actors (``sandbox_mode`` actors); None: a pristine sandbox for every window."""
         self.detached: set[Any] = set()
         """Committed effects still running after their window settled (runtime WindowResult.detached)."""
 
@@ -174,26 +159,50 @@ class WindowRunner:
                 lease=request.lease,
             )
         prepared = await self.machines.prepared(window.version_id)
-        parked = self._unpark(row) if row is not None and step.kind == "event" else None
+        lane = self.executor.lane(request.org_id)
+        if self.actors is not None and row is not None:
+            # The instance's live actor, if it holds exactly the committed row (else restored from it).
+            host = self.actors.host(window.version_id, prepared)
 
-        async def commit(round_: Round, tag: object) -> None:
-            await self.committer.commit(window, round_, tag)
+            async def confirm(round_: Round, tag: object) -> int:
+                return await self.committer.commit(window, round_, tag)
 
-        try:
-            result = await run_window(
-                prepared,
-                step,
-                executor=self.executor.lane(request.org_id),
-                commit=commit,
-                transport=self.transport,
-                clock=self.clock,
-                tag=request,
-                inbox=inbox,
-                sandbox=parked,
-                keep_sandbox=self.parking > 0,
-            )
-        except Exception as exc:
-            raise self._failed(request, window, exc) from exc
+            try:
+                result, _ = await run_actor_window(
+                    host,
+                    actor_key(row.id, row.created_ms),
+                    row.seq,
+                    step,
+                    executor=lane,
+                    commit=confirm,
+                    transport=self.transport,
+                    clock=self.clock,
+                    tag=request,
+                    inbox=inbox,
+                )
+            except Exception as exc:
+                raise self._failed(request, window, exc) from exc
+            finally:
+                await self.actors.after_window(window.version_id, host, self.clock.now_ms(), lane)
+        else:
+            # A create (its instance id is known only once committed), or pristine mode.
+
+            async def commit(round_: Round, tag: object) -> None:
+                await self.committer.commit(window, round_, tag)
+
+            try:
+                result = await run_window(
+                    prepared,
+                    step,
+                    executor=lane,
+                    commit=commit,
+                    transport=self.transport,
+                    clock=self.clock,
+                    tag=request,
+                    inbox=inbox,
+                )
+            except Exception as exc:
+                raise self._failed(request, window, exc) from exc
         await self._finish(request, window, result)
 
     @staticmethod
@@ -205,8 +214,6 @@ class WindowRunner:
         for task in result.detached:
             self.detached.add(task)
             task.add_done_callback(self.detached.discard)
-        if result.sandbox is not None and window.instance_id is not None:
-            self._park(window.instance_id, window.seq, window.version_id, result.sandbox)
         await self.logs.store_lines(
             request.org_id, request.machine_slug, request.instance_name, window.version_id, result.uncommitted_logs
         )
@@ -219,37 +226,6 @@ class WindowRunner:
         for participant in (request, *window.participants):
             participant.resolve(window.view)
 
-    # -- parked sandboxes -----------------------------------------------------------------------------------
-
-    def _unpark(self, row: InstanceRow) -> SandboxInstance | None:
-        """The parked sandbox of this instance, if it still holds exactly the committed state."""
-        entry = self._parked.pop(row.id, None)
-        if entry is None:
-            return None
-        self._parked_bytes -= entry.size
-        if entry.seq != row.seq or entry.version_id != row.version_id:
-            entry.sandbox.close()  # another process moved the instance on, or it was upgraded
-            return None
-        return entry.sandbox
-
-    def _park(self, instance_id: int, seq: int, version_id: str, sandbox: SandboxInstance) -> None:
-        size = sandbox.footprint()
-        if self.parking_bytes and size > self.parking_bytes // 4:
-            sandbox.close()  # one instance that grew its heap must not push the others out
-            return
-        stale = self._parked.pop(instance_id, None)
-        if stale is not None:  # a window that did not take it (a recovery, a create over a stale entry)
-            self._parked_bytes -= stale.size
-            stale.sandbox.close()
-        self._parked[instance_id] = _Parked(seq, version_id, sandbox, size)
-        self._parked_bytes += size
-        while len(self._parked) > self.parking or (self.parking_bytes and self._parked_bytes > self.parking_bytes):
-            _, evicted = self._parked.popitem(last=False)
-            self._parked_bytes -= evicted.size
-            evicted.sandbox.close()
-
     def close(self) -> None:
-        for entry in self._parked.values():
-            entry.sandbox.close()
-        self._parked.clear()
-        self._parked_bytes = 0
+        if self.actors is not None:
+            self.actors.close()
