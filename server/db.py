@@ -22,9 +22,9 @@ Decision log:
   back; only if one fails is it rolled back and run again with a SAVEPOINT around each, so a
   round costs BEGIN, its own statements and COMMIT (docs/decisions.md, "A lean commit path").
 - **PostgreSQL: group commit over ``pool_size // 2`` writers.** A write that finds a writer free
-  starts its transaction at once on a pooled connection; writes that arrive while every writer is
-  busy wait and share the next transaction (one WAL flush, one round trip each for BEGIN and
-  COMMIT). If an operation of a batch fails (a lost optimistic lock, a constraint, a deadlock with
+  runs its transaction at once, in its caller's task, on a pooled connection; writes that arrive
+  while every writer is busy wait and share the next transaction (one WAL flush, one round trip
+  each for BEGIN and COMMIT). If an operation of a batch fails (a lost optimistic lock, a constraint, a deadlock with
   another node's locks), the batch is rolled back; that operation runs again alone, for its own
   outcome, and the others again together: a failure stays with the operation that caused it. Transactions run at
   READ COMMITTED: every write that matters is conditional (the instance's ``seq``, the lease's
@@ -620,19 +620,29 @@ class PostgresDatabase:
             raise RuntimeError("the store is not open")
         if not self.group_commit:
             return cast(T, (await self._transaction([fn]))[0])
+        if self._running < self.writers:
+            # A writer is free: this write's transaction runs at once, in the caller's own task
+            # (no hand-off: the caller resumes right after its commit, as without group commit).
+            self._running += 1
+            try:
+                return cast(T, (await self._transaction([fn]))[0])
+            finally:
+                self._running -= 1
+                self._start_drains()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append(_Op(fn, future))
-        if self._running < self.writers:
+        return await future
+
+    def _start_drains(self) -> None:
+        while self._pending and self._running < self.writers:
             self._running += 1
             writer = asyncio.create_task(self._drain(), name="statehost-pg-writer")
             self._drains.add(writer)
             writer.add_done_callback(self._drains.discard)
-        return await future
 
     async def _drain(self) -> None:
-        """One of ``writers`` tasks: commits what is pending, in batches, until nothing is. Writes
-        that arrive while every writer is busy wait and then share one transaction (group commit);
-        a write that finds a writer free starts its own at once."""
+        """Commits the writes that waited while every writer was busy, in batches (group commit),
+        until none waits."""
         try:
             while self._pending:
                 batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
