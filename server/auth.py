@@ -27,7 +27,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jwt
 
@@ -152,17 +152,13 @@ async def authenticate(
 ) -> Caller:
     if not token:
         raise MissingUser("no bearer token")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise MissingUser(f"the bearer token is not a JWT: {exc}") from None
-    kid = header.get("kid")
-    if isinstance(kid, str) and kid.startswith("sbk_"):
-        caller = await _key_caller(store, token, kid, org_header, now_s)
-    elif kid == ADMIN_KID:
-        caller = await _admin_caller(store, token, org_header, admin_secret)
+    hit = store.verified_key_tokens.get(token)
+    if hit is not None and hit[2] > time.monotonic():
+        # A key-signed token verified within VERIFIED_TOKEN_TTL_S: no header to parse, no key to
+        # read, no HMAC, and the same Caller as last time (only its times are checked again).
+        caller = _cached_key_caller(store, token, hit, org_header, now_s)
     else:
-        raise MissingUser("the bearer token was not issued by this server or one of its keys")
+        caller = await _verified_caller(store, token, org_header, now_s, admin_secret)
     if act_header is None:
         return caller
     try:
@@ -176,36 +172,55 @@ async def authenticate(
     return dataclasses.replace(caller, auth_context=act)
 
 
+async def _verified_caller(store: Store, token: str, org_header: str | None, now_s: int, admin_secret: str) -> Caller:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise MissingUser(f"the bearer token is not a JWT: {exc}") from None
+    kid = header.get("kid")
+    if isinstance(kid, str) and kid.startswith("sbk_"):
+        caller = await _key_caller(store, token, kid, org_header, now_s)
+    elif kid == ADMIN_KID:
+        caller = await _admin_caller(store, token, org_header, admin_secret)
+    else:
+        raise MissingUser("the bearer token was not issued by this server or one of its keys")
+    return caller
+
+
 VERIFIED_TOKENS_CACHED = 10_000
 VERIFIED_TOKEN_TTL_S = 5.0
 """How long a verified key-signed token is trusted without reading its key again: the bound on a
 deleted key's tokens being accepted by a node that missed the deletion's notice."""
 
 
-async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
-    cache = store.verified_key_tokens
-    hit = cache.get(token)
-    now = time.monotonic()
-    if hit is not None and hit[2] > now:
-        key, claims, _ = hit
-        cache.move_to_end(token)
-        check_key_token_times(claims, now_s)  # exp and nbf are checked on every use
-    else:
-        generation = store.authority_generation
-        row = await store.key_row(kid)
-        if row is None:
-            cache.pop(token, None)
-            raise MissingUser("the token's key does not exist (deleted?)")
-        key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
-        claims = verify_key_token(token, key, now_s)
-        if generation == store.authority_generation:  # no deletion overtook the read
-            cache[token] = (key, claims, now + VERIFIED_TOKEN_TTL_S)
-            cache.move_to_end(token)
-            while len(cache) > VERIFIED_TOKENS_CACHED:
-                cache.popitem(last=False)
+def _cached_key_caller(store: Store, token: str, hit: Any, org_header: str | None, now_s: int) -> Caller:
+    key, claims, _, caller = hit
+    store.verified_key_tokens.move_to_end(token)
+    check_key_token_times(claims, now_s)  # exp and nbf are checked on every use
     if org_header and org_header != key.org_id:
         raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
-    return Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)
+    return cast(Caller, caller)
+
+
+async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
+    cache = store.verified_key_tokens
+    generation = store.authority_generation
+    row = await store.key_row(kid)
+    if row is None:
+        cache.pop(token, None)
+        raise MissingUser("the token's key does not exist (deleted?)")
+    key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
+    claims = verify_key_token(token, key, now_s)
+    caller = Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)
+    if generation == store.authority_generation:  # no deletion overtook the read
+        # (key, claims, trusted until, caller): Store.forget finds a key's tokens by hit[0].id.
+        cache[token] = (key, claims, time.monotonic() + VERIFIED_TOKEN_TTL_S, caller)
+        cache.move_to_end(token)
+        while len(cache) > VERIFIED_TOKENS_CACHED:
+            cache.popitem(last=False)
+    if org_header and org_header != key.org_id:
+        raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
+    return caller
 
 
 async def _admin_caller(store: Store, token: str, org_header: str | None, secret: str) -> Caller:

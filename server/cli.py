@@ -362,6 +362,17 @@ def _redacted(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The server's event loop: uvloop's where it is installed (a dependency, except on Windows),
+    asyncio's otherwise. An interleaved A/B run measured uvloop at 1.15 vs 1.55 ms per W1 event and
+    +8-11% W2 events/s (docs/decisions.md, "uvloop and orjson")."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -390,7 +401,15 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=ready, handle_signals=True, shutdown_timeout=15)
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            print=ready,
+            handle_signals=True,
+            shutdown_timeout=15,
+            loop=new_event_loop(),
+        )
     except SchemaTooNew as exc:  # a clear refusal, not a traceback
         print(f"statehost: {exc}", file=sys.stderr)
         return 3

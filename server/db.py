@@ -18,11 +18,17 @@ Decision log:
   in one call (operations never suspend on it): one hop from the event loop per batch instead of
   one per statement (bench A/B: +16% durable events/s with 1,000 instances).
   Reads use a second connection: in WAL mode readers see the last commit and never block the writer.
-- **PostgreSQL: a transaction per operation on a pooled connection.** Batching several callers'
-  operations into one transaction would make them share fate with other nodes' row locks (one
-  deadlock victim would fail the whole batch); PostgreSQL already groups concurrent commits' WAL
-  flushes. Transactions run at READ COMMITTED: every write that matters is conditional (the
-  instance's ``seq``, the lease's epoch, a timer row still being there) and checks its row count.
+- **SQLite: no SAVEPOINT unless an operation fails.** A batch first runs its operations back to
+  back; only if one fails is it rolled back and run again with a SAVEPOINT around each, so a
+  round costs BEGIN, its own statements and COMMIT (docs/decisions.md, "A lean commit path").
+- **PostgreSQL: group commit over ``pool_size // 2`` writers.** A write that finds a writer free
+  runs its transaction at once, in its caller's task, on a pooled connection; writes that arrive
+  while every writer is busy wait and share the next transaction (one WAL flush, one round trip
+  each for BEGIN and COMMIT). If an operation of a batch fails (a lost optimistic lock, a constraint, a deadlock with
+  another node's locks), the batch is rolled back; that operation runs again alone, for its own
+  outcome, and the others again together: a failure stays with the operation that caused it. Transactions run at
+  READ COMMITTED: every write that matters is conditional (the instance's ``seq``, the lease's
+  epoch, a timer row still being there) and checks its row count.
 - **Schema versions**: numbered files, applied in order. SQLite keeps the number in ``PRAGMA
   user_version`` (``server/migrations/NNNN_*.sql``); PostgreSQL in the ``statehost_schema`` table
   (``server/migrations/postgres/NNNN_*.sql``), under an advisory lock so that nodes starting together
@@ -40,6 +46,7 @@ Decision log:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -49,7 +56,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import aiosqlite
 import asyncpg
@@ -119,6 +126,10 @@ class Database(Protocol):
     kind: Literal["sqlite", "postgres"]
     batches: int
     """Transactions committed (bench/ reads it to show batching)."""
+    operations: int
+    """Write operations committed (``operations / batches``: how well group commit groups)."""
+    statements: int
+    """Statements sent in write transactions, BEGIN and COMMIT included."""
 
     async def open(self) -> None: ...
 
@@ -156,7 +167,7 @@ def open_database(
 ) -> Database:
     """A PostgreSQL database for a ``postgresql://`` URL, else the SQLite file at that path."""
     if is_database_url(target):
-        return PostgresDatabase(str(target), pool_size=pool_size)
+        return PostgresDatabase(str(target), pool_size=pool_size, group_commit=group_commit, max_batch=max_batch)
     return SqliteDatabase(Path(target), synchronous=synchronous, group_commit=group_commit, max_batch=max_batch)
 
 
@@ -214,10 +225,12 @@ class _SqliteTx:
     """Statements on the writer thread's own connection. The methods are coroutines only to share
     the ``Tx`` interface: they never suspend, so a whole batch runs in one call on that thread."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, db: SqliteDatabase) -> None:
         self.conn = conn
+        self.db = db
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.db.statements += 1
         try:
             return self.conn.execute(sql, params).rowcount
         except sqlite3.IntegrityError as exc:
@@ -226,6 +239,7 @@ class _SqliteTx:
             raise _mapped(exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.db.statements += 1
         try:
             self.conn.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
@@ -234,6 +248,7 @@ class _SqliteTx:
             raise _mapped(exc) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.db.statements += 1
         try:
             return list(self.conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError as exc:  # INSERT ... RETURNING
@@ -273,6 +288,11 @@ class SqliteDatabase:
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.batches = 0
+        self.operations = 0
+        """Operations committed (``operations / batches``: how well group commit groups)."""
+        self.statements = 0
+        """Statements sent to SQLite by the writer, BEGIN and COMMIT included (an executemany counts
+        once): tests/server/test_commit_path.py pins how many a round takes."""
         self.failed_batches = 0
         """Transactions whose commit failed (a full disk, an I/O error): all their operations failed."""
         self._writer: sqlite3.Connection | None = None
@@ -364,6 +384,7 @@ class SqliteDatabase:
                         op.future.set_exception(exc)
                 continue
             self.batches += 1
+            self.operations += len(batch)
             for op, (result, error) in zip(batch, outcomes, strict=True):
                 if op.future.done():
                     continue
@@ -373,34 +394,24 @@ class SqliteDatabase:
                     op.future.set_result(result)
 
     def _run_batch(self, fns: list[Callable[[Tx], Awaitable[Any]]]) -> list[tuple[Any, BaseException | None]]:
-        """On the writer thread: each operation in a SAVEPOINT of one transaction. An operation that
-        fails is rolled back to its savepoint alone; the others commit. When the transaction itself
-        fails (its COMMIT, or SQLite rolled it back after a full disk or an I/O error), every
-        operation of the batch fails with the storage error; the connection stays usable."""
+        """On the writer thread: the batch's operations in one transaction. An operation that fails
+        is rolled back alone; the others commit. When the transaction itself fails (its COMMIT, or
+        SQLite rolled it back after a full disk or an I/O error), every operation of the batch fails
+        with the storage error; the connection stays usable.
+
+        The first attempt runs the operations back to back with no SAVEPOINT: two statements fewer
+        per operation, and nearly every batch succeeds whole. If one of them fails, the attempt is
+        rolled back and the batch runs again with a SAVEPOINT around each operation, so that only
+        the failing one is undone (store operations only run SQL, so running one twice is safe;
+        the first run's effects were rolled back). A lone operation needs no SAVEPOINT at all."""
         conn = self._writer
         assert conn is not None
-        tx = _SqliteTx(conn)
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        tx = _SqliteTx(conn, self)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn in fns:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = _run_to_end(fn(tx))
-                except Exception as exc:
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back: the batch's earlier operations
-                        # are gone too, and the rest would run outside any transaction.
-                        if isinstance(exc, ApiError):
-                            raise
-                        raise _mapped(exc) from exc
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((result, None))
-            conn.execute("COMMIT")
+            outcomes = self._attempt(conn, tx, fns, savepoints=False)
+            if outcomes is None:
+                outcomes = self._attempt(conn, tx, fns, savepoints=True)
+                assert outcomes is not None
         except Exception as exc:
             with contextlib.suppress(Exception):
                 if conn.in_transaction:
@@ -409,6 +420,44 @@ class SqliteDatabase:
             if mapped is not None:
                 raise mapped from exc
             raise
+        return outcomes
+
+    def _attempt(
+        self, conn: sqlite3.Connection, tx: _SqliteTx, fns: list[Callable[[Tx], Awaitable[Any]]], *, savepoints: bool
+    ) -> list[tuple[Any, BaseException | None]] | None:
+        """One transaction over ``fns``; None when an operation failed without SAVEPOINTs in a batch
+        of several (rolled back: run it again with them)."""
+        lone = len(fns) == 1
+        self.statements += 2  # BEGIN, COMMIT
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for fn in fns:
+            if savepoints:
+                self.statements += 2  # SAVEPOINT, RELEASE
+                conn.execute("SAVEPOINT op")
+            try:
+                result = _run_to_end(fn(tx))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back: the batch's earlier operations
+                    # are gone too, and the rest would run outside any transaction.
+                    if isinstance(exc, ApiError):
+                        raise
+                    raise _mapped(exc) from exc
+                if savepoints:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, exc))
+                    continue
+                self.statements += 1
+                conn.execute("ROLLBACK")
+                if lone:
+                    return [(None, exc)]
+                return None
+            if savepoints:
+                conn.execute("RELEASE op")
+            outcomes.append((result, None))
+        conn.execute("COMMIT")
         return outcomes
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -445,10 +494,12 @@ def _rowcount(status: str) -> int:
 
 
 class _PgTx:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, db: PostgresDatabase) -> None:
         self.conn = conn
+        self.db = db
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.db.statements += 1
         try:
             status = await self.conn.execute(to_numbered(sql), *params)
         except asyncpg.IntegrityConstraintViolationError as exc:
@@ -459,12 +510,14 @@ class _PgTx:
         rows = list(rows)
         if not rows:
             return
+        self.db.statements += 1
         try:
             await self.conn.executemany(to_numbered(sql), rows)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise IntegrityError(str(exc)) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.db.statements += 1
         try:
             return list(await self.conn.fetch(to_numbered(sql), *params))
         except asyncpg.IntegrityConstraintViolationError as exc:
@@ -506,10 +559,20 @@ async def _keep_session(_conn: Any) -> None:
 class PostgresDatabase:
     kind: Literal["sqlite", "postgres"] = "postgres"
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, group_commit: bool = True, max_batch: int = 512) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.group_commit = group_commit
+        self.max_batch = max_batch
+        self.writers = max(1, pool_size // 2)
+        """Transactions that write at once; the pool's other connections serve reads."""
         self.batches = 0
+        self.operations = 0
+        self.statements = 0
+        """Statements sent in write transactions, BEGIN and COMMIT included."""
+        self._pending: collections.deque[_Op] = collections.deque()
+        self._running = 0
+        self._drains: set[asyncio.Task[None]] = set()
         self.pool: Any = None
         self.relaxed_pool: Any = None
         """Connections whose commits do not wait for the WAL flush (``relaxed``)."""
@@ -555,16 +618,98 @@ class PostgresDatabase:
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         if self.pool is None:
             raise RuntimeError("the store is not open")
-        async with _reachable(), self.pool.acquire() as conn:
+        if not self.group_commit:
+            return cast(T, (await self._transaction([fn]))[0])
+        if self._running < self.writers:
+            # A writer is free: this write's transaction runs at once, in the caller's own task
+            # (no hand-off: the caller resumes right after its commit, as without group commit).
+            self._running += 1
             try:
+                return cast(T, (await self._transaction([fn]))[0])
+            finally:
+                self._running -= 1
+                self._start_drains()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(fn, future))
+        return await future
+
+    def _start_drains(self) -> None:
+        while self._pending and self._running < self.writers:
+            self._running += 1
+            writer = asyncio.create_task(self._drain(), name="statehost-pg-writer")
+            self._drains.add(writer)
+            writer.add_done_callback(self._drains.discard)
+
+    async def _drain(self) -> None:
+        """Commits the writes that waited while every writer was busy, in batches (group commit),
+        until none waits."""
+        try:
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+                await self._run_batch(batch)
+        finally:
+            self._running -= 1
+
+    async def _run_batch(self, batch: list[_Op]) -> None:
+        outcomes: dict[int, tuple[Any, BaseException | None]] = {}
+        remaining = list(range(len(batch)))
+        failed: list[int] = []
+        while remaining:
+            try:
+                results = await self._transaction([batch[i].fn for i in remaining])
+            except _BatchFailed as exc:
+                # One operation failed (or met a deadlock): the transaction was rolled back. The
+                # others run again together; then that one alone, for its own outcome (after them,
+                # as it ran after those before it and would have prevailed over none of them).
+                failed.append(remaining.pop(exc.index))
+                continue
+            except Exception as exc:  # the connection or the commit failed: none of them is known durable
+                outcomes.update((i, (None, exc)) for i in remaining)
+                break
+            outcomes.update((i, (result, None)) for i, result in zip(remaining, results, strict=True))
+            break
+        for alone in failed:
+            try:
+                outcomes[alone] = ((await self._transaction([batch[alone].fn]))[0], None)
+            except Exception as exc:
+                outcomes[alone] = (None, exc)
+        for i, op in enumerate(batch):
+            result, error = outcomes[i]
+            if op.future.done():
+                continue
+            if error is not None:
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(result)
+
+    async def _transaction(self, fns: list[Callable[[Tx], Awaitable[Any]]]) -> list[Any]:
+        """``fns`` in one transaction on a pooled connection. A lone operation's own error is raised
+        as it is; in a batch of several, an operation's error is _BatchFailed (the transaction was
+        rolled back: nothing of it is stored)."""
+        assert self.pool is not None, "the store is not open"
+        async with _reachable(), self.pool.acquire() as conn:
+            tx = _PgTx(conn, self)
+            try:
+                self.statements += 2  # BEGIN, COMMIT
                 async with conn.transaction():
-                    result = await fn(_PgTx(conn))
+                    results = []
+                    for index, fn in enumerate(fns):
+                        try:
+                            results.append(await fn(tx))
+                        except _CONNECTION_LOST:
+                            raise
+                        except Exception as exc:
+                            if len(fns) == 1:
+                                raise
+                            raise _BatchFailed(index) from exc
             except asyncpg.InterfaceError as exc:
                 # The connection died inside the transaction (the backend was terminated, the
                 # server restarted): the transaction's end then fails with an InterfaceError that
                 # hides the cause. PostgreSQL rolls back whatever the dead connection had not
                 # committed; the pool replaces it.
                 cause = exc.__context__
+                while isinstance(cause, _BatchFailed):
+                    cause = cause.__cause__
                 if not isinstance(cause, _CONNECTION_LOST):
                     raise
                 raise Unavailable(
@@ -572,7 +717,8 @@ class PostgresDatabase:
                     f"({type(cause).__name__}: {cause}); try again"
                 ) from exc
         self.batches += 1
-        return result
+        self.operations += len(fns)
+        return results
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         assert self.pool is not None, "the store is not open"
@@ -600,6 +746,14 @@ class PostgresDatabase:
             conn = await asyncpg.connect(self.url)
             await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
         return Listener(conn)
+
+
+class _BatchFailed(Exception):
+    """The operation at ``index`` of a PostgreSQL batch failed: the batch was rolled back."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"operation {index} of the batch failed")
+        self.index = index
 
 
 class Listener:

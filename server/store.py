@@ -39,7 +39,9 @@ from .db import (
 )
 from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
-from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin, _dumps
+from .jsoncodec import dumps as _dumps
+from .jsoncodec import loads as _loads
+from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin
 
 __all__ = [
     "InstanceRow",
@@ -163,21 +165,61 @@ class RoundCommit:
         return self.transitions[-1].seq if self.transitions else self.expected_seq
 
 
-def _state_columns(commit: RoundCommit) -> tuple[Any, ...]:
-    """The instance row's state after a round with transitions, in the column order of
-    ``seq, ts, persisted_json, inflight_json, state_json, context_json, public_json, tags_json, done``."""
-    last = commit.transitions[-1]
-    return (
-        last.seq,
-        last.ts,
-        _dumps(commit.persisted),
-        _dumps(commit.persisted.get("inflight", [])),
-        _dumps(last.state),
-        _dumps(commit.context),
-        _dumps(last.public_context),
-        _dumps(list(last.tags)),
-        int(last.done),
-    )
+@dataclass(frozen=True)
+class _EncodedRound:
+    """A round's rows with every JSON value serialised once, before the round is queued for the
+    writer (the last transition's state, public context, tags and context serve both its history
+    row and the instance row)."""
+
+    transitions: list[tuple[Any, ...]]
+    """History rows without their instance id: ``seq, ts, version_id, state_json, event_json,
+    public_json, tags_json, done, created_ms, context_json``."""
+    state: tuple[Any, ...]
+    """The instance row's columns ``seq, ts, persisted_json, inflight_json, state_json,
+    context_json, public_json, tags_json, done`` (empty for a round without transitions)."""
+    persisted: str
+    inflight: str
+    now_ms: int
+    timers: list[tuple[str, Any, tuple[Any, ...] | None]]
+    """The timer ops with their rows: ("set", None, (key, event_json, due_ms, created_ms,
+    target_json)) | ("cancel", key, None) | ("cancel_all", None, None)."""
+
+
+def _encode(commit: RoundCommit, now_ms: int) -> _EncodedRound:
+    transitions = []
+    last: tuple[Any, ...] = ()
+    for t in commit.transitions:
+        state, public, tags = _dumps(t.state), _dumps(t.public_context), _dumps(list(t.tags))
+        context = _dumps(t.context)
+        transitions.append(
+            (t.seq, t.ts, commit.version_id, state, _dumps(t.event), public, tags, int(t.done), now_ms, context)
+        )
+        last = (t, state, public, tags, context)
+    persisted = _dumps(commit.persisted)
+    inflight = _dumps(commit.persisted.get("inflight", []))
+    state_columns: tuple[Any, ...] = ()
+    if last:
+        t, state, public, tags, context = last
+        if commit.context is not t.context:
+            context = _dumps(commit.context)
+        state_columns = (t.seq, t.ts, persisted, inflight, state, context, public, tags, int(t.done))
+    timers: list[tuple[str, Any, tuple[Any, ...] | None]] = []
+    for kind, value in commit.timer_ops:
+        if kind == "set":
+            key = value.key if value.key is not None else f"anonymous:{uuid.uuid4()}"
+            target = None if value.target is None else _dumps(value.target)
+            timers.append(("set", None, (key, _dumps(value.event), value.due_ms, now_ms, target)))
+        else:
+            timers.append((kind, value, None))
+    return _EncodedRound(transitions, state_columns, persisted, inflight, now_ms, timers)
+
+
+def _index_key(values: Mapping[str, Sequence[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((name, tuple(entries)) for name, entries in values.items()))
+
+
+INDEX_MEMORY = 100_000
+"""Instances whose last index entries this process remembers (Store._indexed)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +301,10 @@ class Store(DirectoryMixin):
         self._last_log_ms = 0
         self._machine_ids: dict[tuple[str, str], tuple[int, float]] = {}
         self.authority_generation = 0
-        self.on_forget: list[Callable[[str], None]] = []
+        self.on_forget: list[Callable[[str], None]] = [self._forget_indexed]
+        self._indexed: dict[int, tuple[int, tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+        """instance id -> (seq, index entries) that this process committed (commit_round skips
+        rewriting entries that did not change)."""
 
     @property
     def batches(self) -> int:
@@ -444,14 +489,14 @@ class Store(DirectoryMixin):
             status=row["status"],
             seq=row["seq"],
             ts=row["ts"],
-            persisted=json.loads(row["persisted_json"]),
-            state=json.loads(row["state_json"]),
-            context=json.loads(row["context_json"]),
-            public_context=json.loads(row["public_json"]),
-            tags=json.loads(row["tags_json"]),
+            persisted=_loads(row["persisted_json"]),
+            state=_loads(row["state_json"]),
+            context=_loads(row["context_json"]),
+            public_context=_loads(row["public_json"]),
+            tags=_loads(row["tags_json"]),
             done=bool(row["done"]),
             created_ms=row["created_ms"],
-            parent=None if row["parent_json"] is None else json.loads(row["parent_json"]),
+            parent=None if row["parent_json"] is None else _loads(row["parent_json"]),
         )
 
     async def find_instance(self, machine_id: int, name: str) -> InstanceRow | None:
@@ -473,6 +518,9 @@ class Store(DirectoryMixin):
         self, machine_id: int, name: str, commit: RoundCommit, now_ms: int, parent: Mapping[str, Any] | None = None
     ) -> int:
         """Create an instance with its first round, in one transaction. Conflict if it exists."""
+        encoded = _encode(commit, now_ms)
+        parent_json = None if parent is None else _dumps(parent)
+        index_key = None if commit.index_values is None else _index_key(commit.index_values)
 
         async def op(tx: Tx) -> int:
             await self._fence(tx, commit)
@@ -481,61 +529,74 @@ class Store(DirectoryMixin):
                     "INSERT INTO instances (machine_id, name, version_id, seq, ts, persisted_json, inflight_json,"
                     " state_json, context_json, public_json, tags_json, done, created_ms, parent_json)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (
-                        machine_id,
-                        name,
-                        commit.version_id,
-                        *_state_columns(commit),
-                        now_ms,
-                        None if parent is None else _dumps(parent),
-                    ),
+                    (machine_id, name, commit.version_id, *encoded.state, now_ms, parent_json),
                 )
             except IntegrityError as exc:
                 raise Conflict(f"instance {name!r} already exists") from exc
             assert row is not None
             commit.instance_id = int(row["id"])
-            await self._write_round_rows(tx, commit, now_ms)
+            await self._write_round_rows(tx, commit, encoded, index_key, fresh=True)
             return commit.instance_id
 
-        return await self.write(op)
+        instance_id = await self.write(op)
+        self._remember_index(instance_id, commit.new_seq, index_key or ())
+        return instance_id
 
     async def commit_round(self, commit: RoundCommit, now_ms: int) -> None:
-        """Write one round; Conflict if the instance moved on (or vanished) since ``expected_seq``."""
+        """Write one round; Conflict if the instance moved on (or vanished) since ``expected_seq``.
+
+        The statements of a round with one transition and nothing else to write: the instance's
+        UPDATE and its history INSERT (tests/server/test_commit_path.py pins the count)."""
+        encoded = _encode(commit, now_ms)
+        index_key = None if commit.index_values is None else _index_key(commit.index_values)
+        # The instance's entries are replaced only when they change: this process remembers what it
+        # wrote at which seq, and the round commits only from that seq (so nobody wrote since).
+        known = self._indexed.get(commit.instance_id)
+        replace = index_key if index_key is not None and known != (commit.expected_seq, index_key) else None
+        if index_key is None and known is not None and known[0] == commit.expected_seq:
+            index_key = known[1]  # unchanged: still known after this round
 
         async def op(tx: Tx) -> None:
             await self._fence(tx, commit)
-            if commit.transitions:
+            if encoded.state:
                 changed = await tx.execute(
                     "UPDATE instances SET seq = ?, ts = ?, persisted_json = ?, inflight_json = ?, state_json = ?,"
                     " context_json = ?, public_json = ?, tags_json = ?, done = ?, version_id = ?,"
                     # an upgrade that reached the desired version clears it
                     " desired_version_id = CASE WHEN desired_version_id = ? THEN NULL ELSE desired_version_id END"
                     " WHERE id = ? AND seq = ?",
-                    (
-                        *_state_columns(commit),
-                        commit.version_id,
-                        commit.version_id,
-                        commit.instance_id,
-                        commit.expected_seq,
-                    ),
+                    (*encoded.state, commit.version_id, commit.version_id, commit.instance_id, commit.expected_seq),
                 )
             else:
                 changed = await tx.execute(
                     "UPDATE instances SET persisted_json = ?, inflight_json = ? WHERE id = ? AND seq = ?",
-                    (
-                        _dumps(commit.persisted),
-                        _dumps(commit.persisted.get("inflight", [])),
-                        commit.instance_id,
-                        commit.expected_seq,
-                    ),
+                    (encoded.persisted, encoded.inflight, commit.instance_id, commit.expected_seq),
                 )
             if changed != 1:
                 raise Superseded(
                     f"instance {commit.instance_name!r} changed since seq {commit.expected_seq}; try again"
                 )
-            await self._write_round_rows(tx, commit, now_ms)
+            await self._write_round_rows(tx, commit, encoded, replace)
 
-        await self.write(op)
+        try:
+            await self.write(op)
+        except BaseException:
+            self._indexed.pop(commit.instance_id, None)
+            raise
+        if index_key is not None:
+            self._remember_index(commit.instance_id, commit.new_seq, index_key)
+        else:
+            self._indexed.pop(commit.instance_id, None)
+
+    def _remember_index(self, instance_id: int, seq: int, key: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+        if len(self._indexed) >= INDEX_MEMORY:
+            self._indexed.clear()
+        self._indexed[instance_id] = (seq, key)
+
+    def _forget_indexed(self, notice: str) -> None:
+        """A machine (and its instances) deleted: SQLite may give a later instance a freed id."""
+        if notice == "*" or notice.startswith("machine:"):
+            self._indexed.clear()
 
     @staticmethod
     async def _fence(tx: Tx, commit: RoundCommit) -> None:
@@ -552,48 +613,41 @@ class Store(DirectoryMixin):
         if held is None:
             raise Superseded(f"instance {lease.name!r}: this node's lease was taken over by another node; try again")
 
-    async def _write_round_rows(self, tx: Tx, commit: RoundCommit, now_ms: int) -> None:
+    async def _write_round_rows(
+        self,
+        tx: Tx,
+        commit: RoundCommit,
+        encoded: _EncodedRound,
+        index_key: tuple[tuple[str, tuple[str, ...]], ...] | None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """The round's rows besides the instance's own; ``index_key``: the index entries to write in
+        place of the instance's (None: they stay as they are); ``fresh``: a new instance (no entries
+        to delete)."""
+        instance_id = commit.instance_id
         # The delivered timer goes first, before the round's own timer changes (a cancel of the same
         # id must not reach it). A timer that is gone was delivered or withdrawn already: the round
         # must not commit (a timer fires once in effect, even when two nodes race).
         timer = commit.delete_timer_id
         if timer is not None and await tx.execute("DELETE FROM timers WHERE id = ?", (timer,)) != 1:
             raise Conflict("the timer was delivered or cancelled meanwhile")
-        if commit.transitions:
-            await tx.executemany(
+        if encoded.transitions:
+            sql = (
                 "INSERT INTO transitions (instance_id, seq, ts, version_id, state_json, event_json, public_json,"
-                " tags_json, done, created_ms, context_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        commit.instance_id,
-                        t.seq,
-                        t.ts,
-                        commit.version_id,
-                        _dumps(t.state),
-                        _dumps(t.event),
-                        _dumps(t.public_context),
-                        _dumps(list(t.tags)),
-                        int(t.done),
-                        now_ms,
-                        _dumps(t.context),
-                    )
-                    for t in commit.transitions
-                ],
+                " tags_json, done, created_ms, context_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
-        for kind, value in commit.timer_ops:
+            if len(encoded.transitions) == 1:
+                await tx.execute(sql, (instance_id, *encoded.transitions[0]))
+            else:
+                await tx.executemany(sql, [(instance_id, *row) for row in encoded.transitions])
+        for kind, value, row in encoded.timers:
             if kind == "set":
-                key = value.key if value.key is not None else f"anonymous:{uuid.uuid4()}"
+                assert row is not None
                 await tx.execute(
                     "INSERT INTO timers (instance_id, timer_key, event_json, due_ms, created_ms, target_json)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        commit.instance_id,
-                        key,
-                        _dumps(value.event),
-                        value.due_ms,
-                        now_ms,
-                        None if value.target is None else _dumps(value.target),
-                    ),
+                    (instance_id, *row),
                 )
             elif kind == "cancel":
                 # The rules of runtime.apply_timer_op, in SQL (tests/server/test_timer_rows.py).
@@ -601,21 +655,25 @@ class Store(DirectoryMixin):
                 await tx.execute(
                     "DELETE FROM timers WHERE id = (SELECT id FROM timers WHERE instance_id = ? AND timer_key = ?"
                     " ORDER BY id DESC LIMIT 1)",
-                    (commit.instance_id, value),
+                    (instance_id, value),
                 )
             else:
                 # The instance stopped: its own timers and its delayed messages go; messages it already
                 # sent (due now) stay sent.
                 await tx.execute(
                     "DELETE FROM timers WHERE instance_id = ? AND (target_json IS NULL OR due_ms > ?)",
-                    (commit.instance_id, now_ms),
+                    (instance_id, encoded.now_ms),
                 )
-        if commit.index_values is not None:
-            await tx.execute("DELETE FROM index_entries WHERE instance_id = ?", (commit.instance_id,))
-            await tx.executemany(
-                "INSERT INTO index_entries (instance_id, index_name, value) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                [(commit.instance_id, name, value) for name, values in commit.index_values.items() for value in values],
-            )
+        if index_key is not None:
+            if not fresh:
+                await tx.execute("DELETE FROM index_entries WHERE instance_id = ?", (instance_id,))
+            rows = [(instance_id, name, value) for name, values in index_key for value in values]
+            if rows:
+                await tx.executemany(
+                    "INSERT INTO index_entries (instance_id, index_name, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    rows,
+                )
         if commit.logs:
             await self._insert_logs(
                 tx, commit.org_id, commit.machine_slug, commit.instance_name, commit.version_id, commit.logs
@@ -632,6 +690,7 @@ class Store(DirectoryMixin):
         async def op(tx: Tx) -> None:
             await tx.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
+        self._indexed.clear()  # SQLite may give a later instance this id
         await self.write(op)
 
     async def transitions(self, instance_id: int, after_seq: int = 0, limit: int = 100) -> list[TransitionRecord]:
@@ -645,12 +704,12 @@ class Store(DirectoryMixin):
             TransitionRecord(
                 r["seq"],
                 r["ts"],
-                json.loads(r["state_json"]),
-                json.loads(r["event_json"]),
-                json.loads(r["public_json"]),
-                json.loads(r["tags_json"]),
+                _loads(r["state_json"]),
+                _loads(r["event_json"]),
+                _loads(r["public_json"]),
+                _loads(r["tags_json"]),
                 bool(r["done"]),
-                None if r["context_json"] is None else json.loads(r["context_json"]),
+                None if r["context_json"] is None else _loads(r["context_json"]),
                 r["version_id"],
             )
             for r in rows

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .. import jsoncodec
 from ..auth import Caller, authenticate
 from ..config import Settings
 from ..engine import DurableEngine
@@ -67,7 +68,7 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
             raise InvalidParameter("the request needs a JSON object body", parameter="body")
         return {}
     try:
-        body = json.loads(raw)
+        body = jsoncodec.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InvalidParameter(f"the body is not valid JSON: {exc}", parameter="body") from None
     if not isinstance(body, dict):
@@ -141,7 +142,7 @@ async def caller(request: web.Request) -> Caller:
 
 def ok(body: Any) -> web.Response:
     """A 200 always carries JSON (an empty 200 crashes the official client)."""
-    return web.json_response(body, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+    return web.Response(body=jsoncodec.dumps_bytes(body), content_type="application/json", charset="utf-8")
 
 
 def page_response(key: str, items: list[Any], cursor: str | None) -> web.Response:
