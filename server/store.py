@@ -260,7 +260,6 @@ class Store:
         self.current_version_id = self.machines.current_version_id
         self.get_version = self.machines.get_version
         self.versions_to_warm = self.machines.versions_to_warm
-        self.version_selectors = self.machines.version_selectors
         self.migration = self.migrations.migration
         self.migration_edges = self.migrations.migration_edges
         self.set_desired_version = self.instance_admin.set_desired_version
