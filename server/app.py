@@ -18,6 +18,7 @@ from aiohttp import web
 from runtime import Bundler, Clock
 
 from . import indexes as instance_indexes
+from .auth import Authenticator
 from .bootstrap import bootstrap
 from .cluster import CommitFeed
 from .config import Settings
@@ -28,10 +29,28 @@ from .exchange import JwksCache
 from .openapi import document
 from .revocation import Revocations
 from .routes import dashboard, http_api, indexes, instances, logs, machines, orgs, providers, realtime
-from .routes.common import ENGINE, HUB, JWKS, SECRETS, SETTINGS
+from .routes.common import (
+    AUTH,
+    HUB,
+    INSTANCE_ADMIN,
+    INSTANCES,
+    LOGS,
+    MACHINES,
+    ORGS,
+    PROVIDERS,
+    SETTINGS,
+)
+from .services import InstanceAdmin, LogService, MachineService, OrgService, ProviderService
 from .subscriptions import Hub
 
-__all__ = ["FEED", "REVOCATIONS", "create_app"]
+__all__ = ["ENGINE", "FEED", "REVOCATIONS", "SECRETS", "create_app"]
+
+ENGINE = web.AppKey("engine", DurableEngine)
+"""The node itself: its start and stop (here), /health, and tests. Routes never read it: each
+reaches only the services registered under the keys of server/routes/common.py."""
+
+SECRETS = web.AppKey("secrets", dict)
+"""Server secrets loaded at start: {"admin": ..., "uploads": ...} (the services hold what they need)."""
 
 FEED = web.AppKey("feed", CommitFeed)
 """Several nodes: the relay of other nodes' commits (server/cluster.py)."""
@@ -146,12 +165,21 @@ def create_app(settings: Settings, *, clock: Clock | None = None, bundler: Bundl
         await engine.start()
         instance_indexes.attach(engine)  # before any await: no round may commit without its index entries
         now = engine.clock.now_ms()
-        app[SECRETS] = {
-            "admin": await engine.store.server_secret("admin-token-key", now),
-            "uploads": await engine.store.server_secret("upload-signing-key", now),
+        store, clock, instances = engine.store, engine.clock, engine.instances
+        secrets = app[SECRETS] = {
+            "admin": await store.orgs.server_secret("admin-token-key", now),
+            "uploads": await store.orgs.server_secret("upload-signing-key", now),
         }
-        app[JWKS] = JwksCache(engine.transport, clock=lambda: engine.clock.now_ms() / 1000)
-        hub = Hub(engine.instances)
+        # The services the routes call, each built once with its collaborators (server/services/).
+        app[AUTH] = Authenticator(store, clock, secrets["admin"])
+        app[ORGS] = OrgService(store, clock)
+        app[MACHINES] = MachineService(store, instances, clock, secrets["uploads"])
+        app[INSTANCES] = instances
+        app[INSTANCE_ADMIN] = InstanceAdmin(store, instances)
+        jwks = JwksCache(engine.transport, clock=lambda: clock.now_ms() / 1000)
+        app[PROVIDERS] = ProviderService(store, clock, jwks)
+        app[LOGS] = LogService(store)
+        hub = Hub(instances)
         app[HUB] = hub
         revocations = app[REVOCATIONS] = Revocations(engine.store, hub)  # server/revocation.py
         await revocations.start()

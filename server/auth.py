@@ -31,6 +31,8 @@ from typing import Any, cast
 
 import jwt
 
+from runtime import Clock
+
 from .errors import ApiError, InvalidParameter, MissingUser
 from .exchange import KeyRecord, auth_context_of, check_key_token_times, verify_key_token
 from .store import Store
@@ -40,6 +42,7 @@ __all__ = [
     "ADMIN_KID",
     "ALL_SCOPES",
     "USE_PRESETS",
+    "Authenticator",
     "Caller",
     "MissingOrg",
     "MissingScope",
@@ -152,7 +155,7 @@ async def authenticate(
 ) -> Caller:
     if not token:
         raise MissingUser("no bearer token")
-    hit = store.verified_key_tokens.get(token)
+    hit = store.authority.verified_key_tokens.get(token)
     if hit is not None and hit[2] > time.monotonic():
         # A key-signed token verified within VERIFIED_TOKEN_TTL_S: no header to parse, no key to
         # read, no HMAC, and the same Caller as last time (only its times are checked again).
@@ -187,6 +190,25 @@ async def _verified_caller(store: Store, token: str, org_header: str | None, now
     return caller
 
 
+class Authenticator:
+    """Who a request's bearer token names (the service behind every route's ``caller``)."""
+
+    def __init__(self, store: Store, clock: Clock, admin_secret: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._admin_secret = admin_secret
+
+    async def caller(self, token: str | None, *, org_header: str | None, act_header: str | None) -> Caller:
+        return await authenticate(
+            self._store,
+            token,
+            org_header=org_header,
+            act_header=act_header,
+            now_s=self._clock.now_ms() // 1000,
+            admin_secret=self._admin_secret,
+        )
+
+
 VERIFIED_TOKENS_CACHED = 10_000
 VERIFIED_TOKEN_TTL_S = 5.0
 """How long a verified key-signed token is trusted without reading its key again: the bound on a
@@ -195,7 +217,7 @@ deleted key's tokens being accepted by a node that missed the deletion's notice.
 
 def _cached_key_caller(store: Store, token: str, hit: Any, org_header: str | None, now_s: int) -> Caller:
     key, claims, _, caller = hit
-    store.verified_key_tokens.move_to_end(token)
+    store.authority.verified_key_tokens.move_to_end(token)
     check_key_token_times(claims, now_s)  # exp and nbf are checked on every use
     if org_header and org_header != key.org_id:
         raise MissingOrg("the token's key belongs to another org than x-statebacked-org-id")
@@ -203,16 +225,16 @@ def _cached_key_caller(store: Store, token: str, hit: Any, org_header: str | Non
 
 
 async def _key_caller(store: Store, token: str, kid: str, org_header: str | None, now_s: int) -> Caller:
-    cache = store.verified_key_tokens
-    generation = store.authority_generation
-    row = await store.key_row(kid)
+    cache = store.authority.verified_key_tokens
+    generation = store.authority.generation
+    row = await store.orgs.key(kid)
     if row is None:
         cache.pop(token, None)
         raise MissingUser("the token's key does not exist (deleted?)")
-    key = KeyRecord(row["id"], row["org_id"], row["secret"], tuple(json.loads(row["scopes_json"])))
+    key = KeyRecord(row.id, row.org_id, row.secret, row.scopes)
     claims = verify_key_token(token, key, now_s)
     caller = Caller("key", key.org_id, frozenset(key.scopes), auth_context_of(claims), key_id=key.id)
-    if generation == store.authority_generation:  # no deletion overtook the read
+    if generation == store.authority.generation:  # no deletion overtook the read
         # (key, claims, trusted until, caller): Store.forget finds a key's tokens by hit[0].id.
         cache[token] = (key, claims, time.monotonic() + VERIFIED_TOKEN_TTL_S, caller)
         cache.move_to_end(token)
@@ -228,10 +250,10 @@ async def _admin_caller(store: Store, token: str, org_header: str | None, secret
         claims = jwt.decode(token, secret, algorithms=["HS256"], audience=ADMIN_AUDIENCE, leeway=5)
     except jwt.PyJWTError as exc:
         raise MissingUser(f"invalid admin token: {exc}") from None
-    user = await store.user(str(claims.get("sub")))
-    if user is None or claims.get("gen") != user["token_generation"]:
+    user = await store.orgs.user(str(claims.get("sub")))
+    if user is None or claims.get("gen") != user.token_generation:
         raise MissingUser("the admin token was revoked")
-    memberships = await store.memberships(user["id"])
+    memberships = await store.orgs.memberships(user.id)
     org_id: str | None = None
     if org_header:
         if org_header not in memberships:
@@ -244,10 +266,10 @@ async def _admin_caller(store: Store, token: str, org_header: str | None, secret
         "admin",
         org_id,
         scopes,
-        {"sub": user["id"]},
-        user_id=user["id"],
+        {"sub": user.id},
+        user_id=user.id,
         memberships=memberships,
-        generation=user["token_generation"],
+        generation=user.token_generation,
     )
 
 
@@ -256,12 +278,12 @@ async def still_authorized(store: Store, caller: Caller) -> bool:
     tokens were not revoked and the user keeps a role in the org that grants the caller's scopes.
     (Expiry is not re-checked: a live real-time socket outlives its token, wire-api 4.6.)"""
     if caller.kind == "key":
-        row = None if caller.key_id is None else await store.key_row(caller.key_id)
-        return row is not None and row["org_id"] == caller.org_id
-    user = None if caller.user_id is None else await store.user(caller.user_id)
-    if user is None or user["token_generation"] != caller.generation:
+        row = None if caller.key_id is None else await store.orgs.key(caller.key_id)
+        return row is not None and row.org_id == caller.org_id
+    user = None if caller.user_id is None else await store.orgs.user(caller.user_id)
+    if user is None or user.token_generation != caller.generation:
         return False
     if caller.org_id is None:
         return True
-    role = (await store.memberships(user["id"])).get(caller.org_id)
+    role = (await store.orgs.memberships(user.id)).get(caller.org_id)
     return role is not None and caller.scopes <= scopes_for_role(role)

@@ -20,12 +20,12 @@ async def bootstrap(engine: DurableEngine, admin_secret: str, url: str, path: Pa
 
     Returns True when it did (the database had no user).
     """
-    if await engine.store.count_users() > 0:
+    if await engine.store.orgs.count_users() > 0:
         return False
     now = engine.clock.now_ms()
-    if not await engine.store.claim_once("bootstrap", now):
+    if not await engine.store.orgs.claim_once("bootstrap", now):
         return False  # another node sharing the database bootstraps it
-    user_id = await engine.store.create_user("admin", None, now)
+    user_id = await engine.store.orgs.create_user("admin", None, now)
     org_id = await create_org(engine.store, "default", user_id, now)
     token = issue_admin_token(admin_secret, user_id, 0, now // 1000, lifetime_s)
     credentials: dict[str, Any] = {"url": url, "orgId": org_id, "userId": user_id, "adminToken": token}

@@ -61,6 +61,7 @@ from runtime import FetchError, FetchRequest, Limits, Transport
 
 from . import jsonpath
 from .errors import InvalidParameter, MissingUser
+from .store_providers import IdentityProviderRow, TokenProviderRow
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -122,24 +123,10 @@ class KeyRecord:
     scopes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class IdentityProviderRecord:
-    org_id: str
-    aud: str | None
-    iss: str | None
-    algs: tuple[str, ...]
-    key: str | None
-    """base64url, as uploaded (``POST /idps``)."""
-    jwks_url: str | None
-    mapping: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TokenProviderRecord:
-    org_id: str
-    service: str
-    key_id: str
-    mapping: dict[str, Any] = field(default_factory=dict)
+IdentityProviderRecord = IdentityProviderRow
+"""An org's identity provider: the directory's row (server/store_providers.py) is the one type."""
+TokenProviderRecord = TokenProviderRow
+"""An org's token provider: the directory's row (server/store_providers.py) is the one type."""
 
 
 class ExchangeDirectory(Protocol):

@@ -134,6 +134,6 @@ def attach(engine: DurableEngine) -> Indexes:
     owner = getattr(hook, "__self__", None)
     if isinstance(owner, Indexes):
         return owner
-    indexes = Indexes(engine.store)
+    indexes = Indexes(engine.store.machines)
     engine.instances.index_values = indexes.values
     return indexes

@@ -132,9 +132,9 @@ class MachineCache:
         cached = self._migrations.get(migration_id)
         if cached is None:
             row = await self.store.migration(migration_id)
-            if row is None or row["bundle"] is None:
+            if row is None or row.bundle is None or row.bundle_hash is None:
                 raise NotFound(f"migration {migration_id!r} not found")
-            bundle = MachineBundle(row["bundle"], None, row["bundle_hash"])
+            bundle = MachineBundle(row.bundle, None, row.bundle_hash)
             cached = await self.executor.run(self.engine.prepare_migration, bundle, self.limits)
         self._cache(self._migrations, migration_id, cached)
         return cached

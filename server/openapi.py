@@ -15,7 +15,7 @@ from typing import Any
 from .auth import ALL_SCOPES
 from .exchange import SUPPORTED_ALGS
 from .routes.providers import ACCESS_TOKEN, GRANT_TYPE
-from .store_directory import INDEX_OPERATORS
+from .store_machines import INDEX_OPERATORS
 
 __all__ = ["ROUTES", "document"]
 

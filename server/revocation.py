@@ -60,7 +60,7 @@ class Revocations:
         """Sockets whose caller lost its authority (for tests and metrics)."""
 
     async def start(self) -> None:
-        self.store.on_forget.append(self._forgotten)
+        self.store.authority.on_forget.append(self._forgotten)
         if self.store.shared:
             self._listener = await self.store.listen_authority(self._on_notice)
             self._tasks.append(
@@ -73,7 +73,7 @@ class Revocations:
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
-            self.store.on_forget.remove(self._forgotten)
+            self.store.authority.on_forget.remove(self._forgotten)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -84,7 +84,7 @@ class Revocations:
     # -- notices ------------------------------------------------------------------------------------
 
     def _on_notice(self, notice: str) -> None:
-        self.store.forget(notice)
+        self.store.authority.forget(notice)
 
     def _forgotten(self, notice: str) -> None:
         kind, _, ident = notice.partition(":")
@@ -105,7 +105,7 @@ class Revocations:
             await self._listener.stop()
             self._listener = None
         self._listener = await self.store.listen_authority(self._on_notice)
-        self.store.forget("*")
+        self.store.authority.forget("*")
 
     # -- real-time sockets ----------------------------------------------------------------------------
 

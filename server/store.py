@@ -1,5 +1,6 @@
-"""Storage: every SQL statement of statehost lives here and in store_directory.py, written once for
-both databases (server/db.py: SQLite, the embedded default, and PostgreSQL for several nodes).
+"""Storage: every SQL statement of statehost lives here and in the directory's repositories
+(server/store_*.py, see server/store_directory.py), written once for both databases (server/db.py:
+SQLite, the embedded default, and PostgreSQL for several nodes).
 
 Decision log:
 
@@ -16,10 +17,8 @@ Decision log:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,12 @@ from .errors import Conflict, NotFound, Superseded
 from .ids import new_id
 from .jsoncodec import dumps as _dumps
 from .jsoncodec import loads as _loads
-from .store_directory import AUTHORITY_CHANNEL, DirectoryMixin
+from .store_directory import AUTHORITY_CHANNEL, Authority
+from .store_instance_admin import InstanceAdminRepository
+from .store_machines import MachineRepository, VersionRow
+from .store_migrations import MigrationRepository
+from .store_orgs import OrgRepository
+from .store_providers import ProviderRepository
 
 __all__ = [
     "InstanceRow",
@@ -55,20 +59,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-MACHINE_ID_TTL_S = 2.0
-MACHINE_ID_CACHE = 10_000
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    id: str
-    machine_id: int
-    xstate_major: int | None
-    bundle: str | None
-    bundle_hash: str | None
-    self_contained: bool
-    client_info: str
-    created_ms: int
 
 
 @dataclass(frozen=True)
@@ -283,7 +273,7 @@ def _due_timer_row(r: Row) -> TimerRow:
     return dataclasses.replace(_timer_row(r), owner=owner)
 
 
-class Store(DirectoryMixin):
+class Store:
     def __init__(
         self,
         target: Path | str,
@@ -294,17 +284,33 @@ class Store(DirectoryMixin):
         pool_size: int = 10,
     ) -> None:
         """``target``: a SQLite file, or a ``postgresql://`` URL (server/db.py)."""
-        self.verified_key_tokens = collections.OrderedDict()
         self.db: Database = open_database(
             target, synchronous=synchronous, group_commit=group_commit, max_batch=max_batch, pool_size=pool_size
         )
         self._last_log_ms = 0
-        self._machine_ids: dict[tuple[str, str], tuple[int, float]] = {}
-        self.authority_generation = 0
-        self.on_forget: list[Callable[[str], None]] = [self._forget_indexed]
         self._indexed: dict[int, tuple[int, tuple[tuple[str, tuple[str, ...]], ...]]] = {}
         """instance id -> (seq, index entries) that this process committed (commit_round skips
         rewriting entries that did not change)."""
+        # The directory, one repository per concern (server/store_directory.py).
+        self.authority = Authority(self.shared, on_forget=[self._forget_indexed])
+        self.providers = ProviderRepository(self.db, self.authority)
+        self.orgs = OrgRepository(self.db, self.authority, self.providers)
+        self.machines = MachineRepository(self.db, self.authority)
+        self.migrations = MigrationRepository(self.db, self.authority)
+        self.instance_admin = InstanceAdminRepository(self.db, self.authority, self._forget_instance)
+        # What the instance layer, the timers and the test fixtures read of the directory.
+        self.create_org = self.orgs.create_org
+        self.create_machine = self.machines.create_machine
+        self.create_version = self.machines.create_version
+        self.machine_id = self.machines.machine_id
+        self.current_version_id = self.machines.current_version_id
+        self.get_version = self.machines.get_version
+        self.versions_to_warm = self.machines.versions_to_warm
+        self.migration = self.migrations.migration
+        self.migration_edges = self.migrations.migration_edges
+        self.set_desired_version = self.instance_admin.set_desired_version
+        self.set_status = self.instance_admin.set_status
+        self.delete_instance = self.instance_admin.delete_instance
 
     @property
     def batches(self) -> int:
@@ -348,125 +354,6 @@ class Store(DirectoryMixin):
     async def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self._read(sql, params)
         return rows[0] if rows else None
-
-    # -- orgs, machines, versions -----------------------------------------------------------------
-
-    async def create_org(self, name: str, now_ms: int) -> str:
-        org_id = new_id("org")
-
-        async def op(tx: Tx) -> str:
-            await tx.execute("INSERT INTO orgs (id, name, created_ms) VALUES (?, ?, ?)", (org_id, name, now_ms))
-            return org_id
-
-        return await self.write(op)
-
-    async def create_machine(self, org_id: str, slug: str, indexes: Sequence[str], now_ms: int) -> int:
-        async def op(tx: Tx) -> int:
-            try:
-                row = await tx.fetchone(
-                    "INSERT INTO machines (org_id, slug, indexes_json, created_ms) VALUES (?, ?, ?, ?) RETURNING id",
-                    (org_id, slug, _dumps(list(indexes)), now_ms),
-                )
-            except IntegrityError as exc:
-                raise Conflict(f"machine {slug!r} already exists") from exc
-            assert row is not None
-            return int(row["id"])
-
-        return await self.write(op)
-
-    async def machine_id(self, org_id: str, slug: str) -> int:
-        """The machine's id; remembered for MACHINE_ID_TTL_S, so that a burst of requests to one
-        machine reaches the instances' inboxes in the order it arrived (no read to overtake) and
-        without a read each. Deleting a machine forgets it here, and on other nodes when its notice
-        arrives (``forget``), at the latest after the TTL (a lost notice)."""
-        key = (org_id, slug)
-        cached = self._machine_ids.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        generation = self.authority_generation
-        row = await self._read_one("SELECT id FROM machines WHERE org_id = ? AND slug = ?", (org_id, slug))
-        if row is None:
-            raise NotFound(f"machine {slug!r} not found")
-        if len(self._machine_ids) >= MACHINE_ID_CACHE:
-            self._machine_ids.clear()
-        if generation == self.authority_generation:  # no deletion overtook the read
-            self._machine_ids[key] = (int(row["id"]), time.monotonic() + MACHINE_ID_TTL_S)
-        return int(row["id"])
-
-    async def create_version(
-        self,
-        machine_id: int,
-        *,
-        bundle: str,
-        bundle_hash: str,
-        xstate_major: int,
-        self_contained: bool,
-        source: bytes,
-        source_name: str,
-        client_info: str,
-        now_ms: int,
-        make_current: bool,
-    ) -> str:
-        version_id = new_id("ver")
-
-        async def op(tx: Tx) -> str:
-            await tx.execute(
-                "INSERT INTO machine_versions (id, machine_id, client_info, xstate_major, bundle_hash, bundle,"
-                " runtime_api, source, source_name, status, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'final', ?)",
-                (
-                    version_id,
-                    machine_id,
-                    client_info,
-                    xstate_major,
-                    bundle_hash,
-                    bundle,
-                    int(self_contained),
-                    source,
-                    source_name,
-                    now_ms,
-                ),
-            )
-            if make_current:
-                await tx.execute("UPDATE machines SET current_version_id = ? WHERE id = ?", (version_id, machine_id))
-            return version_id
-
-        return await self.write(op)
-
-    async def current_version_id(self, machine_id: int) -> str | None:
-        row = await self._read_one("SELECT current_version_id FROM machines WHERE id = ?", (machine_id,))
-        return None if row is None else row["current_version_id"]
-
-    async def versions_to_warm(self, limit: int) -> list[str]:
-        """The current versions of machines that have instances, newest deployment first (at most
-        ``limit``): what a starting node prepares before it reports ready. One index probe per
-        machine (no scan of the instances: nothing indexes their last use)."""
-        rows = await self._read(
-            "SELECT v.id FROM machines m JOIN machine_versions v ON v.id = m.current_version_id"
-            " WHERE v.status = 'final' AND EXISTS (SELECT 1 FROM instances i WHERE i.machine_id = m.id)"
-            " ORDER BY v.created_ms DESC, v.id LIMIT ?",
-            (limit,),
-        )
-        return [row["id"] for row in rows]
-
-    async def get_version(self, version_id: str) -> VersionRow:
-        row = await self._read_one(
-            "SELECT id, machine_id, xstate_major, bundle, bundle_hash, runtime_api, client_info, created_ms"
-            " FROM machine_versions WHERE id = ? AND status = 'final'",
-            (version_id,),
-        )
-        if row is None:
-            raise NotFound(f"machine version {version_id!r} not found")
-        return VersionRow(
-            row["id"],
-            row["machine_id"],
-            row["xstate_major"],
-            row["bundle"],
-            row["bundle_hash"],
-            bool(row["runtime_api"]),
-            row["client_info"],
-            row["created_ms"],
-        )
 
     # -- instances ----------------------------------------------------------------------------------
 
@@ -593,6 +480,9 @@ class Store(DirectoryMixin):
             self._indexed.clear()
         self._indexed[instance_id] = (seq, key)
 
+    def _forget_instance(self, instance_id: int) -> None:
+        self._indexed.pop(instance_id, None)
+
     def _forget_indexed(self, notice: str) -> None:
         """A machine (and its instances) deleted: SQLite may give a later instance a freed id."""
         if notice == "*" or notice.startswith("machine:"):
@@ -678,20 +568,6 @@ class Store(DirectoryMixin):
             await self._insert_logs(
                 tx, commit.org_id, commit.machine_slug, commit.instance_name, commit.version_id, commit.logs
             )
-
-    async def set_status(self, instance_id: int, status: Literal["running", "paused"]) -> None:
-        async def op(tx: Tx) -> None:
-            if await tx.execute("UPDATE instances SET status = ? WHERE id = ?", (status, instance_id)) != 1:
-                raise NotFound("instance not found")
-
-        await self.write(op)
-
-    async def delete_instance(self, instance_id: int) -> None:
-        async def op(tx: Tx) -> None:
-            await tx.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
-
-        self._indexed.clear()  # SQLite may give a later instance this id
-        await self.write(op)
 
     async def transitions(self, instance_id: int, after_seq: int = 0, limit: int = 100) -> list[TransitionRecord]:
         rows = await self._read(
@@ -863,7 +739,7 @@ class Store(DirectoryMixin):
         return await self.db.listen(COMMITS_CHANNEL, callback)
 
     async def listen_authority(self, callback: Callable[[str], None]) -> Listener:
-        """Deletions of authority committed by any node (``DirectoryMixin.forget`` notices)."""
+        """Deletions of authority committed by any node (``Authority.forget`` notices)."""
         assert isinstance(self.db, PostgresDatabase)
         return await self.db.listen(AUTHORITY_CHANNEL, callback)
 

@@ -11,18 +11,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import jsoncodec
-from ..auth import Caller, authenticate
+from ..auth import Authenticator, Caller
 from ..config import Settings
-from ..engine import DurableEngine
 from ..errors import InvalidParameter
-from ..exchange import JwksCache
+from ..instances import InstanceService
+from ..services import InstanceAdmin, LogService, MachineService, OrgService, ProviderService
 from ..subscriptions import Hub
 
 __all__ = [
-    "ENGINE",
+    "AUTH",
     "HUB",
-    "JWKS",
-    "SECRETS",
+    "INSTANCES",
+    "INSTANCE_ADMIN",
+    "LOGS",
+    "MACHINES",
+    "ORGS",
+    "PROVIDERS",
     "SETTINGS",
     "caller",
     "form_body",
@@ -34,14 +38,19 @@ __all__ = [
     "public_base",
 ]
 
-ENGINE = web.AppKey("engine", DurableEngine)
+# One key per service; server/app.py builds each once and registers it. Routes reach nothing else.
 SETTINGS = web.AppKey("settings", Settings)
-SECRETS = web.AppKey("secrets", dict)
-JWKS = web.AppKey("jwks", JwksCache)
+AUTH = web.AppKey("auth", Authenticator)
+"""Who a bearer token names (server.auth.Authenticator)."""
+ORGS = web.AppKey("orgs", OrgService)
+MACHINES = web.AppKey("machines", MachineService)
+INSTANCES = web.AppKey("instances", InstanceService)
+"""Events, reads and the HTTP API mapper's exports (server.instances.InstanceService)."""
+INSTANCE_ADMIN = web.AppKey("instance_admin", InstanceAdmin)
+PROVIDERS = web.AppKey("providers", ProviderService)
+LOGS = web.AppKey("logs", LogService)
 HUB = web.AppKey("hub", Hub)
 """Real-time subscriptions (server.subscriptions.Hub)."""
-"""The identity providers' JWKS cache (server.exchange.JwksCache)."""
-"""Server secrets loaded at start: {"admin": ..., "uploads": ...}."""
 
 CALLER = web.RequestKey("caller", Caller)
 
@@ -127,14 +136,10 @@ async def caller(request: web.Request) -> Caller:
         return request[CALLER]
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    engine = request.app[ENGINE]
-    found = await authenticate(
-        engine.store,
+    found = await request.app[AUTH].caller(
         token,
         org_header=request.headers.get("x-statebacked-org-id") or None,
         act_header=request.headers.get("x-statebacked-act"),
-        now_s=engine.clock.now_ms() // 1000,
-        admin_secret=request.app[SECRETS]["admin"],
     )
     request[CALLER] = found
     return found

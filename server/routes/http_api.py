@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ApiError, Conflict, InvalidParameter, MachineError, NotFound
-from .common import ENGINE, NAME
+from .common import INSTANCES, NAME
 
 routes = web.RouteTableDef()
 
@@ -44,7 +44,7 @@ PATH = "/http-api/{org}/machines/{machine}/{slug}"
 
 
 async def http_api(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
+    instances = request.app[INSTANCES]
     org, machine, slug = (request.match_info[k] for k in ("org", "machine", "slug"))
     if not (NAME.match(machine) and NAME.match(slug)):
         raise NotFound("no such HTTP API")
@@ -55,21 +55,21 @@ async def http_api(request: web.Request) -> web.StreamResponse:
         "method": request.method,
         "query": dict(request.query),
     }
-    mapped = await engine.instances.invoke_export(org, machine, (*mapper, "handler"), arg)
+    mapped = await instances.invoke_export(org, machine, (*mapper, "handler"), arg)
     if mapped.missing:
         raise NotFound(f"machine {machine!r} has no HTTP API {slug!r} (httpApiMapper.{slug}.handler)")
     if not mapped.ok:
         raise HandlerError(f"the machine's HTTP handler failed: {mapped.error}")
     instance, event, auth, initial = _mapping(mapped.value, slug)
     try:
-        state = await engine.instances.send_event(org, machine, instance, event, auth)
+        state = await instances.send_event(org, machine, instance, event, auth)
     except NotFound:
         if initial is None:
             raise NotFound(f"instance {instance!r} not found (the handler gave no initialContext)") from None
         with contextlib.suppress(Conflict):  # created meanwhile by a concurrent request: deliver to it
-            await engine.instances.create(org, machine, instance, context=initial, auth_context=auth)
-        state = await engine.instances.send_event(org, machine, instance, event, auth)
-    reply = await engine.instances.invoke_export(
+            await instances.create(org, machine, instance, context=initial, auth_context=auth)
+        state = await instances.send_event(org, machine, instance, event, auth)
+    reply = await instances.invoke_export(
         org,
         machine,
         (*mapper, "responseMapper"),

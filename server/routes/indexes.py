@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import InvalidParameter, NotFound
-from ..store_directory import INDEX_OPERATORS
-from .common import ENGINE, caller, page_response
+from ..errors import InvalidParameter
+from ..services.machines import INDEX_OPERATORS
+from .common import MACHINES, caller, page_response
 
 routes = web.RouteTableDef()
 
@@ -40,12 +40,14 @@ async def query_index(request: web.Request) -> web.Response:
     if direction not in ("asc", "desc"):
         raise InvalidParameter("dir must be asc or desc", parameter="dir")
     limit = _limit(query.get("limit"))
-    store = request.app[ENGINE].store
-    machine = await store.machine(org, request.match_info["machine"])
-    index = request.match_info["index"]
-    if index not in machine.indexes:
-        raise NotFound(f"machine {machine.slug!r} has no index {index!r}")
-    pairs, cursor = await store.index_query(
-        machine.id, index, op, value, direction == "desc", limit, query.get("cursor")
+    page = await request.app[MACHINES].query_index(
+        org,
+        request.match_info["machine"],
+        request.match_info["index"],
+        op,
+        value,
+        direction == "desc",
+        limit,
+        query.get("cursor"),
     )
-    return page_response("instances", [{"indexValue": v, "slug": slug} for v, slug in pairs], cursor)
+    return page_response("instances", [{"indexValue": v, "slug": slug} for v, slug in page.rows], page.cursor)

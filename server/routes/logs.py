@@ -13,7 +13,7 @@ import datetime
 from aiohttp import web
 
 from ..errors import InvalidParameter
-from .common import ENGINE, caller, iso, ok
+from .common import LOGS, caller, iso, ok
 
 routes = web.RouteTableDef()
 
@@ -43,7 +43,7 @@ async def logs(request: web.Request) -> web.Response:
     from_ms = _instant(request, "from")
     if from_ms is None:
         raise InvalidParameter("from is required", parameter="from")
-    rows = await request.app[ENGINE].store.logs_after(
+    lines = await request.app[LOGS].after(
         org,
         from_ms,
         to_ms=_instant(request, "to"),
@@ -53,14 +53,14 @@ async def logs(request: web.Request) -> web.Response:
     )
     entries = [
         {
-            "timestamp": iso(r["ts_ms"]),
-            "orgId": r["org_id"],
-            "machineName": r["machine_slug"],
-            "instanceName": r["instance_name"],
-            "machineVersionId": r["version_id"],
-            "outputType": r["stream"],
-            "log": r["text"],
+            "timestamp": iso(line.ts_ms),
+            "orgId": line.org_id,
+            "machineName": line.machine_slug,
+            "instanceName": line.instance_name,
+            "machineVersionId": line.version_id,
+            "outputType": line.stream,
+            "log": line.text,
         }
-        for r in rows
+        for line in lines
     ]
-    return ok({"maxTimestamp": iso(rows[-1]["ts_ms"]) if rows else iso(from_ms), "logs": entries})
+    return ok({"maxTimestamp": iso(lines[-1].ts_ms) if lines else iso(from_ms), "logs": entries})

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from ..auth import ALL_SCOPES, USE_PRESETS
 from ..errors import InvalidParameter, MissingUser, NotFound
-from ..ids import new_secret
-from ..orgs import create_org
-from .common import ENGINE, SETTINGS, caller, iso, json_body, ok, only, page_response
+from .common import ORGS, SETTINGS, caller, iso, json_body, ok, only, page_response
 
 routes = web.RouteTableDef()
 
@@ -29,16 +25,10 @@ async def list_orgs(request: web.Request) -> web.Response:
     if found.kind == "key":
         found.require("org.read")
     user = _admin_user(found)
-    page = await request.app[ENGINE].store.orgs_page(user, request.query.get("cursor"))
+    page = await request.app[ORGS].orgs_of(user, request.query.get("cursor"))
     orgs = [
-        {
-            "id": r["id"],
-            "name": r["name"],
-            "role": r["role"],
-            "createdAt": iso(r["created_ms"]),
-            "limits": {**LIMITS, **json.loads(r["limits_json"])},
-        }
-        for r in page.rows
+        {"id": o.id, "name": o.name, "role": o.role, "createdAt": iso(o.created_ms), "limits": {**LIMITS, **o.limits}}
+        for o in page.rows
     ]
     return page_response("orgs", orgs, page.cursor)
 
@@ -54,8 +44,7 @@ async def create_org_route(request: web.Request) -> web.Response:
     allow_anonymous = body.get("allowAnonymousAccess", True)
     if not isinstance(allow_anonymous, bool):
         raise InvalidParameter("allowAnonymousAccess must be a boolean", parameter="allowAnonymousAccess")
-    engine = request.app[ENGINE]
-    org_id = await create_org(engine.store, org_name, user, engine.clock.now_ms(), allow_anonymous=allow_anonymous)
+    org_id = await request.app[ORGS].create_org(org_name, user, allow_anonymous=allow_anonymous)
     return ok({"id": org_id})
 
 
@@ -71,11 +60,8 @@ async def billing(request: web.Request) -> web.Response:
 @routes.get("/keys")
 async def list_keys(request: web.Request) -> web.Response:
     org = (await caller(request)).require("tokens.admin")
-    page = await request.app[ENGINE].store.keys_page(org, request.query.get("cursor"))
-    keys = [
-        {"id": r["id"], "name": r["name"], "scopes": json.loads(r["scopes_json"]), "createdAt": iso(r["created_ms"])}
-        for r in page.rows
-    ]
+    page = await request.app[ORGS].keys(org, request.query.get("cursor"))
+    keys = [{"id": k.id, "name": k.name, "scopes": list(k.scopes), "createdAt": iso(k.created_ms)} for k in page.rows]
     return page_response("keys", keys, page.cursor)
 
 
@@ -101,16 +87,14 @@ async def create_key(request: web.Request) -> web.Response:
         granted = USE_PRESETS[use]
     else:
         raise InvalidParameter("give scopes, or use: production | ci", parameter="use")
-    engine = request.app[ENGINE]
-    secret = new_secret()
-    key_id = await engine.store.create_key(org, key_name, granted, secret, found.user_id, engine.clock.now_ms())
-    return ok({"id": key_id, "key": secret})
+    key = await request.app[ORGS].create_key(org, key_name, granted, found.user_id)
+    return ok({"id": key.id, "key": key.secret})
 
 
 @routes.delete("/keys/{key_id}")
 async def delete_key(request: web.Request) -> web.Response:
     org = (await caller(request)).require("org.keys.write")
-    await request.app[ENGINE].store.delete_key(org, request.match_info["key_id"])
+    await request.app[ORGS].delete_key(org, request.match_info["key_id"])
     return web.Response(status=204)
 
 
@@ -125,14 +109,12 @@ async def invite(request: web.Request) -> web.Response:
         raise InvalidParameter("email must be an e-mail address", parameter="email")
     if role not in ("admin", "write", "read"):
         raise InvalidParameter("role must be admin, write or read", parameter="role")
-    engine = request.app[ENGINE]
-    code = await engine.store.create_invitation(org, email, role, found.user_id, engine.clock.now_ms())
+    code = await request.app[ORGS].invite(org, email, role, found.user_id)
     return ok({"code": code})
 
 
 async def accept_invitation(request: web.Request) -> web.Response:
     """PUT /invitations/{code}, and PUT /{code} as smply sends it (wire-api 3.15)."""
     user = _admin_user(await caller(request))
-    engine = request.app[ENGINE]
-    org = await engine.store.accept_invitation(request.match_info["code"], user, engine.clock.now_ms())
+    org = await request.app[ORGS].accept_invitation(request.match_info["code"], user)
     return ok({"orgId": org})

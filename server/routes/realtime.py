@@ -17,11 +17,9 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..auth import authenticate
-from ..errors import ApiError, NotFound, Rejected
-from ..instances import InstanceState
+from ..errors import ApiError, NotFound
 from ..subscriptions import Connection, Hub, Subscription, update_message
-from .common import ENGINE, HUB, SECRETS, SETTINGS
+from .common import AUTH, HUB, INSTANCE_ADMIN, MACHINES, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -32,7 +30,6 @@ def _error(request_id: Any, exc: ApiError) -> str:
 
 @routes.get("/rt")
 async def realtime(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
     hub = request.app[HUB]
     ws = web.WebSocketResponse(max_msg_size=64 * 1024)
     await ws.prepare(request)
@@ -44,13 +41,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         return ws
     try:
-        connection.caller = await authenticate(
-            engine.store,
+        connection.caller = await request.app[AUTH].caller(
             request.query.get("token"),
             org_header=request.query.get("x-statebacked-org-id") or None,
             act_header=request.query.get("x-statebacked-act"),
-            now_s=engine.clock.now_ms() // 1000,
-            admin_secret=request.app[SECRETS]["admin"],
         )
     except ApiError as exc:
         connection.auth_error = exc
@@ -104,8 +98,7 @@ async def _subscribe(
     machine_slug, instance_name = data.get("machineName"), data.get("machineInstanceName")
     if not isinstance(machine_slug, str) or not isinstance(instance_name, str):
         raise NotFound("subscribe needs machineName and machineInstanceName")
-    engine = request.app[ENGINE]
-    machine = await engine.store.machine(org, machine_slug)
+    machine = await request.app[MACHINES].machine(org, machine_slug)
     subscription = Subscription(connection, request_id, machine.id, machine_slug, instance_name, caller.auth_context)
     if connection.caller is not caller:  # revoked meanwhile
         raise connection.auth_error if isinstance(connection.auth_error, ApiError) else NotFound("no caller")
@@ -113,17 +106,12 @@ async def _subscribe(
     hub.add(subscription)
     try:
         await hub.watch(subscription)
-        row = await engine.store.find_instance(machine.id, instance_name)
-        if row is None:
-            raise NotFound(f"instance {instance_name!r} not found")
-        if not await engine.instances.may_read(
-            row.version_id, org, machine_slug, instance_name, row.state, row.context, subscription.auth_context
-        ):
-            raise Rejected("the machine's authorizer rejected the subscription")
+        state = await request.app[INSTANCE_ADMIN].subscriber_state(
+            org, machine.id, machine_slug, instance_name, subscription.auth_context
+        )
     except ApiError:
         hub.remove(subscription)
         raise
     if connection.subscriptions.get(request_id) is not subscription:
         return  # revoked while it was being set up (server/revocation.py sent its error)
-    state = InstanceState.of(row)
     subscription.offer(state.ts, update_message(machine_slug, instance_name, state))

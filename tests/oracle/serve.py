@@ -32,8 +32,8 @@ from aiohttp import web
 
 import server.app
 from runtime import FakeClock
+from server.app import ENGINE
 from server.cli import main as statehost_main
-from server.routes.common import ENGINE
 
 DRAIN_CAP_S = 120.0
 POLL_S = 0.005

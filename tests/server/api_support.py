@@ -13,10 +13,9 @@ import jwt
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
+from server.app import ENGINE, SECRETS, create_app
 from server.auth import issue_admin_token
 from server.config import Settings
-from server.routes.common import ENGINE, SECRETS
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "machines"
 TOGGLE = (FIXTURES / "toggle" / "v4" / "machine.ts").read_bytes()
@@ -105,7 +104,7 @@ class Api:
     async def user_with_role(self, role: str, org_id: str | None = None) -> str:
         store = self.engine.store
         now = self.engine.clock.now_ms()
-        user = await store.create_user(role, None, now)
+        user = await store.orgs.create_user(role, None, now)
 
         async def add(tx):
             await tx.execute(

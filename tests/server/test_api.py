@@ -435,12 +435,12 @@ async def test_verified_tokens_are_cached_but_deletion_and_expiry_still_win(api:
         return str(caller.auth_context["sub"])
 
     assert await who(now) == "u1"
-    assert token in store.verified_key_tokens  # verified once, then served from the cache
+    assert token in store.authority.verified_key_tokens  # verified once, then served from the cache
     assert await who(now + 1) == "u1"
     with pytest.raises(MissingUser, match="expired"):
         await who(now + 3600)  # long past exp (and the leeway): refused although cached
     assert (await api.call("GET", "/machines/toggle/i/nope", headers=bearer(token)))[0] == 404
     assert (await api.call("DELETE", f"/keys/{key_id}"))[0] == 204
-    assert token not in store.verified_key_tokens
+    assert token not in store.authority.verified_key_tokens
     status, body = await api.call("GET", "/machines/toggle/i/nope", headers=bearer(token))
     assert status == 403 and body["code"] == "missing-user"

@@ -141,8 +141,8 @@ async def test_parent_spawns_children_that_report_back_across_a_restart(tmp_path
         assert await reports() == [1, 2, 3]
         child = await engine.instances.read(org, "child", "job-3", None)
         assert child.state == "reported" and child.context["from"] == "work"
-        history = await engine.store.transitions_page(parent_row.id, None)
-        events = [json.loads(r["event_json"])["type"] for r in history.rows]
+        history = await engine.store.instance_admin.transitions_page(parent_row.id, None)
+        events = [t.event["type"] for t in history.rows]
         assert events == ["xstate.init", "start", "report", "report", "report"]
         assert await engine.store.timers_of(parent_row.id) == []  # every message delivered once
     finally:

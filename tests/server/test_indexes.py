@@ -157,16 +157,16 @@ async def test_a_new_version_selector_applies_to_its_instances_only_and_omitted_
     # no indexSelectors at all (as client 0.1.37 finalizes): everything inherited from the current version
     v3 = await deploy(api, "people", None)
     store = api.engine.store
-    assert await store.version_selectors(v1) == {"email": "$.email", "tag": "$.tags"}
-    assert await store.version_selectors(v2) == {"email": "$.backup", "tag": "$.tags"}
-    assert await store.version_selectors(v3) == {"email": "$.backup", "tag": "$.tags"}
+    assert await store.machines.version_selectors(v1) == {"email": "$.email", "tag": "$.tags"}
+    assert await store.machines.version_selectors(v2) == {"email": "$.backup", "tag": "$.tags"}
+    assert await store.machines.version_selectors(v3) == {"email": "$.backup", "tag": "$.tags"}
     status, _ = await api.call("POST", "/machines/people", body={"slug": "newest", "context": {"backup": "b3"}})
     assert status == 200
     assert ("b3", "newest") in await pairs(api, "people", "email")
 
     # a version that is not made current still inherits from the current one
     v4 = await deploy(api, "people", {"tag": "$.email"}, make_current=False)
-    assert await store.version_selectors(v4) == {"email": "$.backup", "tag": "$.email"}
+    assert await store.machines.version_selectors(v4) == {"email": "$.backup", "tag": "$.email"}
 
 
 async def test_finalize_refuses_bad_selectors(api: Api):

@@ -227,7 +227,7 @@ async def test_bad_migration_uploads_are_refused_and_store_nothing(api: Api, adm
         with pytest.raises(StatehostError) as refused:
             await admin.migrations.create("t", source, target, code)
         assert refused.value.status == 400 and fragment in str(refused.value), (fragment, refused.value)
-    assert await api.engine.store.migration_edges((await api.engine.store.machine(api.org_id, "t")).id) == []
+    assert await api.engine.store.migration_edges((await api.engine.store.machines.machine(api.org_id, "t")).id) == []
     status, body = await api.call(
         "POST", "/machines/t/migrations", body={"fromMachineVersionId": v1, "toMachineVersionId": v2, "extra": 1}
     )

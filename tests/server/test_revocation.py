@@ -17,7 +17,7 @@ import jwt
 from aiohttp import ClientWebSocketResponse
 
 from server import auth
-from server import store as store_module
+from server import store_machines as store_module
 from server.app import REVOCATIONS
 from server.revocation import RECHECK_S
 from server.routes.machines import confirmation
@@ -88,12 +88,12 @@ async def test_a_key_deleted_on_one_node_is_refused_by_the_other_once_its_notice
     key_id, secret = await a.key(use="ci")
     token = key_token(key_id, secret, {"sub": "u1"})
     assert await _status(a, token) == 200 and await _status(b, token) == 200  # both nodes cached it
-    assert any(hit[0].id == key_id for hit in b.engine.store.verified_key_tokens.values())
+    assert any(hit[0].id == key_id for hit in b.engine.store.authority.verified_key_tokens.values())
     status, _ = await a.call("DELETE", f"/keys/{key_id}")
     assert status == 204
     assert await _refused(a, token)  # the deleting node: at once, before anything else
     await eventually(lambda: _refused(b, token), within_s=NOTICE_BOUND_S)
-    assert not any(hit[0].id == key_id for hit in b.engine.store.verified_key_tokens.values())
+    assert not any(hit[0].id == key_id for hit in b.engine.store.authority.verified_key_tokens.values())
 
 
 async def test_a_lost_notice_is_covered_by_the_cache_ttl(nodes, monkeypatch):
@@ -103,7 +103,7 @@ async def test_a_lost_notice_is_covered_by_the_cache_ttl(nodes, monkeypatch):
     token = key_token(key_id, secret, {"sub": "u1"})
     assert await _status(b, token) == 200
     forgotten: list[str] = []
-    monkeypatch.setattr(b.engine.store, "forget", forgotten.append)  # B loses every notice
+    monkeypatch.setattr(b.engine.store.authority, "forget", forgotten.append)  # B loses every notice
     started = time.monotonic()
     status, _ = await a.call("DELETE", f"/keys/{key_id}")
     assert status == 204
@@ -128,7 +128,7 @@ async def test_a_node_whose_listener_dropped_forgets_everything_and_listens_agai
     assert listener is not None
     await listener.stop()  # as when the database restarts: notices sent meanwhile are gone
     assert listener.lost
-    await eventually(lambda: _async(not b.engine.store.verified_key_tokens), within_s=NOTICE_BOUND_S)
+    await eventually(lambda: _async(not b.engine.store.authority.verified_key_tokens), within_s=NOTICE_BOUND_S)
     await eventually(lambda: _async(revocations._listener is not None and not revocations._listener.lost))
     # listening again: a later deletion reaches B by its notice
     assert await _status(b, token) == 200
