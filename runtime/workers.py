@@ -44,6 +44,7 @@ the worker applies first, so the order of confirm and next entry is the same as 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -215,9 +216,7 @@ class _Worker:
         self.pid = self.proc.pid
         self.wfd = to_child_w
         self.rfile = os.fdopen(from_child_r, "rb", buffering=1 << 16)
-        self.reader = threading.Thread(
-            target=self._read_loop, name=f"statehost-worker{index}-reader", daemon=True
-        )
+        self.reader = threading.Thread(target=self._read_loop, name=f"statehost-worker{index}-reader", daemon=True)
         self.reader.start()
 
     def _read_loop(self) -> None:
@@ -250,6 +249,8 @@ class _Worker:
         data = pickle.dumps((call_id, *message), protocol=PICKLE_PROTOCOL)
         try:
             with self.write_lock:
+                if self.wfd < 0:
+                    raise OSError("the pipe is closed")
                 write_frame(self.wfd, data)
         except OSError:
             self.kill()  # the reader sees EOF and fails every pending call, this one included
@@ -267,23 +268,28 @@ class _Worker:
         )
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.proc.send_signal(signal.SIGKILL)
-        except OSError:
-            pass
+
+    def close_pipe(self) -> None:
+        """Close the request pipe once (the worker reads EOF and exits). Never twice: the fd number
+        may belong to another file by then."""
+        with self.write_lock:
+            if self.wfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self.wfd)
+                self.wfd = -1
 
     def close(self, timeout: float) -> None:
-        try:
-            os.close(self.wfd)  # EOF: the worker exits
-        except OSError:
-            pass
+        self.close_pipe()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             self.proc.wait()
         self.reader.join(timeout)
-        self.rfile.close()
+        if not self.reader.is_alive():
+            self.rfile.close()
 
 
 def _remote_error(value: object) -> Exception:
@@ -335,9 +341,12 @@ class WorkerPool:
 
     # -- the factory -------------------------------------------------------------------------------------
 
-    def host(self, prepared: PreparedMachine, settings: ActorSettings | None = None) -> WorkerActorHost:
-        """The live actors of one prepared version, spread over this pool's workers."""
-        host = WorkerActorHost(self, prepared, settings)
+    def host(
+        self, prepared: PreparedMachine, settings: ActorSettings | None = None, *, seed_label: str | None = None
+    ) -> WorkerActorHost:
+        """The live actors of one prepared version, spread over this pool's workers. ``seed_label``
+        (tests, benchmarks): the workers seed the guests from a counter instead of os.urandom."""
+        host = WorkerActorHost(self, prepared, settings, seed_label=seed_label)
         with self._lock:
             self._hosts.add(host)
         return host
@@ -439,16 +448,12 @@ class WorkerPool:
 
 
 def _reap(worker: _Worker) -> None:
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL was sent
         worker.proc.wait(30)
-    except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL was sent)
-        pass
-    try:
-        os.close(worker.wfd)
-    except OSError:
-        pass
+    worker.close_pipe()
     worker.reader.join(30)
-    worker.rfile.close()
+    if not worker.reader.is_alive():
+        worker.rfile.close()
 
 
 # -- the host ---------------------------------------------------------------------------------------------
@@ -477,7 +482,14 @@ class WorkerActorHost:
     dropped (then ``end_window`` just returns False), never False for a live one.
     """
 
-    def __init__(self, pool: WorkerPool, prepared: PreparedMachine, settings: ActorSettings | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        prepared: PreparedMachine,
+        settings: ActorSettings | None = None,
+        *,
+        seed_label: str | None = None,
+    ) -> None:
         self.pool = pool
         self.prepared = prepared
         self.settings = settings or ActorSettings()
@@ -497,7 +509,7 @@ class WorkerActorHost:
             "settings": per_worker,
             "runtime_api": runtime_api,
             "major": prepared.major,
-            "seed_label": getattr(prepared, "seed_label", None),
+            "seed_label": seed_label,
         }
         key = hashlib.sha256(
             "\0".join(
@@ -712,10 +724,8 @@ class WorkerActorHost:
             except RuntimeError:
                 return  # the pool is closed: the workers are gone
             if self._version.key in worker.loaded:
-                try:
+                with contextlib.suppress(WorkerLost):
                     worker.call(("unload", self._version.key), self.pool.call_timeout_s)
-                except WorkerLost:
-                    pass
                 worker.loaded.discard(self._version.key)
 
     def sandbox(self, instance_id: str) -> SandboxInstance:
