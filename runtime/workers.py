@@ -183,6 +183,8 @@ class _Worker:
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.dead = False
+        self.reported = False
+        """Its death was handled (actors reported): a successor may be started."""
         self.reason = ""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -361,7 +363,19 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
-            return self._workers[index]
+            worker = self._workers[index]
+            if worker.dead and worker.reported:  # its restart failed earlier: try again now
+                self._replace(worker)
+                worker = self._workers[index]
+            return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        """Start the successor of a dead worker. Caller holds ``self._lock``."""
+        try:
+            self._workers[worker.index] = _Worker(self, worker.index, next(self._generations))
+            self.restarts += 1
+        except OSError as exc:  # the next call tries again (and raises WorkerLost meanwhile)
+            log.error("could not restart worker process %d: %s", worker.index, exc)
 
     def call(self, index: int, version: _Version | None, method: str, *args: Any) -> Any:
         """Run ``method`` of the version's host in worker ``index`` (loading the version first)."""
@@ -382,16 +396,15 @@ class WorkerPool:
         worker.kill()
         with self._lock:
             hosts = list(self._hosts)
-            restart = not self._closed and self._workers[worker.index] is worker
-            if restart:
-                self.restarts += 1
-                log.warning("worker process %d (pid %d) died: %s; restarting it", worker.index, worker.pid, reason)
-                try:
-                    self._workers[worker.index] = _Worker(self, worker.index, next(self._generations))
-                except OSError as exc:  # the next call meets the dead worker and raises WorkerLost
-                    log.error("could not restart worker process %d: %s", worker.index, exc)
+        # The order is the contract: the actors are reported lost before the restart is visible and
+        # before any caller learns of the death (so a retry finds them in take_lost already).
         for host in hosts:
             host._worker_died(worker.index, f"worker process {worker.index} (pid {worker.pid}) died: {reason}")
+        worker.reported = True
+        with self._lock:
+            if not self._closed and self._workers[worker.index] is worker:
+                log.warning("worker process %d (pid %d) died: %s; restarting it", worker.index, worker.pid, reason)
+                self._replace(worker)
         error = WorkerLost(worker._lost_message())
         for future in pending.values():
             future.set_exception(error)
