@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .actors import ActorHost
+from .actors import ActorHost, ActorStep
 from .bundle import MachineBundle
 from .engine import Engine
 from .engines import make_engine
@@ -31,11 +31,53 @@ _INSTANCE_METHODS = frozenset({"step", "deliver", "resume", "fire_timers", "end_
 _HOST_METHODS = frozenset({"evict", "live_ids", "measure", "stats", "footprint", "evict_idle_and_list"})
 
 
+Op = tuple[str, int, "int | None", "bool | None"]
+
+
+class WindowedHost(ActorHost):
+    """An ActorHost that applies the parent's deferred ops (commit confirmations, window ends) only
+    to the window they name. Each instance's window token (numbered by the parent, set by its step)
+    is set and checked under the lock of the instance's VM, so an op of window t and the step that
+    opens window t + 1 cannot interleave: either the op lands first, or it is stale and ignored.
+    Only adds methods; ActorHost's own behaviour is unchanged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.windows: dict[str, int] = {}
+
+    def step_window(self, instance_id: str, token: int, *args: Any) -> ActorStep:
+        vm = self._vm(self.vm_index(instance_id))
+        with vm.lock:
+            self.windows[instance_id] = token
+            return self.step(instance_id, *args)
+
+    def apply(self, ops: list[Op]) -> list[str]:
+        """Returns the instances whose window end dropped them."""
+        dropped: list[str] = []
+        for instance_id, window, seq, keep in ops:
+            vm = self._vms[self.vm_index(instance_id)]
+            if vm is None:
+                continue  # no VM, no actor: nothing to confirm or end
+            with vm.lock:
+                if self.windows.get(instance_id) != window:
+                    continue
+                if seq is not None:
+                    self.committed(instance_id, seq)
+                if keep is not None and not self.end_window(instance_id, keep):
+                    dropped.append(instance_id)
+                    self.windows.pop(instance_id, None)
+        return dropped
+
+    def forget_windows(self, live: set[str]) -> None:
+        for instance_id in [k for k in self.windows if k not in live]:
+            self.windows.pop(instance_id, None)
+
+
 class Worker:
     def __init__(self, engine_name: str, image_cache_bytes: int, reply_fd: int) -> None:
         self._apis: dict[int, str] = {}
         self.engine: Engine = make_engine(engine_name, self._runtime_api, image_cache_bytes=image_cache_bytes)
-        self.hosts: dict[str, ActorHost] = {}
+        self.hosts: dict[str, WindowedHost] = {}
         self._hosts_lock = threading.Lock()
         self._reply_fd = reply_fd
         self._write_lock = threading.Lock()
@@ -75,23 +117,26 @@ class Worker:
         host = self.hosts.get(key)
         if host is None:
             raise RuntimeError(f"version {key} is not loaded in this worker")
+        ops, method, *rest = args
+        dropped = host.apply(ops)
         if kind == "instance":
-            method, instance_id, confirm, *rest = args
+            instance_id, token, *rest = rest
             if method not in _INSTANCE_METHODS:
                 raise ValueError(f"unknown instance method {method!r}")
-            if confirm is not None:
-                host.committed(instance_id, confirm)
-            value = getattr(host, method)(instance_id, *rest)
-            return value, host.is_live(instance_id), host.take_lost(), host.take_memory_pressure()
+            if method == "step":
+                value: Any = host.step_window(instance_id, token, *rest)
+            else:
+                value = getattr(host, method)(instance_id, *rest)
+            return value, host.is_live(instance_id), host.take_lost(), host.take_memory_pressure(), dropped
         if kind == "host":
-            method, *rest = args
             if method not in _HOST_METHODS:
                 raise ValueError(f"unknown host method {method!r}")
             if method == "evict_idle_and_list":
                 value = (host.evict_idle(*rest), host.live_ids())
+                host.forget_windows(set(value[1]))
             else:
                 value = getattr(host, method)(*rest)
-            return value, host.take_lost(), host.take_memory_pressure()
+            return value, host.take_lost(), host.take_memory_pressure(), dropped
         raise ValueError(f"unknown call kind {kind!r}")
 
     def _load(self, key: str, spec: dict[str, Any]) -> None:
@@ -105,7 +150,7 @@ class Worker:
         label = spec.get("seed_label")
         if label is not None:
             prepared.entropy = _seeded(label)  # type: ignore[attr-defined]
-        host = ActorHost(prepared, spec["settings"])
+        host = WindowedHost(prepared, spec["settings"])
         with self._hosts_lock:
             if key in self.hosts:
                 host.close()

@@ -479,12 +479,31 @@ class _Version:
 
 
 @dataclasses.dataclass
+class _Op:
+    """Deferred for one window of one instance: its commit confirmation and its end."""
+
+    instance_id: str
+    window: int
+    seq: int | None = None
+    keep: bool | None = None
+
+    def wire(self) -> tuple[str, int, int | None, bool | None]:
+        return (self.instance_id, self.window, self.seq, self.keep)
+
+
+@dataclasses.dataclass
 class _Known:
     """The parent's view of one actor that may be live in a worker (a superset: it may be gone)."""
 
     open_window: bool = True
     inflight: int = 0
     touched: int = 0
+    window: int = 0
+    """The token of its latest window (numbered by the parent: deferred ops name the window)."""
+
+
+FLUSH_AFTER = 64
+"""Deferred window ends of a worker that ride on the next call to it, whatever its instance."""
 
 
 class WorkerActorHost:
@@ -541,7 +560,7 @@ class WorkerActorHost:
         self._version = _Version(key, spec)
         self._lock = threading.Lock()
         self._known: list[dict[str, _Known]] = [{} for _ in range(pool.size)]
-        self._confirm: dict[str, int] = {}
+        self._pending: list[dict[str, _Op]] = [{} for _ in range(pool.size)]
         self._lost: list[LostActor] = []
         self._pressure: list[MemoryPressure] = []
         self._touch = itertools.count(1)
@@ -552,7 +571,9 @@ class WorkerActorHost:
     def worker_index(self, instance_id: str) -> int:
         return self.pool.worker_index(instance_id)
 
-    def _begin(self, instance_id: str, index: int) -> tuple[int | None, _Known]:
+    def _begin(
+        self, instance_id: str, index: int, new_window: bool
+    ) -> tuple[int, list[tuple[str, int, int | None, bool | None]], _Known]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the actor host is closed")
@@ -561,18 +582,31 @@ class WorkerActorHost:
                 known = self._known[index][instance_id] = _Known()
             known.inflight += 1
             known.touched = next(self._touch)
-            return self._confirm.pop(instance_id, None), known
+            if new_window:
+                known.window += 1
+            return known.window, self._take_ops(index, instance_id), known
 
-    def _instance_call(self, instance_id: str, method: str, *args: Any) -> Any:
+    def _take_ops(self, index: int, instance_id: str | None) -> list[tuple[str, int, int | None, bool | None]]:
+        """The deferred ops to send with a call: the instance's own, or all of the worker's when
+        there are many (or for a host call). Caller holds ``self._lock``."""
+        pending = self._pending[index]
+        if instance_id is None or len(pending) >= FLUSH_AFTER:
+            ops = [op.wire() for op in pending.values()]
+            pending.clear()
+            return ops
+        op = pending.pop(instance_id, None)
+        return [] if op is None else [op.wire()]
+
+    def _instance_call(self, instance_id: str, method: str, *args: Any, new_window: bool = False) -> Any:
         """Call an instance's method in its worker; the reply carries whether it is still live."""
         index = self.worker_index(instance_id)
-        confirm, known = self._begin(instance_id, index)
+        token, ops, known = self._begin(instance_id, index, new_window)
         live: bool | None = None
         try:
-            value, live, lost, pressure = self.pool.call(
-                index, self._version, "instance", method, instance_id, confirm, *args
+            value, live, lost, pressure, dropped = self.pool.call(
+                index, self._version, "instance", ops, method, instance_id, token, *args
             )
-            self._absorb(index, lost, pressure)
+            self._absorb(index, lost, pressure, dropped)
             return value
         finally:
             with self._lock:
@@ -582,26 +616,26 @@ class WorkerActorHost:
                 if live is False and known.inflight == 0 and table.get(instance_id) is known:
                     del table[instance_id]
 
-    def _absorb(self, index: int, lost: Sequence[LostActor], pressure: Sequence[MemoryPressure]) -> None:
-        if not lost and not pressure:
+    def _absorb(
+        self, index: int, lost: Sequence[LostActor], pressure: Sequence[MemoryPressure], dropped: Sequence[str]
+    ) -> None:
+        if not lost and not pressure and not dropped:
             return
         with self._lock:
             table = self._known[index]
-            for actor in lost:
-                known = table.get(actor.instance_id)
+            gone = [a.instance_id for a in lost] + [k for e in pressure for k in e.evicted] + list(dropped)
+            for key in gone:
+                known = table.get(key)
                 if known is not None and known.inflight == 0:
-                    del table[actor.instance_id]
+                    del table[key]
             self._lost.extend(lost)
             self._pressure.extend(pressure)
-            for event in pressure:
-                for key in event.evicted:
-                    known = table.get(key)
-                    if known is not None and known.inflight == 0:
-                        del table[key]
 
     def _host_call(self, index: int, method: str, *args: Any) -> Any:
-        value, lost, pressure = self.pool.call(index, self._version, "host", method, *args)
-        self._absorb(index, lost, pressure)
+        with self._lock:
+            ops = self._take_ops(index, None)
+        value, lost, pressure, dropped = self.pool.call(index, self._version, "host", ops, method, *args)
+        self._absorb(index, lost, pressure, dropped)
         return value
 
     def _worker_died(self, index: int, reason: str) -> None:
@@ -609,6 +643,7 @@ class WorkerActorHost:
             table = self._known[index]
             self._lost.extend(LostActor(key, reason, known.open_window) for key, known in table.items())
             table.clear()
+            self._pending[index].clear()
 
     def _started_workers(self) -> list[int]:
         return [i for i in range(self.pool.size) if self._version.key in self.pool._worker(i).loaded]
@@ -616,7 +651,7 @@ class WorkerActorHost:
     # -- the ActorHost interface ---------------------------------------------------------------------------
 
     def step(self, instance_id: str, committed_seq: int | None, request: StepRequest, now_ms: int) -> ActorStep:
-        step: ActorStep = self._instance_call(instance_id, "step", committed_seq, request, now_ms)
+        step: ActorStep = self._instance_call(instance_id, "step", committed_seq, request, now_ms, new_window=True)
         with self._lock:
             known = self._known[self.worker_index(instance_id)].get(instance_id)
             if known is not None:
@@ -639,17 +674,30 @@ class WorkerActorHost:
 
     def committed(self, instance_id: str, seq: int) -> None:
         """No round trip: the confirmation rides on the instance's next call (applied first)."""
-        with self._lock:
-            self._confirm[instance_id] = seq
+        self._defer(instance_id, seq=seq)
 
     def end_window(self, instance_id: str, keep: bool) -> bool:
-        kept = bool(self._instance_call(instance_id, "end_window", keep))
-        if kept:
-            with self._lock:
-                known = self._known[self.worker_index(instance_id)].get(instance_id)
-                if known is not None:
-                    known.open_window = False
-        return kept
+        """No round trip: the end rides on the instance's next call, or on the next call to its
+        worker once :data:`FLUSH_AFTER` ends wait (a stale end, of a window that another step has
+        replaced meanwhile, is ignored by its window token). Returns whether the actor is expected
+        to stay live (``keep`` and known to the parent); the worker may still drop it."""
+        return self._defer(instance_id, keep=keep)
+
+    def _defer(self, instance_id: str, *, seq: int | None = None, keep: bool | None = None) -> bool:
+        index = self.worker_index(instance_id)
+        with self._lock:
+            known = self._known[index].get(instance_id)
+            if known is None:
+                return False  # not live (its worker died, or it was dropped): nothing to confirm or end
+            op = self._pending[index].get(instance_id)
+            if op is None or op.window != known.window:
+                op = self._pending[index][instance_id] = _Op(instance_id, known.window)
+            if seq is not None:
+                op.seq = seq
+            if keep is not None:
+                op.keep = keep
+                known.open_window = not keep
+            return keep is True
 
     def evict(self, instance_ids: Sequence[str]) -> int:
         groups: dict[int, list[str]] = collections.defaultdict(list)
