@@ -381,6 +381,23 @@ def _in_threads(driven: Driven, shares: list[list[str]], now: int) -> float:
     return time.perf_counter() - t
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (every thread): the front's cost."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _workers_cpu_s(pool: Any) -> float:
+    if pool is None:
+        return 0.0
+    total = 0
+    for pid in pool.pids():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def codec_costs(prepared: PreparedMachine) -> dict[str, Any]:
     """Encode + decode of one step reply (the toggle machine's round), pickle with the allow-list
     against JSON (a tagged dataclass tree, rebuilt into the same classes)."""
@@ -483,6 +500,7 @@ def workers_comparison(
         rng = random.Random(count)
         block = max(callers * 100, events // 20)
         rates: dict[str, list[float]] = {mode: [] for mode in driven}
+        cpu: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in driven}
         # each caller takes the events of its own instances (one caller per instance at a time)
         owner = {name: k for k, share in enumerate(shares) for name in share}
         for start in range(0, events, block):
@@ -492,9 +510,16 @@ def workers_comparison(
                 split[owner[name]].append(name)
             order = list(driven) if (start // block) % 2 == 0 else list(reversed(driven))
             for mode in order:
+                pool = pools.get(int(mode[-1])) if mode.startswith("workers") else None
+                front, workers = _cpu_s(), _workers_cpu_s(pool)
                 rates[mode].append(block / _in_threads(driven[mode], split, NOW + 10 + start))
+                cpu[mode][0].append((_cpu_s() - front) / block)
+                cpu[mode][1].append((_workers_cpu_s(pool) - workers) / block)
         for mode, values in rates.items():
             row[f"{mode}_events_per_s"] = round(statistics.median(values))
+            row[f"{mode}_front_cpu_us_per_event"] = round(statistics.median(cpu[mode][0]) * 1e6)
+            if mode != "in_process":
+                row[f"{mode}_worker_cpu_us_per_event"] = round(statistics.median(cpu[mode][1]) * 1e6)
             row[f"{mode}_restored"] = driven[mode].restored
         row["ratio_2_workers_to_1"] = round(
             statistics.median(rates["workers2"]) / statistics.median(rates["workers1"]), 2

@@ -1,7 +1,8 @@
 """A worker process of :class:`runtime.workers.WorkerPool`: ``python -m runtime.worker_main``.
 
 Reads framed pickles from stdin (the parent is trusted: it started this process), runs each call on
-a thread of its own pool (8 MiB C stacks, as runtime.executor's), and writes framed pickled replies
+one of ``--threads`` threads (8 MiB C stacks, as runtime.executor's; the thread that read a request
+runs it), and writes framed pickled replies
 to ``--reply-fd``. Holds one :class:`~runtime.actors.ActorHost` per machine version loaded. Exits
 at EOF on stdin (the parent closed the pipe or died) and when its parent pid changes; stdout is
 pointed at stderr so that nothing printed can corrupt the replies.
@@ -17,7 +18,6 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .actors import ActorHost, ActorStep
@@ -190,17 +190,27 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_watch_parent, args=(args.parent,), name="parent-watch", daemon=True).start()
     threading.stack_size(THREAD_STACK_BYTES)
     worker = Worker(args.engine, args.image_cache_bytes, args.reply_fd)
-    pool = ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="statehost-worker")
     requests = os.fdopen(0, "rb", buffering=1 << 16)
-    try:
+    reading = threading.Lock()
+
+    def serve() -> None:
+        """Leader/followers: the thread that reads a request runs it (no hand-off between threads);
+        meanwhile the next idle thread reads. So up to ``threads`` calls run at once."""
         while True:
-            frame = read_frame(requests)
-            if frame is None:
-                break
-            pool.submit(worker.handle, frame)
-    except (EOFError, ValueError, OSError):
-        pass
-    os._exit(0)  # EOF: the parent closed the pipe or died; nothing here is durable
+            with reading:
+                try:
+                    frame = read_frame(requests)
+                except (EOFError, ValueError, OSError):
+                    frame = None
+                if frame is None:
+                    os._exit(0)  # EOF: the parent closed the pipe or died; nothing here is durable
+            worker.handle(frame)
+
+    threads = [threading.Thread(target=serve, name=f"statehost-worker-{n}") for n in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 if __name__ == "__main__":
