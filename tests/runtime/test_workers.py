@@ -35,10 +35,14 @@ from runtime import ActorHost, ActorSettings, Bundler, Engine, Limits, Outcome, 
 from runtime.workers import WorkerActorHost, WorkerLost, WorkerPool, load_reply
 from tests.runtime.test_actor_host import (
     AUTH,
+    FETCHING,
     FIXTURES,
     HOSTILE,
     SMALL,
     ActorLocal,
+    Driver,
+    _n,
+    _ok,
     _play,
     comparable,
     deterministic,
@@ -369,6 +373,64 @@ async def test_a_call_that_never_answers_kills_its_worker(bundler, engine, pool_
         assert {a.instance_id for a in host.take_lost()} == {"w"}
         got = caller.send("w")
         assert got is not None and got.ok and _n_of(got.persisted) == 1
+    finally:
+        host.close()
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_kill_with_a_service_in_flight_reports_the_open_window(major, bundler, engine, pool_of):
+    """An actor whose window is open (its invoked service's fetch committed, not answered) when its
+    worker is killed: take_lost says its window was open; the window's next entry (on the restarted
+    worker) reports the loss; the next step restores the committed snapshot and delivers the
+    service's error event first, as after a VM fault in-process (runtime-semantics 12)."""
+    prepared = prepare(bundler, engine, FETCHING[major], major, SMALL)
+    pool = pool_of(1)
+    host = pool.host(prepared, ActorSettings(vms=1))
+    d = Driver(host)  # type: ignore[arg-type]
+    try:
+        _ok(d.create("busy"))
+        _ok(d.create("idle"))
+        loading = d.send("busy", "load", keep=False)  # the window stays open
+        assert [e.url for e in loading.round.effects] == ["http://127.0.0.1:9/x"]
+        old = pool.kill(0)
+        poll(lambda: pool.restarts == 1 and gone(old), "the worker restarted")
+        assert sorted((a.instance_id, a.open_window) for a in host.take_lost()) == [("busy", True), ("idle", False)]
+        cut = host.resume("busy", [], d.now + 1)
+        assert cut.outcome is Outcome.GUEST_ERROR and "gone" in (cut.error or "")
+        retry = d.send("busy", "load")
+        assert retry.restored is True and retry.round.ok
+        first = retry.round.transitions[0]
+        assert first.event is not None and "error" in str(first.event.get("type"))
+        assert first.public_context == {"status": "ServiceCutOff"}
+        assert [e.url for e in retry.round.effects] == ["http://127.0.0.1:9/x"]
+    finally:
+        host.close()
+
+
+@pytest.mark.parametrize("major", [4, 5])
+async def test_sequence_check_through_workers(major, bundler, engine, pool_of):
+    """The sequence check holds across the pipe, with confirmations deferred to the next call: a
+    stale committed seq or an unconfirmed round restores; a confirmed one steps live."""
+    prepared = prepare(bundler, engine, HOSTILE[major], major)
+    pool = pool_of(2)
+    host = pool.host(prepared)
+    d = Driver(host)  # type: ignore[arg-type]
+    try:
+        _ok(d.create("s"))
+        old_persisted, old_seq = d.persisted["s"], d.seq["s"]
+        assert _n(d.send("s", "ping")) == 1
+        live = d.send("s", "ping")
+        assert _n(live) == 2 and live.restored is False
+        ping = {"type": "ping"}
+        stale = host.step("s", old_seq, StepRequest("event", "s", AUTH, persisted=old_persisted, event=ping), 5)
+        assert stale.restored is True and _n(stale) == 1
+        again = host.step("s", old_seq, StepRequest("event", "s", AUTH, persisted=old_persisted, event=ping), 6)
+        assert again.restored is True and _n(again) == 1  # the round before was never confirmed
+        host.committed("s", 99)
+        host.end_window("s", True)
+        confirmed = host.step("s", 99, StepRequest("event", "s", AUTH, persisted=again.round.persisted, event=ping), 7)
+        assert confirmed.restored is False and _n(confirmed) == 2
+        assert host.live_ids() == ["s"]  # (a host call: the deferred end of that window applied)
     finally:
         host.close()
 
