@@ -500,6 +500,8 @@ class _Known:
     touched: int = 0
     window: int = 0
     """The token of its latest window (numbered by the parent: deferred ops name the window)."""
+    last: _Op | None = None
+    """The deferred ops of its latest window (sent with its next call, and maybe with a flush)."""
 
 
 FLUSH_AFTER = 64
@@ -582,9 +584,16 @@ class WorkerActorHost:
                 known = self._known[index][instance_id] = _Known()
             known.inflight += 1
             known.touched = next(self._touch)
+            ops = self._take_ops(index, instance_id)
             if new_window:
+                # The previous window's ops go with its successor's step even if a flush took them
+                # already (which may still be on its way): applying them twice is harmless, and
+                # this way they are never applied after the step (then they would be stale).
+                if known.last is not None and known.last.wire() not in ops:
+                    ops.append(known.last.wire())
+                known.last = None
                 known.window += 1
-            return known.window, self._take_ops(index, instance_id), known
+            return known.window, ops, known
 
     def _take_ops(self, index: int, instance_id: str | None) -> list[tuple[str, int, int | None, bool | None]]:
         """The deferred ops to send with a call: the instance's own, or all of the worker's when
@@ -689,9 +698,10 @@ class WorkerActorHost:
             known = self._known[index].get(instance_id)
             if known is None:
                 return False  # not live (its worker died, or it was dropped): nothing to confirm or end
-            op = self._pending[index].get(instance_id)
+            op = known.last
             if op is None or op.window != known.window:
-                op = self._pending[index][instance_id] = _Op(instance_id, known.window)
+                op = known.last = _Op(instance_id, known.window)
+            self._pending[index][instance_id] = op
             if seq is not None:
                 op.seq = seq
             if keep is not None:
