@@ -25,7 +25,9 @@ step disjoint shares of a random event program (step + commit + end_window, as t
 in blocks that alternate between the three hosts (all live at once), so that they see the same
 load; the medians of the blocks' events/s are reported, with the ratio 2 workers / 1 worker (2.0
 would be both cores fully used), the RSS per hot actor (in-process: in a fresh process; workers:
-the workers' RSS growth) and the reply codec's cost (pickle with the allow-list against JSON).
+the workers' RSS growth), the CPU per event of the front and of the workers, the cores kept busy
+(front + workers CPU over wall time: above 1 means more than one core at once) and the reply
+codec's cost (pickle with the allow-list against JSON).
 Writes bench/results/actor_host_workers.json.
 """
 
@@ -501,6 +503,7 @@ def workers_comparison(
         block = max(callers * 100, events // 20)
         rates: dict[str, list[float]] = {mode: [] for mode in driven}
         cpu: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in driven}
+        cores: dict[str, list[float]] = {mode: [] for mode in driven}
         # each caller takes the events of its own instances (one caller per instance at a time)
         owner = {name: k for k, share in enumerate(shares) for name in share}
         for start in range(0, events, block):
@@ -512,12 +515,15 @@ def workers_comparison(
             for mode in order:
                 pool = pools.get(int(mode[-1])) if mode.startswith("workers") else None
                 front, workers = _cpu_s(), _workers_cpu_s(pool)
-                rates[mode].append(block / _in_threads(driven[mode], split, NOW + 10 + start))
+                wall = _in_threads(driven[mode], split, NOW + 10 + start)
+                rates[mode].append(block / wall)
                 cpu[mode][0].append((_cpu_s() - front) / block)
                 cpu[mode][1].append((_workers_cpu_s(pool) - workers) / block)
+                cores[mode].append((cpu[mode][0][-1] + cpu[mode][1][-1]) * block / wall)
         for mode, values in rates.items():
             row[f"{mode}_events_per_s"] = round(statistics.median(values))
             row[f"{mode}_front_cpu_us_per_event"] = round(statistics.median(cpu[mode][0]) * 1e6)
+            row[f"{mode}_cores_busy"] = round(statistics.median(cores[mode]), 2)
             if mode != "in_process":
                 row[f"{mode}_worker_cpu_us_per_event"] = round(statistics.median(cpu[mode][1]) * 1e6)
             row[f"{mode}_restored"] = driven[mode].restored
