@@ -216,6 +216,7 @@ class _Worker:
             os.close(to_child_r)
             os.close(from_child_w)
         self.pid = self.proc.pid
+        self.answered = False
         self.wfd = to_child_w
         self.rfile = os.fdopen(from_child_r, "rb", buffering=1 << 16)
         self.reader = threading.Thread(target=self._read_loop, name=f"statehost-worker{index}-reader", daemon=True)
@@ -229,6 +230,7 @@ class _Worker:
                 if frame is None:
                     break
                 call_id, ok, value = load_reply(frame)
+                self.answered = True
                 with self.lock:
                     future = self.pending.pop(call_id, None)
                 if future is None:
@@ -402,7 +404,9 @@ class WorkerPool:
             host._worker_died(worker.index, f"worker process {worker.index} (pid {worker.pid}) died: {reason}")
         worker.reported = True
         with self._lock:
-            if not self._closed and self._workers[worker.index] is worker:
+            # A worker that dies before it answered anything (a broken install, a crash at start) is
+            # restarted by the next call that needs it, not at once: no hot restart loop.
+            if not self._closed and self._workers[worker.index] is worker and worker.answered:
                 log.warning("worker process %d (pid %d) died: %s; restarting it", worker.index, worker.pid, reason)
                 self._replace(worker)
         error = WorkerLost(worker._lost_message())

@@ -523,3 +523,20 @@ def test_reply_allow_list():
         load_reply(pickle.dumps((1, True, _Evil())))
     with pytest.raises(pickle.UnpicklingError, match=r"builtins\.eval"):
         load_reply(pickle.dumps((1, True, eval)))
+
+
+def test_a_worker_that_cannot_start_is_not_restarted_in_a_loop():
+    """A worker that dies before answering anything (here: an engine name it cannot make) fails the
+    call with WorkerLost and is started again only by the next call that needs it."""
+    pool = WorkerPool("no-such-engine", workers=1)
+    try:
+        first = pool.pids()[0]
+        with pytest.raises(WorkerLost, match="died"):
+            pool.ping(0)
+        poll(lambda: gone(first), "the broken worker exited")
+        assert pool.restarts == 0 and pool.pids() == [first]  # no restart of its own accord
+        with pytest.raises(WorkerLost):
+            pool.ping(0)
+        assert pool.restarts == 1 and pool.pids() != [first]
+    finally:
+        pool.close()
