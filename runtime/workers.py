@@ -63,7 +63,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
-from .actors import ActorHostStats, ActorSettings, ActorStep, LostActor, MemoryPressure
+from .actors import ActorHost, ActorHostStats, ActorSettings, ActorStep, LiveActorHost, LostActor, MemoryPressure
 from .engine import PreparedMachine, SandboxInstance
 from .errors import HostError, InvalidMachineError, SandboxError
 from .limits import Outcome
@@ -834,3 +834,8 @@ class _WorkerSandbox(SandboxInstance):
 
     def close(self) -> None:
         pass
+
+
+def _conforms(worker_host: WorkerActorHost, local_host: ActorHost) -> tuple[LiveActorHost, LiveActorHost]:
+    """Never called: mypy checks here that both hosts have the interface the server calls."""
+    return worker_host, local_host
