@@ -63,9 +63,13 @@ class WindowedHost(ActorHost):
                     continue
                 if seq is not None:
                     self.committed(instance_id, seq)
-                if keep is not None and not self.end_window(instance_id, keep):
-                    dropped.append(instance_id)
-                    self.windows.pop(instance_id, None)
+                if keep is not None:
+                    # Ended: a second copy of this op (a flush's and the next step's) is stale, so
+                    # the end is not counted twice (it counts towards the heap measurements).
+                    self.windows[instance_id] = -window
+                    if not self.end_window(instance_id, keep):
+                        dropped.append(instance_id)
+                        self.windows.pop(instance_id, None)
         return dropped
 
     def forget_windows(self, live: set[str]) -> None:
