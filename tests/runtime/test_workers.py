@@ -362,10 +362,11 @@ async def test_a_call_that_never_answers_kills_its_worker(bundler, engine, pool_
     raises WorkerLost and the worker is restarted (here a guest spins under a generous CPU limit)."""
     limits = Limits(cpu_ms=60_000, entry_wall_ms=60_000)
     prepared = prepare(bundler, engine, COUNTER[5], 5, limits)
-    pool = pool_of(1, call_timeout_s=1.0)
+    pool = pool_of(1)
     host = pool.host(prepared)
     caller = Caller(host)
-    caller.create("w")
+    caller.create("w")  # the worker's start and the version's load are not under the short timeout
+    pool.call_timeout_s = 1.0
     old = pool.pids()[0]
     try:
         assert caller.send("w", "spin") is None
