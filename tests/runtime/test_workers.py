@@ -436,6 +436,31 @@ async def test_sequence_check_through_workers(major, bundler, engine, pool_of):
         host.close()
 
 
+async def test_evictions_and_stats_through_workers(bundler, engine, pool_of):
+    """evict_idle applies the deferred window ends first, evicts the idle actors in every worker and
+    reconciles the front's record; evict drops named actors; stats add up the workers'."""
+    prepared = prepare(bundler, engine, COUNTER[5], 5)
+    pool = pool_of(2)
+    host = pool.host(prepared, ActorSettings(vms=2, idle_ms=1_000))
+    caller = Caller(host)
+    names = [*_ids_on_worker(pool, 0, 3), *_ids_on_worker(pool, 1, 3)]
+    try:
+        for name in names:
+            caller.create(name)
+        assert caller.send(names[0]) is not None
+        stats = host.stats()
+        assert stats.live == 6 and stats.vms_open == 2 and stats.steps == 7 and stats.live_steps == 1
+        assert host.evict([names[1], names[4]]) == 2
+        assert not host.is_live(names[1]) and not host.is_live(names[4])
+        evicted = host.evict_idle(caller.now + 10_000)
+        assert sorted(evicted) == sorted(set(names) - {names[1], names[4]})
+        assert not any(host.is_live(n) for n in names) and host.live_ids() == []
+        got = caller.send(names[2])
+        assert got is not None and got.ok and _n_of(got.persisted) == 1
+    finally:
+        host.close()
+
+
 # ---- limits inside workers -------------------------------------------------------------------------------
 
 
