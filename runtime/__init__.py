@@ -5,7 +5,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 """
 
 from . import resources
-from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
+from .actors import ActorHost, ActorSettings, ActorStep, LiveActorHost, LostActor, MemoryPressure, run_actor_window
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -35,6 +35,7 @@ from .protocol import (
 from .settle import CommitFn, Delivery, Inbox, WindowResult, run_window
 from .timers import TimerRow, apply_timer_op
 from .transport import FetchError, Transport
+from .workers import WorkerActorHost, WorkerLost, WorkerPool
 
 __all__ = [
     "ENGINE_NAMES",
@@ -62,6 +63,7 @@ __all__ = [
     "Invoked",
     "Lane",
     "Limits",
+    "LiveActorHost",
     "LocalInstance",
     "LogLine",
     "LostActor",
@@ -88,6 +90,9 @@ __all__ = [
     "Transport",
     "Upload",
     "WindowResult",
+    "WorkerActorHost",
+    "WorkerLost",
+    "WorkerPool",
     "address_refusal",
     "apply_timer_op",
     "make_engine",

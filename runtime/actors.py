@@ -65,7 +65,7 @@ import threading
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .clock import Clock
 from .engine import PreparedMachine, SandboxInstance
@@ -82,6 +82,7 @@ __all__ = [
     "ActorHostStats",
     "ActorSettings",
     "ActorStep",
+    "LiveActorHost",
     "LostActor",
     "MemoryPressure",
     "run_actor_window",
@@ -650,12 +651,53 @@ class _ActorSandbox(SandboxInstance):
         pass
 
 
+class LiveActorHost(Protocol):
+    """What the server and :func:`run_actor_window` call on a host of live actors: an
+    :class:`ActorHost` (in this process) or a :class:`runtime.workers.WorkerActorHost` (in worker
+    processes; any call may also raise the retryable :class:`runtime.workers.WorkerLost`)."""
+
+    @property
+    def prepared(self) -> PreparedMachine: ...
+
+    def step(self, instance_id: str, committed_seq: int | None, request: StepRequest, now_ms: int) -> ActorStep: ...
+
+    def deliver(
+        self, instance_id: str, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int
+    ) -> Round: ...
+
+    def resume(self, instance_id: str, results: Sequence[EffectResult], now_ms: int) -> Round: ...
+
+    def fire_timers(self, instance_id: str, now_ms: int) -> Round: ...
+
+    def committed(self, instance_id: str, seq: int) -> None: ...
+
+    def end_window(self, instance_id: str, keep: bool) -> bool: ...
+
+    def evict(self, instance_ids: Sequence[str]) -> int: ...
+
+    def evict_idle(self, now_ms: int) -> list[str]: ...
+
+    def take_lost(self) -> list[LostActor]: ...
+
+    def take_memory_pressure(self) -> list[MemoryPressure]: ...
+
+    def is_live(self, instance_id: str) -> bool: ...
+
+    def live_ids(self) -> list[str]: ...
+
+    def stats(self) -> ActorHostStats: ...
+
+    def close(self) -> None: ...
+
+    def sandbox(self, instance_id: str) -> SandboxInstance: ...
+
+
 ActorCommitFn = Callable[[Round, object], Awaitable[int]]
 """Commit one round durably and return the seq it was committed as (the instance row's new seq)."""
 
 
 async def run_actor_window(
-    host: ActorHost,
+    host: LiveActorHost,
     instance_id: str,
     committed_seq: int | None,
     request: StepRequest,

@@ -88,7 +88,7 @@ class DurableEngine:
             actors=ActorPool(self.settings.actor_settings()) if self.settings.sandbox_mode == "actors" else None,
             # Given here, before the timer loop starts: no round may commit without its index entries
             # (server/indexes.py ``attach`` finds it set and keeps it).
-            index_values=Indexes(self.store).values,
+            index_values=Indexes(self.store.machines).values,
         )
         # A timer claim outlives the longest delivery: a settle window, plus waiting for a lease.
         claim_ttl_ms = self.settings.limits.settle_window_ms + int(3 * self.settings.lease_ttl_s * 1000)

@@ -36,8 +36,7 @@ from .db import (
     latest_schema_version,
     open_database,
 )
-from .errors import Conflict, NotFound, Superseded
-from .ids import new_id
+from .errors import Conflict, Superseded
 from .jsoncodec import dumps as _dumps
 from .jsoncodec import loads as _loads
 from .store_directory import AUTHORITY_CHANNEL, Authority

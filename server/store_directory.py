@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .jsoncodec import dumps as _dumps
 from .db import Database, Row, Tx
 from .errors import InvalidParameter
+from .jsoncodec import dumps as _dumps
 
 __all__ = ["AUTHORITY_CHANNEL", "Authority", "Page", "Repository"]
 

@@ -13,7 +13,8 @@ from typing import Any
 from .db import IntegrityError, Row, Tx
 from .errors import Conflict, InvalidParameter, NotFound
 from .ids import new_id
-from .store_directory import Page, Repository, _dumps
+from .jsoncodec import dumps as _dumps
+from .store_directory import Page, Repository
 
 __all__ = [
     "INDEX_OPERATORS",

@@ -12,7 +12,8 @@ from typing import Any
 from .db import Database, Row, Tx
 from .errors import NotFound
 from .ids import new_id
-from .store_directory import Authority, Page, Repository, _dumps
+from .jsoncodec import dumps as _dumps
+from .store_directory import Authority, Page, Repository
 from .store_providers import IdentityProviderRow, ProviderRepository, TokenProviderRow
 
 __all__ = ["KeyRow", "NewKey", "OrgRepository", "OrgRow", "UserRow"]

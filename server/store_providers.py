@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Row, Tx
-from .store_directory import Page, Repository, _dumps
+from .jsoncodec import dumps as _dumps
+from .store_directory import Page, Repository
 
 __all__ = ["IdentityProviderRow", "ProviderRepository", "TokenProviderRow"]
 
