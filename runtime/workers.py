@@ -696,6 +696,12 @@ class WorkerActorHost:
         to stay live (``keep`` and known to the parent); the worker may still drop it."""
         return self._defer(instance_id, keep=keep)
 
+    def end_window_now(self, instance_id: str, keep: bool) -> bool:
+        """:meth:`end_window` never waits on the pipe, so it is always done here, on the caller's
+        thread (the event loop)."""
+        self.end_window(instance_id, keep)
+        return True
+
     def _defer(self, instance_id: str, *, seq: int | None = None, keep: bool | None = None) -> bool:
         index = self.worker_index(instance_id)
         with self._lock:
