@@ -151,16 +151,14 @@ async def test_a_worker_killed_mid_event_answers_503_and_the_instance_restores(o
     state = await svc.send_event(org, "w", "i1", {"type": "add", "n": 4}, {})
     assert state.public_context["seen"] == [1, 2, 3, 4]
     assert pool.pids()[0] != first_pid and pool.restarts == 1
-    row, transitions = await history(engine, org, "w", "i1")
+    _, transitions = await history(engine, org, "w", "i1")
     assert [t.event.get("n") for t in transitions if t.event.get("type") == "add"] == [1, 2, 3, 4]
     assert all(t.event.get("type") != "spin" for t in transitions)
     assert svc.actors.lost >= 1
 
 
 @pytest.mark.timeout(300)
-async def test_a_timer_whose_delivery_met_a_worker_kill_is_held_back_and_delivered_once(
-    one_worker, clock: FakeClock
-):
+async def test_a_timer_whose_delivery_met_a_worker_kill_is_held_back_and_delivered_once(one_worker, clock: FakeClock):
     engine, org = one_worker
     pool, svc = engine.worker_pool, engine.instances
     assert pool is not None
