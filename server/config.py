@@ -45,7 +45,12 @@ def positive(value: str) -> int:
 
 def count_or_auto(value: str) -> int | None:
     """``auto`` (None: let the component choose) or a whole number, 0 or more (an argparse ``type``)."""
-    return None if value.strip().lower() == "auto" else count(value)
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return count(value)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; use 0 or more, or auto") from None
 
 
 @dataclass(frozen=True)

@@ -186,3 +186,34 @@ async def test_a_timer_whose_delivery_met_a_worker_kill_is_held_back_and_deliver
     row, transitions = await history(engine, org, "w", "i1")
     assert [t.state for t in transitions] == ["idle", "idle", "armed", "armed", "idle"]
     assert await engine.store.timers_of(row.id) == []
+
+
+def test_the_flag_takes_a_count_or_auto_and_names_a_bad_value(monkeypatch, capsys):
+    from server.cli import _parser
+    from server.config import settings_from_args
+
+    monkeypatch.delenv("STATEHOST_SANDBOX_WORKERS", raising=False)
+
+    def parse(*argv: str) -> int | None:
+        return settings_from_args(_parser().parse_args(["serve", *argv])).sandbox_workers
+
+    assert parse() == 0
+    assert parse("--sandbox-workers", "2") == 2
+    assert parse("--sandbox-workers", "auto") is None
+    monkeypatch.setenv("STATEHOST_SANDBOX_WORKERS", "auto")
+    assert parse() is None
+    assert parse("--sandbox-workers", "3") == 3  # the flag wins
+    with pytest.raises(SystemExit) as exited:
+        parse("--sandbox-workers", "many")
+    assert exited.value.code == 2
+    assert "'many' is not a whole number; use 0 or more, or auto" in capsys.readouterr().err
+
+
+async def test_pristine_mode_starts_no_workers(tmp_path: Path, clock: FakeClock, bundler):
+    settings = settings_for(tmp_path, sandbox_mode="pristine", sandbox_workers=2)
+    engine = DurableEngine(settings, clock=clock, bundler=bundler)
+    await engine.start()
+    try:
+        assert engine.worker_pool is None
+    finally:
+        await engine.stop()
