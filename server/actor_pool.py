@@ -16,14 +16,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from runtime import ActorHost, ActorSettings, LostActor, PreparedMachine, Runner
+from runtime import ActorHost, ActorSettings, LiveActorHost, LostActor, PreparedMachine, Runner, WorkerLost
 
 __all__ = ["ActorPool", "HostFactory", "make_actor_host"]
 
 log = logging.getLogger("statehost.instances")
 
-HostFactory = Callable[[PreparedMachine, ActorSettings], ActorHost]
-"""Builds the live-actor host of one prepared machine version."""
+HostFactory = Callable[[PreparedMachine, ActorSettings], LiveActorHost]
+"""Builds the live-actor host of one prepared machine version: in-process (:func:`make_actor_host`)
+or in worker processes (``runtime.WorkerPool.host``, the ``sandbox_workers`` setting)."""
 
 IDLE_SWEEP_S = 5.0
 """A version's idle actors are looked for at a window end at most this often (real time)."""
@@ -43,7 +44,7 @@ class ActorPool:
     def __init__(self, settings: ActorSettings, factory: HostFactory = make_actor_host) -> None:
         self.settings = settings
         self.factory = factory
-        self._hosts: dict[str, ActorHost] = {}
+        self._hosts: dict[str, LiveActorHost] = {}
         """version id -> its host."""
         self._swept: dict[str, float] = {}
         self.lost = 0
@@ -51,7 +52,7 @@ class ActorPool:
         self.lost_open = 0
         """Of those, actors whose window was open (it ended with a late fault)."""
 
-    def host(self, version_id: str, prepared: PreparedMachine) -> ActorHost:
+    def host(self, version_id: str, prepared: PreparedMachine) -> LiveActorHost:
         host = self._hosts.get(version_id)
         if host is None or host.prepared is not prepared:
             if host is not None:  # the version was prepared again (evicted from the cache meanwhile)
@@ -59,7 +60,7 @@ class ActorPool:
             host = self._hosts[version_id] = self.factory(prepared, self.settings)
         return host
 
-    async def after_window(self, version_id: str, host: ActorHost, now_ms: int, runner: Runner) -> None:
+    async def after_window(self, version_id: str, host: LiveActorHost, now_ms: int, runner: Runner) -> None:
         """Bookkeeping at a window's end: actors lost to a co-hosted
         fault are logged (their next event restores them; an open window among them has ended or
         ends with a late fault, its cut-off services' error events delivered on the next event), memory
@@ -82,7 +83,10 @@ class ActorPool:
         now = time.monotonic()
         if now - self._swept.get(version_id, 0.0) >= IDLE_SWEEP_S:
             self._swept[version_id] = now
-            await runner.run(host.evict_idle, now_ms)  # enters the VMs: off the event loop
+            try:
+                await runner.run(host.evict_idle, now_ms)  # enters the VMs: off the event loop
+            except WorkerLost as exc:  # its actors are reported lost (take_lost); the worker restarts
+                log.warning("version %s: idle actors not swept: %s", version_id, exc)
 
     def drop(self, version_id: str) -> None:
         """The version left the machine cache: its VMs go (its actors restore when next needed)."""

@@ -43,6 +43,16 @@ def positive(value: str) -> int:
     return number
 
 
+def count_or_auto(value: str) -> int | None:
+    """``auto`` (None: let the component choose) or a whole number, 0 or more (an argparse ``type``)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return count(value)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; use 0 or more, or auto") from None
+
+
 @dataclass(frozen=True)
 class Flag:
     """How ``statehost serve`` sets one setting (put in a field's metadata with :func:`flag`)."""
@@ -197,6 +207,24 @@ class Settings:
     )
     """Actors mode: an actor whose last event is this old is dropped (checked at window ends, at
     most every few seconds per version); its next event restores it."""
+    sandbox_workers: int | None = field(
+        default=0,
+        metadata=flag(
+            Flag(
+                "actors mode: worker processes that run the live actors; 0: in this process; auto: one per CPU",
+                env=True,
+                parse=count_or_auto,
+            )
+        ),
+    )
+    """Actors mode (docs/runtime.md "Live actors in worker processes", docs/decisions.md 102): run
+    the live actors in this many worker processes (``runtime.WorkerPool``; None, the flag's
+    ``auto``: one per CPU) instead of in the server process, so that guest code uses more than the
+    one core the server's GIL allows. The server keeps HTTP, auth, the single writer and effects. A
+    worker that dies (killed, out of memory) is restarted; the requests it was running are answered
+    503 ``unavailable`` (retry: nothing of them was stored), timers and messages are retried, and its
+    instances restore from their committed snapshots on their next event. 0: in this process.
+    Ignored in pristine mode."""
     machine_image_cache_mb: int = field(
         default=512,
         metadata=flag(

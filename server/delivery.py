@@ -70,7 +70,9 @@ class TimerDeliverer:
         except (NotFound, Conflict):
             return "gone" if not await self.store.timer_exists(timer.id) else "retry"
         except Unavailable:
-            return "unavailable"  # the database failed (disk full, unreachable), not the delivery
+            # The database failed (disk full, unreachable), or the sandbox worker process running the
+            # instance was lost: not the delivery (held back and retried, not counted as an attempt).
+            return "unavailable"
         except ApiError as exc:
             log.info("timer %s of instance %s not delivered: %s", timer.key, owner.name, exc)
             return "retry"
@@ -118,7 +120,9 @@ class TimerDeliverer:
         except Superseded:
             return "retry"  # another node (or process) took the receiver meanwhile: nothing was applied
         except Unavailable:
-            return "unavailable"  # the database failed (disk full, unreachable), not the delivery
+            # The database failed (disk full, unreachable), or the sandbox worker process running the
+            # instance was lost: not the delivery (held back and retried, not counted as an attempt).
+            return "unavailable"
         except (Rejected, InvalidParameter, Conflict) as exc:
             if not await self.store.timer_exists(timer.id):
                 return "gone"  # withdrawn meanwhile (cancelled by its sender)

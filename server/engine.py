@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-from runtime import Bundler, Clock, Executor, SystemClock, make_engine
+from runtime import Bundler, Clock, Executor, SystemClock, WorkerPool, make_engine
+from runtime.executor import default_workers
 
 from .actor_pool import ActorPool
 from .config import Settings
@@ -26,6 +27,9 @@ __all__ = ["DurableEngine"]
 
 log = logging.getLogger("statehost")
 
+WORKER_THREADS = 4
+"""``sandbox_workers``: calls one worker process runs at once, and executor threads added per worker."""
+
 
 class DurableEngine:
     def __init__(self, settings: Settings, clock: Clock | None = None, bundler: Bundler | None = None) -> None:
@@ -39,6 +43,8 @@ class DurableEngine:
             pool_size=settings.db_pool_size,
         )
         self._executor: Executor | None = None
+        self.worker_pool: WorkerPool | None = None
+        """``sandbox_workers``: the worker processes that run the live actors (None: in-process)."""
         self._transport: AiohttpTransport | None = None
         self._instances: InstanceService | None = None
         self._timers: TimerService | None = None
@@ -66,13 +72,23 @@ class DurableEngine:
 
     async def start(self) -> None:
         await self.store.open()
-        self._executor = Executor(self.settings.workers or None)
+        image_cache_bytes = self.settings.machine_image_cache_mb * 2**20
+        actors = self.settings.sandbox_mode == "actors"
+        threads = self.settings.workers or None
+        if actors and self.settings.sandbox_workers != 0:
+            self.worker_pool = WorkerPool(
+                self.settings.engine,
+                workers=self.settings.sandbox_workers,
+                runtime_api=self.bundler.runtime_api,
+                image_cache_bytes=image_cache_bytes,
+                threads=WORKER_THREADS,
+            )
+            # An actor call only waits on a worker's pipe: WORKER_THREADS more executor threads per
+            # worker keep every worker's threads busy (docs/decisions.md 101, 102).
+            threads = threads or default_workers() + WORKER_THREADS * self.worker_pool.size
+        self._executor = Executor(threads)
         self._transport = AiohttpTransport(self.settings.fetch)
-        engine = make_engine(
-            self.settings.engine,
-            self.bundler.runtime_api,
-            image_cache_bytes=self.settings.machine_image_cache_mb * 2**20,
-        )
+        engine = make_engine(self.settings.engine, self.bundler.runtime_api, image_cache_bytes=image_cache_bytes)
         if self.store.shared:
             self.leases = Leases(self.store, self.node_id, self.settings.lease_ttl_s)
         self._instances = InstanceService(
@@ -85,7 +101,7 @@ class DurableEngine:
             self.settings.limits,
             on_timers_changed=lambda: self._timers.wake() if self._timers else None,
             leases=self.leases,
-            actors=ActorPool(self.settings.actor_settings()) if self.settings.sandbox_mode == "actors" else None,
+            actors=self._actor_pool() if actors else None,
             # Given here, before the timer loop starts: no round may commit without its index entries
             # (server/indexes.py ``attach`` finds it set and keeps it).
             index_values=Indexes(self.store.machines).values,
@@ -96,6 +112,11 @@ class DurableEngine:
         self._timer_task = asyncio.create_task(self._timers.run(), name="statehost-timers")
         if self.leases is not None:
             self._lease_task = asyncio.create_task(self.leases.run(self._instances.recover), name="statehost-leases")
+
+    def _actor_pool(self) -> ActorPool:
+        if self.worker_pool is None:
+            return ActorPool(self.settings.actor_settings())
+        return ActorPool(self.settings.actor_settings(), self.worker_pool.host)
 
     async def stop(self) -> None:
         if self._lease_task is not None:
@@ -110,6 +131,11 @@ class DurableEngine:
             self._timer_task = None
         if self._instances is not None:
             await self._instances.close(self.settings.shutdown_grace_s)
+        if self.worker_pool is not None:
+            # Closing waits (bounded) for the processes to exit: off the event loop. No worker
+            # outlives the server (a SIGKILLed server's workers exit at EOF on their pipes).
+            await asyncio.to_thread(self.worker_pool.close)
+            self.worker_pool = None
         if self._transport is not None:
             await self._transport.close()
         if self._executor is not None:

@@ -26,12 +26,13 @@ from runtime import (
     StepRequest,
     Transport,
     WindowResult,
+    WorkerLost,
     run_actor_window,
     run_window,
 )
 
 from .actor_pool import ActorPool, actor_key
-from .errors import Conflict, InvalidParameter, NotFound, Paused, Timeout
+from .errors import Conflict, InvalidParameter, NotFound, Paused, Timeout, Unavailable
 from .leases import Leases
 from .machine_cache import MachineCache
 from .mailbox import Request, WindowFailed, error_for
@@ -208,6 +209,11 @@ class WindowRunner:
     @staticmethod
     def _failed(request: Request, window: Window, exc: Exception) -> WindowFailed:
         committed = {*window.participants, *([request] if window.own_committed else [])}
+        if isinstance(exc, WorkerLost):
+            # The worker process running the actor died (``sandbox_workers``): nothing of a request
+            # whose round was not committed is stored, so its sender may send it again. The actor
+            # restores from its committed row on its next event (the sequence check).
+            exc = Unavailable(f"the sandbox worker running the instance was lost; retry ({exc})")
         return WindowFailed(exc, committed, window.view)
 
     async def _finish(self, request: Request, window: Window, result: WindowResult) -> None:
