@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -418,6 +418,14 @@ class InstanceService:
             log.info("timer %s of instance %s not delivered: %s", timer.key, owner.name, exc)
             return "retry"
         return "delivered"
+
+    async def deliver_timers(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
+        """Due timers of different instances, each to itself: what became of each."""
+        outcomes = await asyncio.gather(*(self.deliver_timer(t) for t in timers), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled: the timer loop is stopping
+        return [o for o in outcomes if not isinstance(o, BaseException) or isinstance(o, Exception)]
 
     async def _deliver_message(self, timer: TimerRow, sender: TimerOwner) -> TimerDelivery:
         """A message from ``sender`` to another instance of its org, or the creation of a persistent

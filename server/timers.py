@@ -43,11 +43,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from runtime import Clock
 
 from .errors import Unavailable
-from .instances import InstanceService
+from .instances import InstanceService, TimerDelivery
 from .loops import repeat
 from .store import LogRecord, Store, TimerRow
 
@@ -64,6 +66,9 @@ PAUSED_RETRY_MS = 30_000
 """A paused instance is retried about 30 s apart (wire-api 3.9)."""
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
+BATCH = 64
+"""Due timers of instances to themselves are delivered in batches of at most this many (one lane
+each); a claim of CLAIM_BATCH makes several, so that sandbox work and commits overlap."""
 UNAVAILABLE_RETRY_S = 1.0
 """A timer whose delivery met a storage fault is tried again after this long (real time)."""
 CLOCK_RECHECK_S = 1.0
@@ -127,15 +132,25 @@ class TimerService:
             due = [row for row in claimed if row.id not in self._in_flight]
         else:
             due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
+        batch: list[TimerRow] = []
+        batch_lanes: set[tuple[object, ...]] = set()
         for row in due:
             await self._slots.acquire()
             self._in_flight.add(row.id)
             lane = _lane(row)
-            task = asyncio.create_task(self._deliver(row, self._lanes.get(lane)), name=f"statehost-timer-{row.id}")
-            self._lanes[lane] = task
-            task.add_done_callback(functools.partial(self._lane_done, lane))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if row.target is None and lane not in self._lanes and lane not in batch_lanes:
+                batch.append(row)
+                batch_lanes.add(lane)
+                if len(batch) == BATCH:
+                    self._start_batch(batch)
+                    batch, batch_lanes = [], set()
+                continue
+            if lane in batch_lanes:  # it goes after its lane's earlier row, which is in the batch
+                self._start_batch(batch)
+                batch, batch_lanes = [], set()
+            self._start(lane, self._deliver(row, self._lanes.get(lane)), f"statehost-timer-{row.id}", (lane,))
+        if batch:
+            self._start_batch(batch)
         if len(due) == CLAIM_BATCH:
             return
         next_due = await self.store.next_timer_due(exclude=self._in_flight)
@@ -152,17 +167,72 @@ class TimerService:
             for waiter in waits:
                 waiter.cancel()
 
+    def _start_batch(self, rows: list[TimerRow]) -> None:
+        lanes = tuple(_lane(row) for row in rows)
+        self._start(lanes[0], self._deliver_batch(rows), f"statehost-timers-{rows[0].id}+{len(rows) - 1}", lanes)
+
+    def _start(
+        self,
+        lane: tuple[object, ...],
+        work: Coroutine[Any, Any, None],
+        name: str,
+        lanes: tuple[tuple[object, ...], ...],
+    ) -> None:
+        """Run one delivery task; the next delivery to any of ``lanes`` waits for it."""
+        task = asyncio.create_task(work, name=name)
+        for each in lanes:
+            self._lanes[each] = task
+            task.add_done_callback(functools.partial(self._lane_done, each))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _lane_done(self, lane: tuple[object, ...], task: asyncio.Task[None]) -> None:
         if self._lanes.get(lane) is task:
             del self._lanes[lane]
 
     async def _deliver(self, row: TimerRow, after: asyncio.Task[None] | None = None) -> None:
-        hold_s = 0.0
+        outcome: TimerDelivery | Exception
         try:
             if after is not None:
                 await asyncio.wait([after])
             outcome = await self.instances.deliver_timer(row)
-            if outcome == "delivered":
+        except asyncio.CancelledError:
+            self._forget(row)
+            raise
+        except Exception as exc:
+            outcome = exc
+        await self._settle(row, outcome)
+
+    async def _deliver_batch(self, rows: list[TimerRow]) -> None:
+        """Timers of different instances, to themselves, delivered together: the instance layer
+        groups them by machine version, steps each group in one sandbox call and commits their
+        rounds in one transaction (docs/decisions.md, "Due timers in batches")."""
+        outcomes: Sequence[TimerDelivery | Exception]
+        try:
+            outcomes = await self.instances.deliver_timers(rows)
+        except asyncio.CancelledError:
+            for row in rows:
+                self._forget(row)
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(rows)
+        await asyncio.gather(*(self._settle(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)))
+
+    def _forget(self, row: TimerRow) -> None:
+        self._in_flight.discard(row.id)
+        self._slots.release()
+
+    async def _settle(self, row: TimerRow, outcome: TimerDelivery | Exception) -> None:
+        """What a delivery's outcome means for its row: nothing (delivered), removed, retried later,
+        or held back in memory while the database fails."""
+        hold_s = 0.0
+        try:
+            if isinstance(outcome, Unavailable):  # the delivery's own write met a storage fault
+                raise outcome
+            if isinstance(outcome, Exception):
+                log.error("timer %s: delivery failed", row.id, exc_info=outcome)
+                await self._retry(row, paused=False)
+            elif outcome == "delivered":
                 self.delivered += 1
             elif outcome == "gone":
                 if await self.store.timer_exists(row.id):
@@ -191,8 +261,7 @@ class TimerService:
                 if hold_s:  # still in flight meanwhile: the loop does not pick the row up again
                     await asyncio.sleep(hold_s)
             finally:
-                self._in_flight.discard(row.id)
-                self._slots.release()
+                self._forget(row)
                 self.wake()
 
     async def _retry(self, row: TimerRow, paused: bool) -> None:
