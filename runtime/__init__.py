@@ -6,6 +6,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 
 from . import resources
 from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
+from .batch import BatchWindow, run_windows
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -41,6 +42,7 @@ __all__ = [
     "ActorHost",
     "ActorSettings",
     "ActorStep",
+    "BatchWindow",
     "BundleError",
     "Bundler",
     "Clock",
@@ -94,5 +96,6 @@ __all__ = [
     "resources",
     "run_actor_window",
     "run_window",
+    "run_windows",
     "url_refusal",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from runtime import (
+    BatchWindow,
     Bundler,
     Clock,
     Delivery,
@@ -44,6 +45,7 @@ from runtime import (
     Upload,
     WindowResult,
     run_window,
+    run_windows,
 )
 
 from .errors import (
@@ -420,12 +422,206 @@ class InstanceService:
         return "delivered"
 
     async def deliver_timers(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
-        """Due timers of different instances, each to itself: what became of each."""
+        """Due timers of different instances, each to itself, delivered together: what became of each.
+
+        Each instance with no window running or queued is taken for the batch (requests that arrive
+        meanwhile queue behind it, or join its window, as behind any window); their rows are read
+        in one query; those of one machine version are begun in one executor call
+        (``runtime.run_windows``) and their rounds committed concurrently, so that the store's
+        group commit writes them in one transaction. No precheck read: the round's commit deletes
+        the timer row or fails (a timer cancelled meanwhile is never delivered). Anything unusual
+        (another window busy, a paused or deleted instance, an upgrade due, several nodes) takes
+        the ordinary path, one window per timer."""
+        if self.leases is not None or self._closing:
+            return await self._deliver_each(timers)
+        singles: list[TimerRow] = []
+        taken: list[tuple[TimerRow, _Request, Inbox]] = []
+        for timer in timers:
+            owner = timer.owner
+            if timer.target is not None or owner is None:
+                singles.append(timer)
+                continue
+            request = _Request(
+                "timer",
+                owner.machine_id,
+                owner.org_id,
+                owner.machine_slug,
+                owner.name,
+                None,
+                event=timer.event,
+                timer=timer,
+            )
+            inbox = self._take(request)
+            if inbox is None:
+                singles.append(timer)
+            else:
+                taken.append((timer, request, inbox))
+        outcomes: dict[int, TimerDelivery | Exception] = {}
+
+        async def each(timer: TimerRow) -> None:
+            try:
+                outcomes[timer.id] = await self.deliver_timer(timer)
+            except Exception as exc:
+                outcomes[timer.id] = exc
+
+        work: list[Awaitable[None]] = [each(timer) for timer in singles]
+        try:
+            rows = await self.store.instances_by_ids([timer.instance_id for timer, _, _ in taken])
+        except BaseException as exc:
+            for _, request, inbox in taken:
+                request.fail(exc if isinstance(exc, Exception) else Unavailable("the server is stopping"))
+                self._give_back(request, inbox)
+            if not isinstance(exc, Exception):
+                raise
+            rows = {}
+        groups: dict[str, list[tuple[_Request, Inbox, InstanceRow]]] = {}
+        for timer, request, inbox in taken if rows else ():
+            row = rows.get(timer.instance_id)
+            if row is None or row.status == "paused" or row.desired_version_id not in (None, row.version_id):
+                # The ordinary window reads the row again and says what is wrong (or upgrades first).
+                work.append(self._taken_window(request, inbox))
+            else:
+                groups.setdefault(row.version_id, []).append((request, inbox, row))
+        for version_id, items in groups.items():
+            work.append(self._timer_group(version_id, items))
+        await asyncio.gather(*work)
+        for timer, request, _ in taken:
+            try:
+                outcomes[timer.id] = await self._timer_outcome(timer, request.done)
+            except Exception as exc:  # the read that tells gone from retry met a storage fault
+                outcomes[timer.id] = exc
+        return [outcomes[timer.id] for timer in timers]
+
+    async def _deliver_each(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
         outcomes = await asyncio.gather(*(self.deliver_timer(t) for t in timers), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # cancelled: the timer loop is stopping
         return [o for o in outcomes if not isinstance(o, BaseException) or isinstance(o, Exception)]
+
+    def _take(self, request: _Request) -> Inbox | None:
+        """Take an idle instance for a window run outside its actor (a batch): None if a window of
+        it runs or waits. Requests that arrive meanwhile go to the returned inbox."""
+        key = (request.machine_id, request.instance_name)
+        if self._closing or key in self._actors:
+            return None
+        current = asyncio.current_task()
+        assert current is not None
+        inbox = Inbox()
+        self._open.setdefault(key, set()).add(request)
+        request.done.add_done_callback(lambda _: self._finished(key, request))
+        self._actors[key] = (inbox, current)
+        return inbox
+
+    def _give_back(self, request: _Request, inbox: Inbox) -> None:
+        """The taken instance's window is over: requests queued meanwhile get windows of their own."""
+        key = (request.machine_id, request.instance_name)
+        if self._actors.get(key, (None,))[0] is not inbox:
+            return
+        if len(inbox):
+            task = asyncio.create_task(self._run_actor(key, inbox), name=f"statehost-instance-{request.instance_name}")
+            self._actors[key] = (inbox, task)
+        else:
+            del self._actors[key]
+
+    async def _taken_window(self, request: _Request, inbox: Inbox) -> None:
+        delivery = Delivery(request.event or {}, None, tag=request)
+        try:
+            await self._window(request, delivery, inbox)
+        except ApiError as exc:
+            request.fail(exc)
+        except Exception as exc:
+            log.exception("instance %s: window failed", request.instance_name)
+            request.fail(exc)
+        finally:
+            self._give_back(request, inbox)
+
+    async def _timer_group(self, version_id: str, items: list[tuple[_Request, Inbox, InstanceRow]]) -> None:
+        """Timers of instances of one version: begun in one executor call, committed together."""
+        try:
+            prepared = await self._prepared_machine(version_id)
+            windows: list[_Window] = []
+            batch: list[BatchWindow] = []
+            for request, inbox, row in items:
+                window = _Window(
+                    request, row.id, row.seq, row.ts, row.version_id, InstanceState.of(row), parent=row.parent
+                )
+                windows.append(window)
+                step = StepRequest(
+                    "event", row.name, None, persisted=row.persisted, event=request.event, parent=row.parent
+                )
+                batch.append(
+                    BatchWindow(
+                        step,
+                        functools.partial(self._commit, window),
+                        tag=request,
+                        inbox=inbox,
+                        sandbox=self._unpark(row),
+                    )
+                )
+            results = await run_windows(
+                prepared,
+                batch,
+                executor=self.executor.lane(items[0][0].org_id),
+                transport=self.transport,
+                clock=self.clock,
+                keep_sandbox=self.parking > 0,
+            )
+        except BaseException as exc:
+            for request, inbox, _ in items:
+                request.fail(exc if isinstance(exc, Exception) else Unavailable("the server is stopping"))
+                self._give_back(request, inbox)
+            raise
+        await asyncio.gather(
+            *(
+                self._end_taken(request, inbox, window, result)
+                for (request, inbox, _), window, result in zip(items, windows, results, strict=True)
+            )
+        )
+
+    async def _end_taken(
+        self, request: _Request, inbox: Inbox, window: _Window, result: WindowResult | Exception
+    ) -> None:
+        """A batch window ended: as ``_leased_window`` ends one (everyone who took part is answered)."""
+        key = (request.machine_id, request.instance_name)
+        try:
+            if isinstance(result, Exception):
+                queued = {delivery.tag for delivery in inbox.pending()}
+                committed = {*window.participants, *([request] if window.own_committed else [])}
+                for waiting in list(self._open.get(key, ())):
+                    if waiting in queued:
+                        continue
+                    if waiting in committed and window.view is not None:
+                        waiting.resolve(window.view)
+                    elif waiting is not request:
+                        waiting.fail(result)
+                if request not in committed:
+                    request.fail(result)
+                return
+            await self._finish_window(request, window, result)
+        except ApiError as exc:
+            request.fail(exc)
+        except Exception as exc:
+            log.exception("instance %s: window failed", request.instance_name)
+            request.fail(exc)
+        finally:
+            self._give_back(request, inbox)
+
+    async def _timer_outcome(self, timer: TimerRow, done: asyncio.Future[InstanceState]) -> TimerDelivery | Exception:
+        try:
+            await done
+        except Paused:
+            return "retry-paused"
+        except (NotFound, Conflict):
+            return "gone" if not await self.store.timer_exists(timer.id) else "retry"
+        except Unavailable:
+            return "unavailable"
+        except ApiError as exc:
+            log.info("timer %s not delivered: %s", timer.key, exc)
+            return "retry"
+        except Exception as exc:
+            return exc
+        return "delivered"
 
     async def _deliver_message(self, timer: TimerRow, sender: TimerOwner) -> TimerDelivery:
         """A message from ``sender`` to another instance of its org, or the creation of a persistent
