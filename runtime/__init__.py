@@ -6,7 +6,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 
 from . import resources
 from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
-from .batch import BatchWindow, run_windows
+from .batch import ActorBatchWindow, BatchWindow, run_actor_windows, run_windows
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -39,6 +39,7 @@ from .transport import FetchError, Transport
 
 __all__ = [
     "ENGINE_NAMES",
+    "ActorBatchWindow",
     "ActorHost",
     "ActorSettings",
     "ActorStep",
@@ -95,6 +96,7 @@ __all__ = [
     "make_engine",
     "resources",
     "run_actor_window",
+    "run_actor_windows",
     "run_window",
     "run_windows",
     "url_refusal",

@@ -19,14 +19,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .actors import _REFUSED, ActorCommitFn, ActorHost, ActorStep
 from .clock import Clock
 from .engine import PreparedMachine, SandboxInstance
-from .executor import Runner
+from .executor import Executor, Runner
 from .protocol import Round, StepRequest
 from .settle import CommitFn, Inbox, WindowResult, drive
 from .transport import Transport
 
-__all__ = ["BatchWindow", "run_windows"]
+__all__ = ["ActorBatchWindow", "BatchWindow", "run_actor_windows", "run_windows"]
 
 
 @dataclass(eq=False)
@@ -113,3 +114,79 @@ async def run_windows(
             raise result  # cancelled
         out.append(result)
     return out
+
+
+@dataclass(eq=False)
+class ActorBatchWindow:
+    """One instance's window in a batch on live actors: what ``run_actor_window`` takes for it."""
+
+    instance_id: str
+    committed_seq: int | None
+    request: StepRequest
+    commit: ActorCommitFn
+    tag: object = None
+    inbox: Inbox | None = None
+
+
+async def run_actor_windows(
+    host: ActorHost,
+    windows: Sequence[ActorBatchWindow],
+    *,
+    executor: Executor | Runner,
+    transport: Transport,
+    clock: Clock,
+) -> list[tuple[WindowResult, ActorStep] | Exception]:
+    """``run_actor_window`` for several instances of the host's version: their first steps in one
+    executor call (:meth:`ActorHost.step_many`), then each window driven on, concurrently; each
+    round is committed (``commit`` returns its seq, which confirms the live actor) before its
+    effects run, and an actor stays live only if its window ends quiescent."""
+    steps = await executor.run(host.step_many, [(w.instance_id, w.committed_seq, w.request) for w in windows], clock)
+
+    ends: list[tuple[str, bool]] = []
+
+    async def finish(window: ActorBatchWindow, step: ActorStep | Exception) -> tuple[WindowResult, ActorStep]:
+        if isinstance(step, Exception):
+            raise step
+
+        async def confirm(round_: Round, round_tag: object) -> None:
+            seq = await window.commit(round_, round_tag)
+            host.committed(window.instance_id, seq)
+
+        keep = False
+        try:
+            result = await drive(
+                host.sandbox(window.instance_id),
+                step.round,
+                executor=executor,
+                commit=confirm,
+                transport=transport,
+                clock=clock,
+                limits=host.prepared.limits,
+                last_persisted=window.request.persisted,
+                tag=window.tag,
+                inbox=window.inbox,
+            )
+            keep = (result.ok and result.quiescent) or step.round.outcome in _REFUSED
+            return result, step
+        finally:
+            if step.round.ok or host.is_live(window.instance_id):
+                ends.append((window.instance_id, keep))
+
+    try:
+        results = await asyncio.gather(
+            *(finish(w, step) for w, step in zip(windows, steps, strict=True)), return_exceptions=True
+        )
+    finally:
+        if ends:  # every window's end in one call (ending one may enter its VM: never on the event loop)
+            await executor.run(_end_all, host, ends)
+    out: list[tuple[WindowResult, ActorStep] | Exception] = []
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled
+        out.append(result)
+    return out
+
+
+def _end_all(host: ActorHost, ends: Sequence[tuple[str, bool]]) -> None:
+    for instance_id, keep in ends:
+        host.end_window(instance_id, keep)
