@@ -28,8 +28,8 @@ import contextlib
 import logging
 
 from .db import Listener
-from .instances import Committed, InstanceState
 from .loops import repeat
+from .snapshot import InstanceSnapshot
 from .store import Store
 from .subscriptions import Hub
 
@@ -88,7 +88,7 @@ class CommitFeed:
 
     # -- this node's commits ------------------------------------------------------------------------
 
-    def local(self, committed: Committed) -> None:
+    def local(self, committed: InstanceSnapshot) -> None:
         """InstanceService.on_commit: relay to this node's subscribers and hint the other nodes."""
         self._hints[committed.instance_id] = max(committed.seq, self._hints.get(committed.instance_id, 0))
         self._hint_ready.set()
@@ -154,19 +154,21 @@ class CommitFeed:
                 if not records:
                     break
                 for record in records:
-                    state = InstanceState(
-                        record.ts, record.state, record.public_context, tuple(record.tags), record.done, record.context
-                    )
                     self.hub.publish(
-                        Committed(
-                            row.org_id,
-                            row.machine_id,
-                            row.machine_slug,
-                            row.name,
-                            record.version_id or row.version_id,
-                            state,
-                            instance_id,
-                            record.seq,
+                        InstanceSnapshot.committed(
+                            org_id=row.org_id,
+                            machine_id=row.machine_id,
+                            machine_slug=row.machine_slug,
+                            instance_name=row.name,
+                            version_id=record.version_id or row.version_id,
+                            instance_id=instance_id,
+                            seq=record.seq,
+                            ts=record.ts,
+                            state=record.state,
+                            public_context=record.public_context,
+                            tags=record.tags,
+                            done=record.done,
+                            context=record.context,
                         )
                     )
                     after = record.seq

@@ -15,6 +15,7 @@ from runtime import Bundler, Clock, Executor, SystemClock, make_engine
 
 from .config import Settings
 from .fetch import AiohttpTransport
+from .indexes import Indexes
 from .instances import InstanceService
 from .leases import Leases, default_node_id
 from .store import Store
@@ -85,6 +86,9 @@ class DurableEngine:
             parked_sandboxes=self.settings.parked_sandboxes,
             parked_bytes=self.settings.parked_memory_mb * 2**20,
             leases=self.leases,
+            # Given here, before the timer loop starts: no round may commit without its index entries
+            # (server/indexes.py ``attach`` finds it set and keeps it).
+            index_values=Indexes(self.store).values,
         )
         # A timer claim outlives the longest delivery: a settle window, plus waiting for a lease.
         claim_ttl_ms = self.settings.limits.settle_window_ms + int(3 * self.settings.lease_ttl_s * 1000)

@@ -27,7 +27,8 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from .auth import Caller
-from .instances import Committed, InstanceService, InstanceState
+from .instances import InstanceService
+from .snapshot import InstanceSnapshot
 
 __all__ = ["Connection", "Hub", "Subscription"]
 
@@ -37,20 +38,9 @@ SEND_QUEUE = 1_000
 """Messages waiting for one connection before it is considered too slow and closed."""
 
 
-def update_message(machine: str, instance: str, state: InstanceState) -> str:
-    return json.dumps(
-        {
-            "type": "instance-update",
-            "machineName": machine,
-            "machineInstanceName": instance,
-            "ts": state.ts,
-            "state": state.state,
-            "publicContext": dict(state.public_context),
-            "tags": list(state.tags),
-            "done": state.done,
-        },
-        separators=(",", ":"),
-    )
+def update_message(machine: str, instance: str, state: InstanceSnapshot) -> str:
+    """The ``instance-update`` message of a state (``InstanceSnapshot.update_message``)."""
+    return state.update_message(machine, instance)
 
 
 @dataclass(eq=False)
@@ -106,7 +96,7 @@ class Hub:
         self.instances = instances
         self.connections: set[Connection] = set()
         self._by_instance: dict[tuple[int, str], set[Subscription]] = {}
-        self._pending: dict[tuple[int, str], asyncio.Queue[Committed]] = {}
+        self._pending: dict[tuple[int, str], asyncio.Queue[InstanceSnapshot]] = {}
         self._publishers: dict[tuple[int, str], asyncio.Task[None]] = {}
         self.pushed = 0
         self.closing = False
@@ -146,7 +136,7 @@ class Hub:
 
     # -- publishing ---------------------------------------------------------------------------------
 
-    def publish(self, committed: Committed) -> None:
+    def publish(self, committed: InstanceSnapshot) -> None:
         key = (committed.machine_id, committed.instance_name)
         if key not in self._by_instance:
             return
@@ -156,7 +146,7 @@ class Hub:
             self._publishers[key] = asyncio.create_task(self._publisher(key, queue), name="statehost-rt-publisher")
         queue.put_nowait(committed)
 
-    async def _publisher(self, key: tuple[int, str], queue: asyncio.Queue[Committed]) -> None:
+    async def _publisher(self, key: tuple[int, str], queue: asyncio.Queue[InstanceSnapshot]) -> None:
         try:
             while True:
                 try:
@@ -167,21 +157,20 @@ class Hub:
                 if not subscribers:
                     continue
                 allowed = await self._allowed(committed, subscribers)
-                message = update_message(committed.machine_slug, committed.instance_name, committed.state)
+                message = committed.update_message()
                 for subscription in subscribers:
                     if subscription.connection.subscriptions.get(subscription.request_id) is not subscription:
                         continue  # unsubscribed or revoked while the authorizer ran
                     if allowed.get(subscription.auth_key):
-                        subscription.offer(committed.state.ts, message)
+                        subscription.offer(committed.ts, message)
                         self.pushed += 1
         finally:
             if self._publishers.get(key) is asyncio.current_task():
                 del self._publishers[key]
                 del self._pending[key]
 
-    async def _allowed(self, committed: Committed, subscribers: list[Subscription]) -> dict[str, bool]:
+    async def _allowed(self, committed: InstanceSnapshot, subscribers: list[Subscription]) -> dict[str, bool]:
         contexts = {s.auth_key: s.auth_context for s in subscribers}
-        state = committed.state
         decisions = await asyncio.gather(
             *(
                 self.instances.may_read(
@@ -189,8 +178,8 @@ class Hub:
                     committed.org_id,
                     committed.machine_slug,
                     committed.instance_name,
-                    state.state,
-                    state.context,
+                    committed.state,
+                    committed.context,
                     auth,
                 )
                 for auth in contexts.values()

@@ -391,7 +391,7 @@ async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state
         # Capacity: the least recently used parked sandbox is evicted.
         await svc.create(org, "m", "c")
         await svc.create(org, "m", "d")
-        assert len(svc._parked) <= 2
+        assert len(svc.windows._parked) <= 2
     finally:
         await engine.stop()
 
@@ -414,20 +414,24 @@ async def test_parked_sandboxes_stay_within_their_memory_budget(engine_name, db_
             return row.id
 
         await svc.create(org, "m", "first")
-        size = svc._parked[await instance_id("first")].size
+        size = svc.windows._parked[await instance_id("first")].size
         assert size > 100_000  # a live XState machine, as the engine counts it
-        svc.parking_bytes = 4 * size + size // 2  # room for four of them
+        svc.windows.parking_bytes = 4 * size + size // 2  # room for four of them
         names = [f"i{n}" for n in range(7)]
         for name in names:
             await svc.create(org, "m", name)
             await svc.send_event(org, "m", name, "ping", {})
-        assert svc._parked_bytes == sum(entry.size for entry in svc._parked.values()) <= svc.parking_bytes
-        assert list(svc._parked) == [await instance_id(name) for name in names[-len(svc._parked) :]]
-        assert 3 <= len(svc._parked) <= 4  # sizes vary a little with what each event allocated
+        assert (
+            svc.windows._parked_bytes
+            == sum(entry.size for entry in svc.windows._parked.values())
+            <= svc.windows.parking_bytes
+        )
+        assert list(svc.windows._parked) == [await instance_id(name) for name in names[-len(svc.windows._parked) :]]
+        assert 3 <= len(svc.windows._parked) <= 4  # sizes vary a little with what each event allocated
         # too big for a quarter of the budget: closed after its window, so the next event starts afresh
-        svc.parking_bytes = 2 * size
+        svc.windows.parking_bytes = 2 * size
         await svc.send_event(org, "m", "i6", "ping", {})
-        assert await instance_id("i6") not in svc._parked
+        assert await instance_id("i6") not in svc.windows._parked
         await svc.send_event(org, "m", "i6", "ping", {})
         texts = [line["text"] for line in await engine.store.logs(org, instance_name="i6")]
         assert texts == ["calls 1", "calls 2", "calls 1"]

@@ -147,7 +147,7 @@ async def test_the_warm_up_prepares_the_current_versions_in_use_newest_first_wit
             assert await engine.store.versions_to_warm(64) == [versions["newer"], versions["older"]]
             report = await engine.instances.warm_up(bound, 5.0)
             assert (report["candidates"], report["warmed"]) == (len(expected), len(expected))
-            assert set(engine.instances._prepared) == {versions[slug] for slug in expected}
+            assert set(engine.instances.machines.versions()) == {versions[slug] for slug in expected}
             for slug in ("older", "newer"):
                 state = await engine.instances.send_event(deploy.org_id, slug, "i1", {"type": "go"}, None)
                 assert state.state == "on"
