@@ -6,7 +6,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 
 from . import resources
 from .actors import ActorHost, ActorSettings, ActorStep, LostActor, MemoryPressure, run_actor_window
-from .batch import ActorBatchWindow, BatchWindow, run_actor_windows, run_windows
+from .batch import ActorBatchWindow, BatchWindow, close_all, run_actor_windows, run_windows
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -93,6 +93,7 @@ __all__ = [
     "WindowResult",
     "address_refusal",
     "apply_timer_op",
+    "close_all",
     "make_engine",
     "resources",
     "run_actor_window",

@@ -27,7 +27,7 @@ from .protocol import Round, StepRequest
 from .settle import CommitFn, Inbox, WindowResult, drive
 from .transport import Transport
 
-__all__ = ["ActorBatchWindow", "BatchWindow", "run_actor_windows", "run_windows"]
+__all__ = ["ActorBatchWindow", "BatchWindow", "close_all", "run_actor_windows", "run_windows"]
 
 
 @dataclass(eq=False)
@@ -40,6 +40,12 @@ class BatchWindow:
     inbox: Inbox | None = None
     sandbox: SandboxInstance | None = None
     """The live sandbox of the instance's last quiescent window (its state is ``request.persisted``)."""
+
+
+def close_all(sandboxes: Sequence[SandboxInstance]) -> None:
+    """Close sandboxes (on an executor thread: freeing a WASM store's memory takes a while)."""
+    for sandbox in sandboxes:
+        sandbox.close()
 
 
 def _begin_all(
@@ -77,6 +83,7 @@ async def run_windows(
     """Run one settle window per entry of ``windows`` (instances of ``prepared``), begun in one
     executor call; per window, its result or the exception ``run_window`` would have raised."""
     begun = await executor.run(_begin_all, prepared, windows, clock)
+    spent: list[SandboxInstance] = []
 
     async def finish(window: BatchWindow, instance: SandboxInstance | None, first: Round | Exception) -> WindowResult:
         kept = False
@@ -102,12 +109,16 @@ async def run_windows(
             return result
         finally:
             if not kept and instance is not None:
-                instance.close()
+                spent.append(instance)
 
-    results = await asyncio.gather(
-        *(finish(w, instance, first) for w, (instance, first) in zip(windows, begun, strict=True)),
-        return_exceptions=True,
-    )
+    try:
+        results = await asyncio.gather(
+            *(finish(w, instance, first) for w, (instance, first) in zip(windows, begun, strict=True)),
+            return_exceptions=True,
+        )
+    finally:
+        if spent:  # freeing a sandbox takes a while (a WASM store's memory): off the event loop, at once
+            await executor.run(close_all, spent)
     out: list[WindowResult | Exception] = []
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, Exception):
