@@ -723,11 +723,13 @@ class LoadBench:
             for n, a in enumerate(answers):
                 assert a["publicContext"]["delay"] == sent_delays[n], a
             overran = sum(1 for d in due.values() if d < created_by)
+            cpu_before = _cpu_s(self.statehost.pid)
             async with self.profiler.record(f"w5-{len(names)}", self.statehost.pid):
                 for _ in range(int(max(60.0, len(names) / 20) / 0.25)):
                     if _pending_timers(self.statehost.database, "w5-[0-9]*") == 0:
                         break
                     await asyncio.sleep(0.25)
+            delivery_cpu_s = _cpu_s(self.statehost.pid) - cpu_before
             fired = _fired(self.statehost.database, "timer")
             # The same instant through the API, for a few (GET .../events: createdAt of the transition).
             async with self.admin_client() as client:
@@ -760,7 +762,11 @@ class LoadBench:
                 "min": min(lags),
             },
             "delivered_per_s": len(lags) / max(0.001, (max(fired.values()) - dues[0]) / 1000),
+            # The server's CPU (all threads) from the end of the creates until all were delivered:
+            # less sensitive to other processes on a shared machine than the lag.
+            "server_cpu_ms_per_timer": 1000 * delivery_cpu_s / len(lags),
         }
+        print(f"W5: server CPU {self.raw['W5']['server_cpu_ms_per_timer']:.2f} ms per delivered timer", flush=True)
         if overran:
             print(
                 f"W5: {overran} timers fell due before creating all of them ended (creates were slower than estimated)"
@@ -802,6 +808,12 @@ class LoadBench:
             "lag_ms": {"p50": statistics.median(lags), "max": max(lags), "min": min(lags), "all": lags},
         }
         self.add("W5 a lone timer (idle server)", "delivery lag", "ms", {"statehost": Figure.of(lags)})
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _db_bytes(server: ServerProcess) -> int:

@@ -11,7 +11,6 @@ when it settles everyone who took part gets the latest committed state.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +29,6 @@ from runtime import (
     StepRequest,
     Transport,
     WindowResult,
-    close_all,
     run_window,
     run_windows,
 )
@@ -297,22 +295,10 @@ class WindowRunner:
             executor=self.executor.lane(items[0][0].org_id),
             transport=self.transport,
             clock=self.clock,
-            keep_sandbox=self.parking > 0,
+            # Not parked: a burst of timers' sandboxes would evict (and free, on the event loop)
+            # one parked sandbox per timer, for instances that may not get another event soon.
+            # run_windows frees them in one executor call.
         )
-        # Parked only where there is room: parking a burst of timers' sandboxes would evict (and
-        # free, on the event loop) one parked sandbox per timer, for instances that may never get
-        # another event soon.
-        spent: list[SandboxInstance] = []
-        room = self.parking - len(self._parked)
-        for n, result in enumerate(results):
-            if isinstance(result, WindowResult) and result.sandbox is not None:
-                if room > 0:
-                    room -= 1
-                    continue
-                spent.append(result.sandbox)
-                results[n] = dataclasses.replace(result, sandbox=None)
-        if spent:
-            await self.executor.run(close_all, spent)
         errors: list[Exception | None] = []
         for (request, _, _), window, result in zip(items, windows, results, strict=True):
             try:
