@@ -70,7 +70,7 @@ from typing import Any
 from .clock import Clock
 from .engine import PreparedMachine, SandboxInstance
 from .engines.guest_loop import _Instance, _Prepared, _Session
-from .executor import Executor
+from .executor import Runner
 from .limits import Outcome
 from .protocol import EffectResult, Round, StepRequest
 from .settle import Inbox, WindowResult, drive
@@ -649,7 +649,7 @@ async def run_actor_window(
     committed_seq: int | None,
     request: StepRequest,
     *,
-    executor: Executor,
+    executor: Runner,
     commit: ActorCommitFn,
     transport: Transport,
     clock: Clock,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from runtime import FetchPolicy, Limits
+from runtime import ActorSettings, FetchPolicy, Limits
 
 __all__ = ["Flag", "ServeFlag", "Settings", "add_serve_flags", "serve_flags", "settings_from_args"]
 
@@ -150,29 +150,53 @@ class Settings:
         ),
     )
     """Which addresses machines may fetch (docs/limits.md)."""
-    parked_sandboxes: int = field(
-        default=256,
+    sandbox_mode: Literal["actors", "pristine"] = field(
+        default="actors",
         metadata=flag(
             Flag(
-                "live sandboxes kept for hot instances' next events; 0: a pristine sandbox per event",
+                "actors: hot instances stay live actors, many of one machine version per VM;"
+                " pristine: a fresh sandbox restored from the snapshot for every event",
                 env=True,
-                parse=count,
             )
         ),
     )
-    """Live sandboxes kept for the next event of the same instance, least recently used evicted
-    first: an event to a hot instance skips starting a sandbox and restoring its snapshot (WASM:
-    ~1.6 instead of ~2.8 ms per event; native: skips ~8 ms of loading XState). Only quiescent
-    sandboxes are kept, each serves only its own instance, and only while the instance is still at
-    the state it committed. 0: a pristine sandbox for every event (nothing a machine leaves in
-    its globals outlives the event)."""
-    parked_memory_mb: int = field(
-        default=1024,
-        metadata=flag(Flag("the memory those sandboxes may hold together", env=True, parse=count)),
+    """How events run (docs/decisions.md 88, docs/threat-model.md "Live actors"). ``actors``: an
+    instance's event runs on its live XState actor, kept between events in one of ``actor_vms``
+    VMs of its machine version (one VM set per version: two machines, or two orgs, never share a
+    VM); an event to a hot instance is one guest entry instead of a restore. Instances of one
+    version in one VM share its module-level variables and its heap limit; a fault discards the VM
+    and its actors restore from their committed snapshots. ``pristine``: every event restores the
+    instance into a fresh sandbox (nothing a machine leaves in its globals outlives the event)."""
+    actor_vms: int = field(
+        default=4,
+        metadata=flag(
+            Flag("actors mode: VMs per machine version (an instance stays in one)", env=True, parse=positive)
+        ),
     )
-    """The memory parked sandboxes may hold together, as each reports it (WASM: its whole linear
-    memory, ~5 MB for an XState machine of which ~2 MB is resident; native: QuickJS's heap,
-    ~1 MB). A sandbox bigger than a quarter of this is not parked."""
+    """Actors mode: VMs each prepared machine version spreads its live actors over (an instance
+    always lands in the same one, by a hash of its id). More VMs: a faulting or CPU-bound instance
+    stalls fewer neighbours, and more of one version's instances run in parallel; each VM costs
+    its base heap (~2 MB resident on WASM, less on native)."""
+    actors_per_vm: int = field(
+        default=4_096,
+        metadata=flag(Flag("actors mode: live actors per VM, least recently used evicted", env=True, parse=positive)),
+    )
+    """Actors mode: live actors one VM keeps; beyond it the least recently used idle actor is
+    dropped (its next event restores it from its committed snapshot)."""
+    actor_vm_memory_mb: int = field(
+        default=64,
+        metadata=flag(Flag("actors mode: heap per VM for its resident actors", env=True, parse=count)),
+    )
+    """Actors mode: heap a VM may hold for its resident actors, above its base (the machine
+    loaded). Measured now and then at window ends; over it, idle actors are dropped (a snapshot
+    that stands out first). A VM's hard QuickJS limit is this plus ``limits.memory_bytes``, so one
+    event still has its own memory limit on top of a full VM."""
+    actor_idle_s: int = field(
+        default=600,
+        metadata=flag(Flag("actors mode: drop an actor idle this long", env=True, parse=count)),
+    )
+    """Actors mode: an actor whose last event is this old is dropped (checked at window ends, at
+    most every few seconds per version); its next event restores it."""
     machine_image_cache_mb: int = field(
         default=512,
         metadata=flag(
@@ -214,6 +238,15 @@ class Settings:
     shutdown_grace_s: float = 10.0
     """On shutdown, how long open settle windows may run before they are cut (nothing committed is
     lost when they are; their running services get error events on the next event)."""
+
+    def actor_settings(self) -> ActorSettings:
+        """The live actors' bounds (``sandbox_mode`` actors), as the runtime takes them."""
+        return ActorSettings(
+            vms=self.actor_vms,
+            max_actors_per_vm=self.actors_per_vm,
+            vm_memory_bytes=self.actor_vm_memory_mb * 2**20,
+            idle_ms=self.actor_idle_s * 1000,
+        )
 
 
 @dataclass(frozen=True)

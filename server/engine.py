@@ -13,6 +13,7 @@ import logging
 
 from runtime import Bundler, Clock, Executor, SystemClock, make_engine
 
+from .actor_pool import ActorPool
 from .config import Settings
 from .fetch import AiohttpTransport
 from .indexes import Indexes
@@ -83,9 +84,8 @@ class DurableEngine:
             self.clock,
             self.settings.limits,
             on_timers_changed=lambda: self._timers.wake() if self._timers else None,
-            parked_sandboxes=self.settings.parked_sandboxes,
-            parked_bytes=self.settings.parked_memory_mb * 2**20,
             leases=self.leases,
+            actors=ActorPool(self.settings.actor_settings()) if self.settings.sandbox_mode == "actors" else None,
             # Given here, before the timer loop starts: no round may commit without its index entries
             # (server/indexes.py ``attach`` finds it set and keeps it).
             index_values=Indexes(self.store).values,

@@ -34,6 +34,7 @@ from runtime import (
     Upload,
 )
 
+from .actor_pool import ActorPool
 from .delivery import TimerDeliverer, TimerDelivery
 from .errors import ApiError, NotFound, Rejected
 from .leases import Leases
@@ -66,9 +67,8 @@ class InstanceService:
         clock: Clock,
         limits: Limits,
         on_timers_changed: Callable[[], None] = lambda: None,
-        parked_sandboxes: int = 0,
-        parked_bytes: int = 0,
         leases: Leases | None = None,
+        actors: ActorPool | None = None,
         on_commit: OnCommit | None = None,
         index_values: IndexValues | None = None,
     ) -> None:
@@ -78,7 +78,11 @@ class InstanceService:
         self.clock = clock
         self.limits = limits
         self.leases = leases
-        self.machines = MachineCache(store, engine, bundler, executor, clock, limits)
+        self.actors = actors
+        """Live actors (``sandbox_mode`` actors), or None: a pristine sandbox per window."""
+        self.machines = MachineCache(
+            store, engine, bundler, executor, clock, limits, on_evicted=actors.drop if actors else lambda _: None
+        )
         self.logs = InstanceLogs(store, clock)
         self.committer = RoundCommitter(store, clock, on_timers_changed, on_commit, index_values)
         upgrader = Upgrader(store, self.machines, self.committer, self.logs, executor, transport, clock)
@@ -93,8 +97,7 @@ class InstanceService:
             clock,
             limits,
             leases=leases,
-            parked_sandboxes=parked_sandboxes,
-            parked_bytes=parked_bytes,
+            actors=actors,
         )
         self.mailbox = Mailbox(self.windows.run, self.windows.precheck)
         self.delivery = TimerDeliverer(store, self.mailbox.submit, self.logs, clock, self.mailbox, self.windows)
@@ -280,6 +283,5 @@ class InstanceService:
         A cut window loses nothing committed: its running services are recorded as in flight and
         get their error events on the next event after the restart.
         """
-        self.mailbox.closing = True
-        self.windows.close()
         await self.mailbox.close(grace_s, also=list(self.windows.detached))
+        self.windows.close()  # the live actors go last: their windows have ended or were cut

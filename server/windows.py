@@ -3,21 +3,22 @@
 The mailbox hands it the request at the head of an instance's inbox. Under the instance's lease
 (several nodes on one database) it reads the row, admits the request (every precheck is here: a
 create finds no instance, others find it unpaused and their timer still set), upgrades the instance
-first when it has a desired version, and runs the window (``runtime.run_window``): each round is
+first when it has a desired version, and runs the window: on the instance's live actor
+(``runtime.run_actor_window``, server/actor_pool.py) or in a pristine sandbox
+(``runtime.run_window``; a create, or ``sandbox_mode`` pristine). Each round is
 committed (server/rounds.py) before its effects run, requests that arrive meanwhile join it, and
 when it settles everyone who took part gets the latest committed state.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import (
+    ActorBatchWindow,
     BatchWindow,
     Clock,
     Delivery,
@@ -25,14 +26,16 @@ from runtime import (
     Inbox,
     Limits,
     Round,
-    SandboxInstance,
     StepRequest,
     Transport,
     WindowResult,
+    run_actor_window,
+    run_actor_windows,
     run_window,
     run_windows,
 )
 
+from .actor_pool import ActorPool, actor_key
 from .errors import Conflict, InvalidParameter, NotFound, Paused, Timeout
 from .leases import Leases
 from .machine_cache import MachineCache
@@ -45,17 +48,6 @@ from .upgrades import Upgrader
 __all__ = ["WindowRunner"]
 
 log = logging.getLogger("statehost.instances")
-
-
-@dataclass(frozen=True)
-class _Parked:
-    """The live sandbox of an instance's last quiescent window, valid while the instance is at ``seq``
-    of ``version_id``."""
-
-    seq: int
-    version_id: str
-    sandbox: SandboxInstance
-    size: int
 
 
 async def _never() -> bool:
@@ -75,8 +67,7 @@ class WindowRunner:
         clock: Clock,
         limits: Limits,
         leases: Leases | None = None,
-        parked_sandboxes: int = 0,
-        parked_bytes: int = 0,
+        actors: ActorPool | None = None,
     ) -> None:
         self.store = store
         self.machines = machines
@@ -89,12 +80,8 @@ class WindowRunner:
         self.limits = limits
         self.leases = leases
         """Several nodes on one database: a window runs only under its instance's lease."""
-        self.parking = parked_sandboxes
-        self.parking_bytes = parked_bytes
-        """The parked sandboxes' memory (as they report it) stays under this; 0: no limit but the count."""
-        self._parked: collections.OrderedDict[int, _Parked] = collections.OrderedDict()
-        """instance id -> the live sandbox of its last quiescent window, least recently used first."""
-        self._parked_bytes = 0
+        self.actors = actors
+        """Live actors (``sandbox_mode`` actors); None: a pristine sandbox for every window."""
         self.detached: set[Any] = set()
         """Committed effects still running after their window settled (runtime WindowResult.detached)."""
 
@@ -177,26 +164,50 @@ class WindowRunner:
                 lease=request.lease,
             )
         prepared = await self.machines.prepared(window.version_id)
-        parked = self._unpark(row) if row is not None and step.kind == "event" else None
+        lane = self.executor.lane(request.org_id)
+        if self.actors is not None and row is not None:
+            # The instance's live actor, if it holds exactly the committed row (else restored from it).
+            host = self.actors.host(window.version_id, prepared)
 
-        async def commit(round_: Round, tag: object) -> None:
-            await self.committer.commit(window, round_, tag)
+            async def confirm(round_: Round, tag: object) -> int:
+                return await self.committer.commit(window, round_, tag)
 
-        try:
-            result = await run_window(
-                prepared,
-                step,
-                executor=self.executor.lane(request.org_id),
-                commit=commit,
-                transport=self.transport,
-                clock=self.clock,
-                tag=request,
-                inbox=inbox,
-                sandbox=parked,
-                keep_sandbox=self.parking > 0,
-            )
-        except Exception as exc:
-            raise self._failed(request, window, exc) from exc
+            try:
+                result, _ = await run_actor_window(
+                    host,
+                    actor_key(row.id, row.created_ms),
+                    row.seq,
+                    step,
+                    executor=lane,
+                    commit=confirm,
+                    transport=self.transport,
+                    clock=self.clock,
+                    tag=request,
+                    inbox=inbox,
+                )
+            except Exception as exc:
+                raise self._failed(request, window, exc) from exc
+            finally:
+                await self.actors.after_window(window.version_id, host, self.clock.now_ms(), lane)
+        else:
+            # A create (its instance id is known only once committed), or pristine mode.
+
+            async def commit(round_: Round, tag: object) -> None:
+                await self.committer.commit(window, round_, tag)
+
+            try:
+                result = await run_window(
+                    prepared,
+                    step,
+                    executor=lane,
+                    commit=commit,
+                    transport=self.transport,
+                    clock=self.clock,
+                    tag=request,
+                    inbox=inbox,
+                )
+            except Exception as exc:
+                raise self._failed(request, window, exc) from exc
         await self._finish(request, window, result)
 
     @staticmethod
@@ -208,8 +219,6 @@ class WindowRunner:
         for task in result.detached:
             self.detached.add(task)
             task.add_done_callback(self.detached.discard)
-        if result.sandbox is not None and window.instance_id is not None:
-            self._park(window.instance_id, window.seq, window.version_id, result.sandbox)
         await self.logs.store_lines(
             request.org_id, request.machine_slug, request.instance_name, window.version_id, result.uncommitted_logs
         )
@@ -222,40 +231,9 @@ class WindowRunner:
         for participant in (request, *window.participants):
             participant.resolve(window.view)
 
-    # -- parked sandboxes -----------------------------------------------------------------------------------
-
-    def _unpark(self, row: InstanceRow) -> SandboxInstance | None:
-        """The parked sandbox of this instance, if it still holds exactly the committed state."""
-        entry = self._parked.pop(row.id, None)
-        if entry is None:
-            return None
-        self._parked_bytes -= entry.size
-        if entry.seq != row.seq or entry.version_id != row.version_id:
-            entry.sandbox.close()  # another process moved the instance on, or it was upgraded
-            return None
-        return entry.sandbox
-
-    def _park(self, instance_id: int, seq: int, version_id: str, sandbox: SandboxInstance) -> None:
-        size = sandbox.footprint()
-        if self.parking_bytes and size > self.parking_bytes // 4:
-            sandbox.close()  # one instance that grew its heap must not push the others out
-            return
-        stale = self._parked.pop(instance_id, None)
-        if stale is not None:  # a window that did not take it (a recovery, a create over a stale entry)
-            self._parked_bytes -= stale.size
-            stale.sandbox.close()
-        self._parked[instance_id] = _Parked(seq, version_id, sandbox, size)
-        self._parked_bytes += size
-        while len(self._parked) > self.parking or (self.parking_bytes and self._parked_bytes > self.parking_bytes):
-            _, evicted = self._parked.popitem(last=False)
-            self._parked_bytes -= evicted.size
-            evicted.sandbox.close()
-
     def close(self) -> None:
-        for entry in self._parked.values():
-            entry.sandbox.close()
-        self._parked.clear()
-        self._parked_bytes = 0
+        if self.actors is not None:
+            self.actors.close()
 
     # -- a batch: windows of several instances of one version (server/delivery.py) ----------------------
 
@@ -264,41 +242,70 @@ class WindowRunner:
     ) -> list[Exception | None]:
         """Windows of instances of ``version_id`` whose rows were read already and admitted (one
         node: no lease; running, no upgrade due), each opened by an event request (a due timer):
-        begun in one executor call (``runtime.run_windows``), each then run on as :meth:`run` runs
-        one, their rounds committed concurrently (the store groups them into one transaction).
-        No timer precheck: the round's commit deletes the timer row or fails, so a timer cancelled
-        meanwhile is never delivered. Per item, None or the error :meth:`run` would have raised."""
+        begun in ONE executor call (their live actors' steps, ``runtime.run_actor_windows``; in
+        pristine mode fresh sandboxes, ``runtime.run_windows``), each then run on as :meth:`run`
+        runs one, their rounds committed concurrently (the store groups them into one
+        transaction). No timer precheck: the round's commit deletes the timer row or fails, so a
+        timer cancelled meanwhile is never delivered. Per item, None or the error :meth:`run`
+        would have raised."""
         assert self.leases is None
         prepared = await self.machines.prepared(version_id)
+        lane = self.executor.lane(items[0][0].org_id)
         windows: list[Window] = []
-        batch: list[BatchWindow] = []
-        for request, inbox, row in items:
-            window = Window(
-                request, row.id, row.seq, row.ts, row.version_id, InstanceSnapshot.of(row), parent=row.parent
+        steps: list[StepRequest] = []
+        for request, _, row in items:
+            windows.append(
+                Window(request, row.id, row.seq, row.ts, row.version_id, InstanceSnapshot.of(row), parent=row.parent)
             )
-            windows.append(window)
-            step = StepRequest(
-                "event", row.name, request.auth_context, persisted=row.persisted, event=request.event, parent=row.parent
-            )
-            batch.append(
-                BatchWindow(
-                    step,
-                    functools.partial(self._commit_round, window),
-                    tag=request,
-                    inbox=inbox,
-                    sandbox=self._unpark(row),
+            steps.append(
+                StepRequest(
+                    "event",
+                    row.name,
+                    request.auth_context,
+                    persisted=row.persisted,
+                    event=request.event,
+                    parent=row.parent,
                 )
             )
-        results = await run_windows(
-            prepared,
-            batch,
-            executor=self.executor.lane(items[0][0].org_id),
-            transport=self.transport,
-            clock=self.clock,
-            # Not parked: a burst of timers' sandboxes would evict (and free, on the event loop)
-            # one parked sandbox per timer, for instances that may not get another event soon.
-            # run_windows frees them in one executor call.
-        )
+        results: list[WindowResult | Exception] = []
+        if self.actors is not None:
+            host = self.actors.host(version_id, prepared)
+            try:
+                on_actors = await run_actor_windows(
+                    host,
+                    [
+                        ActorBatchWindow(
+                            actor_key(row.id, row.created_ms),
+                            row.seq,
+                            step,
+                            functools.partial(self.committer.commit, window),
+                            tag=request,
+                            inbox=inbox,
+                        )
+                        for (request, inbox, row), window, step in zip(items, windows, steps, strict=True)
+                    ],
+                    executor=lane,
+                    transport=self.transport,
+                    clock=self.clock,
+                )
+            finally:
+                await self.actors.after_window(version_id, host, self.clock.now_ms(), lane)
+            results = [r if isinstance(r, Exception) else r[0] for r in on_actors]
+        else:
+
+            async def commit(window: Window, round_: Round, tag: object) -> None:
+                await self.committer.commit(window, round_, tag)
+
+            results = await run_windows(
+                prepared,
+                [
+                    BatchWindow(step, functools.partial(commit, window), tag=request, inbox=inbox)
+                    for (request, inbox, _), window, step in zip(items, windows, steps, strict=True)
+                ],
+                executor=lane,
+                transport=self.transport,
+                clock=self.clock,
+            )
         errors: list[Exception | None] = []
         for (request, _, _), window, result in zip(items, windows, results, strict=True):
             try:
@@ -310,6 +317,3 @@ class WindowRunner:
             else:
                 errors.append(None)
         return errors
-
-    async def _commit_round(self, window: Window, round_: Round, tag: object) -> None:
-        await self.committer.commit(window, round_, tag)

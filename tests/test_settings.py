@@ -106,7 +106,7 @@ def test_environment_variables_and_the_flag_wins(flag, monkeypatch, tmp_path):
 def test_counts_refuse_negative_numbers_with_a_clear_error(monkeypatch, capsys):
     _clear_env(monkeypatch)
     with pytest.raises(SystemExit) as exited:
-        _parse("--parked-sandboxes", "-1")
+        _parse("--actor-vm-memory-mb", "-1")
     assert exited.value.code == 2
     assert "-1 is negative; use 0 or more" in capsys.readouterr().err
 

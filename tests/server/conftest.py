@@ -50,16 +50,16 @@ def settings_for(path: Path, **overrides) -> Settings:
     return Settings(**base)
 
 
-@pytest.fixture(params=[("quickjs-wasm", 256), ("quickjs-native", 0)], ids=["wasm-parked", "native-pristine"])
+@pytest.fixture(
+    params=[("quickjs-wasm", "actors"), ("quickjs-native", "pristine")], ids=["wasm-actors", "native-pristine"]
+)
 async def durable(request, db_dir: Path, clock: FakeClock, bundler) -> AsyncIterator[DurableEngine]:
-    """Every server test runs on both engines and both sandbox paths: the default (WASM, an
-    instance's next event reuses its parked live sandbox) and the native one with a pristine
-    sandbox per event (``parked_sandboxes=0``): both must behave the same. Parking itself is tested
-    on both engines in test_instances.py."""
-    engine_name, parked = request.param
-    engine = DurableEngine(
-        settings_for(db_dir, engine=engine_name, parked_sandboxes=parked), clock=clock, bundler=bundler
-    )
+    """Every server test runs on both engines and both sandbox modes: the default (WASM, an
+    instance's events run on its live actor, many per VM) and the native one with a pristine
+    sandbox per event (``sandbox_mode`` pristine): both must behave the same. Live actors
+    themselves are tested on both engines in test_instances.py."""
+    engine_name, mode = request.param
+    engine = DurableEngine(settings_for(db_dir, engine=engine_name, sandbox_mode=mode), clock=clock, bundler=bundler)
     await engine.start()
     try:
         yield engine

@@ -350,91 +350,91 @@ export default createMachine({ id: "m", predictableActionArguments: true, initia
 
 
 @pytest.mark.parametrize("engine_name", ENGINE_NAMES)
-async def test_parked_sandboxes_serve_only_their_instance_at_its_committed_state(engine_name, db_dir, bundler, clock):
-    engine = DurableEngine(settings_for(db_dir, engine=engine_name, parked_sandboxes=2), clock=clock, bundler=bundler)
+async def test_live_actors_serve_their_instance_only_at_its_committed_state(engine_name, db_dir, bundler, clock):
+    """Actors mode: an instance's events run on its live actor while it holds exactly the committed
+    row; a window that ends with a service running, another process moving the instance on, or
+    the VM's capacity send the next event to a restore from the row. Module-level variables are
+    per VM, shared by the version's actors in it (docs/threat-model.md)."""
+    settings = settings_for(db_dir, engine=engine_name, sandbox_mode="actors", actor_vms=1, actors_per_vm=2)
+    engine = DurableEngine(settings, clock=clock, bundler=bundler)
     await engine.start()
     try:
         org = await engine.store.create_org("o", clock.now_ms())
         await Deployment(engine, org).machine("m", MODULE_STATE)
         svc = engine.instances
+        pool = svc.actors
+        assert pool is not None
 
         async def calls(name: str) -> list[str]:
             return [line["text"] for line in await engine.store.logs(org, instance_name=name)]
 
         for name in ("a", "b"):
-            await svc.create(org, "m", name)
+            await svc.create(org, "m", name)  # a create runs in a fresh sandbox (no instance id yet)
         for _ in range(3):
             await svc.send_event(org, "m", "a", "ping", {})
+        assert pool.stats()["restores"] == 1 and pool.stats()["live_steps"] == 2
         await svc.send_event(org, "m", "b", "ping", {})
-        # a's sandbox was reused (module state is not state: it survives only while parked) and b
-        # never saw a's sandbox.
+        # One VM: b's actor sees the module variable a's events left (per VM, not per instance).
         assert await calls("a") == ["calls 1", "calls 2", "calls 3"]
-        assert await calls("b") == ["calls 1"]
-        # A window that ends with a service running (cut off) is never parked.
+        assert await calls("b") == ["calls 4"]
+        assert pool.stats()["restores"] == 2 and pool.stats()["live"] == 2
+        # A window that ends with a service running (cut off) keeps no actor: the next event restores.
         await svc.send_event(org, "m", "a", "wait", {})
         await svc.send_event(org, "m", "a", "ping", {})
-        assert (await calls("a"))[-1] == "calls 1"
-        # Another process moving the instance on makes the parked sandbox stale: it is not used.
-        other = DurableEngine(settings_for(db_dir, parked_sandboxes=0), clock=clock, bundler=bundler)
+        assert pool.stats()["restores"] == 3
+        # Another process moving the instance on: the seq check restores b from the row.
+        other = DurableEngine(settings_for(db_dir, sandbox_mode="pristine"), clock=clock, bundler=bundler)
         await other.start()
         try:
             await svc.send_event(org, "m", "b", "ping", {})
             await other.instances.send_event(org, "m", "b", "ping", {})
         finally:
             await other.stop()
+        before = pool.stats()["restores"]
         state = await svc.send_event(org, "m", "b", "ping", {})
-        assert (await calls("b"))[-1] == "calls 1"
+        assert pool.stats()["restores"] == before + 1
         machine_id = await engine.store.machine_id(org, "m")
         row = await engine.store.find_instance(machine_id, "b")
         assert row is not None and row.ts == state.ts
         assert [t.seq for t in await engine.store.transitions(row.id)] == [1, 2, 3, 4, 5]
-        # Capacity: the least recently used parked sandbox is evicted.
+        # Capacity: two actors per VM; a third instance's event evicts the least recently used.
         await svc.create(org, "m", "c")
-        await svc.create(org, "m", "d")
-        assert len(svc.windows._parked) <= 2
+        await svc.send_event(org, "m", "c", "ping", {})
+        assert pool.stats()["live"] == 2 and pool.stats()["evictions"] >= 1
     finally:
         await engine.stop()
 
 
 @pytest.mark.parametrize("engine_name", ENGINE_NAMES)
-async def test_parked_sandboxes_stay_within_their_memory_budget(engine_name, db_dir, bundler, clock):
-    """The budget counts each sandbox's footprint as its engine reports it; the least recently used
-    go first, and a sandbox bigger than a quarter of the budget is closed instead of parked."""
-    engine = DurableEngine(settings_for(db_dir, engine=engine_name, parked_sandboxes=50), clock=clock, bundler=bundler)
+async def test_a_fault_discards_the_vm_and_its_actors_restore_from_their_commits(engine_name, db_dir, bundler, clock):
+    """A limit hit by one instance discards its VM; the other actors of that VM are lost, and their
+    next events restore them from their committed snapshots: nothing committed is lost."""
+    settings = settings_for(
+        db_dir, engine=engine_name, sandbox_mode="actors", actor_vms=1, limits=Limits(cpu_ms=200, entry_wall_ms=2_000)
+    )
+    engine = DurableEngine(settings, clock=clock, bundler=bundler)
     await engine.start()
     try:
         org = await engine.store.create_org("o", clock.now_ms())
-        await Deployment(engine, org).machine("m", MODULE_STATE)
-        svc = engine.instances
-        machine_id = await engine.store.machine_id(org, "m")
-
-        async def instance_id(name: str) -> int:
-            row = await engine.store.find_instance(machine_id, name)
-            assert row is not None
-            return row.id
-
-        await svc.create(org, "m", "first")
-        size = svc.windows._parked[await instance_id("first")].size
-        assert size > 100_000  # a live XState machine, as the engine counts it
-        svc.windows.parking_bytes = 4 * size + size // 2  # room for four of them
-        names = [f"i{n}" for n in range(7)]
-        for name in names:
-            await svc.create(org, "m", name)
-            await svc.send_event(org, "m", name, "ping", {})
-        assert (
-            svc.windows._parked_bytes
-            == sum(entry.size for entry in svc.windows._parked.values())
-            <= svc.windows.parking_bytes
+        spinning = COUNTER[4].replace(
+            "on: {\n    grow:", "on: {\n    spin: { actions: () => { for (;;) {} } },\n    grow:"
         )
-        assert list(svc.windows._parked) == [await instance_id(name) for name in names[-len(svc.windows._parked) :]]
-        assert 3 <= len(svc.windows._parked) <= 4  # sizes vary a little with what each event allocated
-        # too big for a quarter of the budget: closed after its window, so the next event starts afresh
-        svc.windows.parking_bytes = 2 * size
-        await svc.send_event(org, "m", "i6", "ping", {})
-        assert await instance_id("i6") not in svc.windows._parked
-        await svc.send_event(org, "m", "i6", "ping", {})
-        texts = [line["text"] for line in await engine.store.logs(org, instance_name="i6")]
-        assert texts == ["calls 1", "calls 2", "calls 1"]
+        assert "spin:" in spinning
+        await Deployment(engine, org).machine("counter", spinning, 4)
+        svc = engine.instances
+        pool = svc.actors
+        assert pool is not None
+        for name in ("good", "bad"):
+            await svc.create(org, "counter", name)
+            await svc.send_event(org, "counter", name, {"type": "add", "n": 1}, {})
+        assert pool.stats()["live"] == 2
+        with pytest.raises(MachineError):
+            await svc.send_event(org, "counter", "bad", "spin", {})
+        assert pool.stats()["vm_discards"] == 1 and pool.stats()["lost"] == 1 and pool.stats()["live"] == 0
+        state = await svc.send_event(org, "counter", "good", {"type": "add", "n": 2}, {})
+        assert state.public_context == {"seen": [1, 2]}
+        state = await svc.send_event(org, "counter", "bad", {"type": "add", "n": 3}, {})
+        assert state.public_context == {"seen": [1, 3]}
     finally:
         await engine.stop()
 
@@ -476,13 +476,11 @@ async def test_requests_that_joined_a_failing_window_are_answered(
 
 
 @pytest.mark.parametrize("engine_name", ENGINE_NAMES)
-async def test_a_parked_sandbox_starts_every_window_with_fresh_per_event_budgets(
-    engine_name, db_dir, bundler, slow_server
-):
+async def test_a_live_actor_starts_every_window_with_fresh_per_event_budgets(engine_name, db_dir, bundler, slow_server):
     """Regression: the fetch count (max_fetches) and the log caps are per event, also when the
-    instance's sandbox is parked between events and serves many of them."""
+    instance's live actor serves many of them."""
     engine = DurableEngine(
-        settings_for(db_dir, engine=engine_name, parked_sandboxes=8, limits=Limits(max_fetches=3, max_log_lines=5)),
+        settings_for(db_dir, engine=engine_name, sandbox_mode="actors", limits=Limits(max_fetches=3, max_log_lines=5)),
         clock=SystemClock(),
         bundler=bundler,
     )

@@ -191,7 +191,7 @@ async def test_a_full_disk_is_a_503_storage_full_loses_nothing_and_recovers_when
         status, body = await api.call("POST", "/machines/c", body={"slug": name})
         assert status == 200, body
     acked: list[int] = []
-    for n in range(3):  # the instance's live sandbox is parked between these events
+    for n in range(3):  # the instance's live actor stays between these events
         status, body = await _send(api, "i1", {"type": "add", "n": n, "pad": PAD})
         assert status == 200, body
         acked.append(n)
@@ -256,7 +256,7 @@ async def test_a_full_disk_is_a_503_storage_full_loses_nothing_and_recovers_when
     status, body = await _send(api, "i1", {"type": "add", "n": n, "pad": PAD})
     assert status == 200, body
     acked.append(n)
-    # Built on the committed state, not on the parked sandbox that saw the refused events.
+    # Built on the committed state, not on the live actor that saw the refused events.
     assert body["publicContext"]["seen"] == acked, body
 
     async def fired() -> bool:
