@@ -84,49 +84,60 @@ class TimerDeliverer:
         return "delivered"
 
     async def deliver_batch(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
-        """Due timers of different instances, each to itself, delivered together; what became of
+        """Due timers and messages of different destinations delivered together; what became of
         each (or the exception its delivery raised), in order.
 
-        Each instance with no window running or queued is taken for the batch (the mailbox queues
-        requests that arrive meanwhile behind it, or lets them join its window); their rows are
-        read in ONE query; the instances of one machine version are begun in ONE executor call and
-        their rounds committed concurrently, so that the store's group commit writes them in one
-        transaction (``WindowRunner.run_group``). No per-timer read: neither the row nor a timer
-        precheck (the round's commit deletes the timer row or fails). The unusual cases take the
-        ordinary path, one window per timer: an instance busy with another window, a paused or
-        deleted one, one with an upgrade due (the window runner reads its row again and says what
-        is wrong, or upgrades first), and every timer when several nodes share the database (a
-        window runs under its instance's lease)."""
+        Each destination instance with no window running or queued is taken for the batch (the
+        mailbox queues requests that arrive meanwhile behind it, or lets them join its window);
+        their rows are read in ONE query; the instances of one machine version are begun in ONE
+        executor call and their rounds committed concurrently, so that the store's group commit
+        writes them in one transaction (``WindowRunner.run_group``). No per-timer read: neither the
+        row nor a timer precheck (the round's commit deletes the timer row or fails). The unusual
+        cases take the ordinary path, one window per timer: a spawn, a destination busy with
+        another window, a paused or missing one, one with an upgrade due (the window runner reads
+        its row again and says what is wrong, or upgrades first), and every timer when several
+        nodes share the database (a window runs under its instance's lease)."""
         mailbox, windows = self.mailbox, self.windows
         if mailbox is None or windows is None or windows.leases is not None:
             return await _each(self.deliver_timer, timers)
+        outcomes: dict[int, TimerDelivery | Exception] = {}
         singles: list[TimerRow] = []
         taken: list[tuple[TimerRow, Request, Inbox]] = []
         for timer in timers:
             owner = timer.owner
-            if timer.target is not None or owner is None:
+            if owner is None or (timer.target is not None and timer.target.get("kind") == "spawn"):
                 singles.append(timer)
                 continue
-            request = Request(
-                "timer",
-                owner.machine_id,
-                owner.org_id,
-                owner.machine_slug,
-                owner.name,
-                None,
-                event=timer.event,
-                timer=timer,
-            )
+            if timer.target is None:
+                request: Request | TimerDelivery = Request(
+                    "timer",
+                    owner.machine_id,
+                    owner.org_id,
+                    owner.machine_slug,
+                    owner.name,
+                    None,
+                    event=timer.event,
+                    timer=timer,
+                )
+            else:
+                try:
+                    request = await self._message_request(timer, owner)
+                except Exception as exc:  # the receiver's machine could not be looked up
+                    outcomes[timer.id] = exc
+                    continue
+            if isinstance(request, str):
+                outcomes[timer.id] = request
+                continue
             inbox = mailbox.take(request)
             if inbox is None:
                 singles.append(timer)
             else:
                 taken.append((timer, request, inbox))
         work: list[Awaitable[object]] = [_each(self.deliver_timer, singles)]
-        rows: dict[int, InstanceRow] = {}
+        rows: dict[tuple[int, str], InstanceRow] = {}
         try:
             if taken:
-                rows = await self.store.instances_by_ids([timer.instance_id for timer, _, _ in taken])
+                rows = await self.store.instances_by_keys([request.key for _, request, _ in taken])
         except BaseException as exc:
             for _, request, inbox in taken:
                 mailbox.give_back(request, inbox, exc)
@@ -134,8 +145,8 @@ class TimerDeliverer:
                 raise
             taken = []
         groups: dict[str, list[tuple[Request, Inbox, InstanceRow]]] = {}
-        for timer, request, inbox in taken:
-            row = rows.get(timer.instance_id)
+        for _, request, inbox in taken:
+            row = rows.get(request.key)
             if row is None or row.status == "paused" or row.desired_version_id not in (None, row.version_id):
                 work.append(mailbox.run_taken(request, inbox))
             else:
@@ -146,14 +157,17 @@ class TimerDeliverer:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancelled: the timer loop is stopping
-        outcomes: dict[int, TimerDelivery | Exception] = {}
         first = results[0]  # the singles' outcomes (_each raises only when cancelled)
         for timer, outcome in zip(singles, first if isinstance(first, list) else [first] * len(singles), strict=True):
             outcomes[timer.id] = outcome
         for timer, request, _ in taken:
             try:
-                outcomes[timer.id] = await self._outcome(timer, request.done)
-            except Exception as exc:  # the read that tells "gone" from "retry" met a storage fault
+                if timer.target is None:
+                    outcomes[timer.id] = await self._outcome(timer, request.done)
+                else:
+                    assert timer.owner is not None
+                    outcomes[timer.id] = await self._message_outcome(timer, timer.owner, request, request.done)
+            except Exception as exc:  # the reads that tell "gone" from "retry" met a storage fault
                 outcomes[timer.id] = exc
         return [outcomes.get(timer.id, RuntimeError("the timer's batch failed")) for timer in timers]
 
@@ -191,6 +205,13 @@ class TimerDeliverer:
         removed in the transaction of the receiver's first round, so a message is delivered once in
         effect; refusals are final (logged for the sender), other failures (a receiver that does not
         exist yet, a paused one) are retried."""
+        request = await self._message_request(timer, sender)
+        if isinstance(request, str):
+            return request
+        return await self._message_outcome(timer, sender, request, self.submit(request))
+
+    async def _message_request(self, timer: TimerRow, sender: TimerOwner) -> Request | TimerDelivery:
+        """The request a message (or spawn) makes to its receiver; "retry" if its machine is unknown."""
         target = timer.target or {}
         identity = {"machineName": sender.machine_slug, "machineInstanceName": sender.name}
         auth = {"stateBackedSender": identity}
@@ -201,7 +222,7 @@ class TimerDeliverer:
             log.info("message from %s/%s: machine %s not found", sender.machine_slug, sender.name, where)
             return "retry"
         kind: Literal["create", "event"] = "create" if target.get("kind") == "spawn" else "event"
-        request = Request(
+        return Request(
             kind,
             machine_id,
             sender.org_id,
@@ -217,9 +238,17 @@ class TimerDeliverer:
             if kind == "create"
             else None,
         )
+
+    async def _message_outcome(
+        self, timer: TimerRow, sender: TimerOwner, request: Request, done: Awaitable[InstanceSnapshot]
+    ) -> TimerDelivery:
+        """What the receiver's answer means for the message's row."""
+        target = timer.target or {}
+        where = f"{target.get('machineName')}/{target.get('machineInstanceName')}"
+        kind = request.kind
         what = "spawn of" if kind == "create" else f"event {timer.event.get('type')!r} to"
         try:
-            await self.submit(request)
+            await done
         except Paused:
             return "retry-paused"
         except NotFound:

@@ -220,7 +220,7 @@ class InstanceService:
         return await self.delivery.deliver_timer(timer)
 
     async def deliver_timers(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
-        """Due timers of different instances, each to itself, in one batch (server/delivery.py)."""
+        """Due timers and messages to different instances, in one batch (server/delivery.py)."""
         return await self.delivery.deliver_batch(timers)
 
     async def read(

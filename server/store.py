@@ -677,19 +677,21 @@ class Store(DirectoryMixin):
         )
         return [_due_timer_row(r) for r in rows]
 
-    async def instances_by_ids(self, instance_ids: Sequence[int]) -> dict[int, InstanceRow]:
-        """The instances of a batch of due timers, in one read (id -> row; deleted ones absent)."""
-        ids = sorted(set(instance_ids))
-        found: dict[int, InstanceRow] = {}
-        for start in range(0, len(ids), 500):  # SQLite's bound on host parameters is far above this
-            chunk = ids[start : start + 500]
+    async def instances_by_keys(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], InstanceRow]:
+        """The instances a batch of due timers goes to, in one read: (machine id, name) -> row
+        (absent: no such instance)."""
+        wanted = sorted(set(keys))
+        found: dict[tuple[int, str], InstanceRow] = {}
+        for start in range(0, len(wanted), 400):  # 2 parameters each, far below SQLite's bound
+            chunk = wanted[start : start + 400]
             rows = await self._read(
                 f"SELECT {self._INSTANCE_COLUMNS} FROM instances i JOIN machines m ON m.id = i.machine_id"
-                f" WHERE i.id IN ({','.join('?' * len(chunk))})",
-                chunk,
+                f" WHERE (i.machine_id, i.name) IN (VALUES {','.join(['(?, ?)'] * len(chunk))})",
+                [value for key in chunk for value in key],
             )
             for row in rows:
-                found[int(row["id"])] = self._instance(row)
+                instance = self._instance(row)
+                found[(instance.machine_id, instance.name)] = instance
         return found
 
     async def timer_exists(self, timer_id: int) -> bool:

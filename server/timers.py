@@ -67,8 +67,8 @@ PAUSED_RETRY_MS = 30_000
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
 BATCH = 64
-"""Due timers of instances to themselves are delivered in batches of at most this many (one lane
-each); a claim of CLAIM_BATCH makes several, so that sandbox work and commits overlap."""
+"""Due timers and messages are delivered in batches of at most this many (one per lane: one per
+destination); a claim of CLAIM_BATCH makes several, so that sandbox work and commits overlap."""
 UNAVAILABLE_RETRY_S = 1.0
 """A timer whose delivery met a storage fault is tried again after this long (real time)."""
 CLOCK_RECHECK_S = 1.0
@@ -138,7 +138,7 @@ class TimerService:
             await self._slots.acquire()
             self._in_flight.add(row.id)
             lane = _lane(row)
-            if row.target is None and lane not in self._lanes and lane not in batch_lanes:
+            if _batchable(row) and lane not in self._lanes and lane not in batch_lanes:
                 batch.append(row)
                 batch_lanes.add(lane)
                 if len(batch) == BATCH:
@@ -204,7 +204,7 @@ class TimerService:
         await self._settle(row, outcome)
 
     async def _deliver_batch(self, rows: list[TimerRow]) -> None:
-        """Timers of different instances, to themselves, delivered together: the instance layer
+        """Timers and messages to different instances delivered together: the instance layer
         groups them by machine version, steps each group in one sandbox call and commits their
         rounds in one transaction (docs/decisions.md, "Due timers in batches")."""
         outcomes: Sequence[TimerDelivery | Exception]
@@ -291,6 +291,11 @@ async def _sleep_until(clock: Clock, when_ms: int) -> None:
     while clock.now_ms() < when_ms:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(clock.sleep_until(when_ms), CLOCK_RECHECK_S)
+
+
+def _batchable(row: TimerRow) -> bool:
+    """Timers and messages go in batches; a spawn (a create) takes the ordinary path."""
+    return row.target is None or row.target.get("kind") != "spawn"
 
 
 def _lane(row: TimerRow) -> tuple[object, ...]:

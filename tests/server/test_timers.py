@@ -303,7 +303,7 @@ async def test_timers_due_together_go_in_batches_without_a_read_per_timer(
     store = durable.store
     machine_id = await store.machine_id(deploy.org_id, "timed")
     ids = [row.id for name in names if (row := await store.find_instance(machine_id, name)) is not None]
-    calls = {"find_instance": 0, "timer_exists": 0, "instance_by_id": 0, "instances_by_ids": 0}
+    calls = {"find_instance": 0, "timer_exists": 0, "instance_by_id": 0, "instances_by_keys": 0}
     for method in calls:
         original = getattr(store, method)
 
@@ -326,7 +326,7 @@ async def test_timers_due_together_go_in_batches_without_a_read_per_timer(
         assert (state.state, state.public_context) == ("fired", {"fired": 1})
     if not store.shared:  # several nodes: one window (and lease) per timer, as before
         assert counted["find_instance"] == counted["timer_exists"] == counted["instance_by_id"] == 0, counted
-        assert 1 <= counted["instances_by_ids"] <= len(names) // 8, counted
+        assert 1 <= counted["instances_by_keys"] <= len(names) // 8, counted
         assert transactions < len(names) // 2, transactions
 
 
