@@ -23,6 +23,18 @@ Decision log:
   timer is never dropped because the disk was full.
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
+- Due timers and messages are delivered in batches (``BATCH``, one row per lane, i.e. per
+  destination; docs/decisions.md "Due timers in batches"): the instance layer takes each idle
+  destination (the mailbox queues later requests behind it), reads the batch's destination rows in
+  one query, steps the instances of one machine version in one executor call (their live actors,
+  or fresh sandboxes in pristine mode) and commits their rounds concurrently, which the store's
+  group commit writes as one transaction. Such a delivery opens its destination's window, so it has
+  no precheck: the round's commit deletes the timer row or fails (nothing committed, no effect run),
+  so a cancelled timer is still never delivered, and a crash between claim and commit leaves the
+  row to be delivered again. A spawn, a destination busy with another window, a paused, missing or
+  to-be-upgraded one, and every row on a shared database (a window needs its lease) take the
+  ordinary path, one window each. A lone timer is a batch of one: it fires when the loop's sleep
+  until its due time ends (no polling).
 - Messages between instances and spawns of persistent children are timer rows of their sender with
   a target (wire-api 7.6). Deliveries to one destination run one after another, in row order, so
   a child is created before the events its parent sent it in the same transition arrive.

@@ -361,3 +361,77 @@ async def test_events_sent_while_their_timers_are_delivered_queue_and_each_commi
         states = [t.state for t in history]
         # disarm first: the timer is cancelled and never fires; timer first: disarm means nothing in "fired"
         assert states in (["idle", "short", "idle"], ["idle", "short", "fired"]), states
+
+
+FAN = """import { createMachine, assign } from "xstate";
+import { spawnPersistentInstance, sendTo } from "@statebacked/machine";
+
+export const allowRead = () => true;
+export const allowWrite = () => true;
+const KIDS = 12;
+
+export default createMachine({
+  id: "fan", predictableActionArguments: true, context: { kids: [] }, initial: "idle",
+  states: {
+    idle: { on: { go: { target: "sent", actions: assign({ kids: () => Array.from({ length: KIDS }, (_, n) =>
+      spawnPersistentInstance({ machineName: "kid", machineInstanceName: `kid-${n}` }, { context: { n, pings: 0 } })) }) } } },
+    sent: { entry: Array.from({ length: KIDS }, (_, n) => sendTo((ctx) => ctx.kids[n], { type: "ping" }, { delay: 1000 })) },
+  },
+});
+"""
+
+KID = """import { createMachine, assign } from "xstate";
+
+export const allowRead = () => true;
+export const allowWrite = ({ authContext }) => authContext.stateBackedSender?.machineName === "fan";
+
+export default createMachine({
+  id: "kid", predictableActionArguments: true, context: { n: 0, pings: 0 }, initial: "idle",
+  states: { idle: { on: { ping: { actions: assign({ pings: (ctx) => ctx.pings + 1 }) } } } },
+});
+"""
+
+
+async def test_messages_due_together_go_in_batches_and_each_arrives_once(
+    durable, deploy: Deployment, clock: FakeClock, monkeypatch
+):
+    """Twelve delayed messages from one instance to twelve others, due at one instant: each
+    receiver's allowWrite sees the sender, each gets its message once, and no receiver row is read
+    per message (one read per batch)."""
+    await deploy.machine("fan", FAN, 4, header=False)
+    await deploy.machine("kid", KID, 4, header=False)
+    store = durable.store
+    await durable.instances.create(deploy.org_id, "fan", "f")
+    await durable.instances.send_event(deploy.org_id, "fan", "f", "go", {})
+    fan = await store.find_instance(await store.machine_id(deploy.org_id, "fan"), "f")
+    kid_machine = await store.machine_id(deploy.org_id, "kid")
+    assert fan is not None
+
+    async def spawned() -> bool:  # the spawns are due at once; the pings a second later
+        return len(await store.timers_of(fan.id)) == 12 and all(
+            [await store.find_instance(kid_machine, f"kid-{n}") is not None for n in range(12)]
+        )
+
+    await eventually(spawned)
+    calls = {"find_instance": 0, "timer_exists": 0}
+    for method in calls:
+        original = getattr(store, method)
+
+        async def counting(*args, _method=method, _original=original):  # type: ignore[no-untyped-def]
+            calls[_method] += 1
+            return await _original(*args)
+
+        monkeypatch.setattr(store, method, counting)
+    clock.advance(1000)
+
+    async def delivered() -> bool:
+        return await store.timers_of(fan.id) == []
+
+    await eventually(delivered)
+    counted = dict(calls)
+    monkeypatch.undo()
+    for n in range(12):
+        kid = await durable.instances.read(deploy.org_id, "kid", f"kid-{n}", None)
+        assert kid.context == {"n": n, "pings": 1}
+    if not store.shared:
+        assert counted == {"find_instance": 0, "timer_exists": 0}, counted
