@@ -146,11 +146,12 @@ class TimerService:
             due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
         batch: list[TimerRow] = []
         batch_lanes: set[tuple[object, ...]] = set()
+        batching = not self.store.shared  # several nodes: a window per timer, under its lease
         for row in due:
             await self._slots.acquire()
             self._in_flight.add(row.id)
             lane = _lane(row)
-            if _batchable(row) and lane not in self._lanes and lane not in batch_lanes:
+            if batching and _batchable(row) and lane not in self._lanes and lane not in batch_lanes:
                 batch.append(row)
                 batch_lanes.add(lane)
                 if len(batch) == BATCH:
