@@ -12,6 +12,7 @@ when it settles everyone who took part gets the latest committed state.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -242,7 +243,7 @@ class WindowRunner:
     ) -> list[Exception | None]:
         """Windows of instances of ``version_id`` whose rows were read already and admitted (one
         node: no lease; running, no upgrade due), each opened by an event request (a due timer):
-        begun in ONE executor call (their live actors' steps, ``runtime.run_actor_windows``; in
+        begun in one executor call per VM (their live actors' steps, ``runtime.run_actor_windows``; in
         pristine mode fresh sandboxes, ``runtime.run_windows``), each then run on as :meth:`run`
         runs one, their rounds committed concurrently (the store groups them into one
         transaction). No timer precheck: the round's commit deletes the timer row or fails, so a
@@ -270,27 +271,37 @@ class WindowRunner:
         results: list[WindowResult | Exception] = []
         if self.actors is not None:
             host = self.actors.host(version_id, prepared)
+            batch = [
+                ActorBatchWindow(
+                    actor_key(row.id, row.created_ms),
+                    row.seq,
+                    step,
+                    functools.partial(self.committer.commit, window),
+                    tag=request,
+                    inbox=inbox,
+                )
+                for (request, inbox, row), window, step in zip(items, windows, steps, strict=True)
+            ]
+            # One executor call per VM: one VM's entries are serialised by its lock, so calls for
+            # different VMs run in parallel on different workers instead of queueing on the locks.
+            by_vm: dict[int, list[int]] = {}
+            for n, entry in enumerate(batch):
+                by_vm.setdefault(host.vm_index(entry.instance_id), []).append(n)
             try:
-                on_actors = await run_actor_windows(
-                    host,
-                    [
-                        ActorBatchWindow(
-                            actor_key(row.id, row.created_ms),
-                            row.seq,
-                            step,
-                            functools.partial(self.committer.commit, window),
-                            tag=request,
-                            inbox=inbox,
+                per_vm = await asyncio.gather(
+                    *(
+                        run_actor_windows(
+                            host, [batch[n] for n in ns], executor=lane, transport=self.transport, clock=self.clock
                         )
-                        for (request, inbox, row), window, step in zip(items, windows, steps, strict=True)
-                    ],
-                    executor=lane,
-                    transport=self.transport,
-                    clock=self.clock,
+                        for ns in by_vm.values()
+                    )
                 )
             finally:
                 await self.actors.after_window(version_id, host, self.clock.now_ms(), lane)
-            results = [r if isinstance(r, Exception) else r[0] for r in on_actors]
+            results = [RuntimeError("not run")] * len(batch)
+            for ns, outs in zip(by_vm.values(), per_vm, strict=True):
+                for n, out in zip(ns, outs, strict=True):
+                    results[n] = out if isinstance(out, Exception) else out[0]
         else:
 
             async def commit(window: Window, round_: Round, tag: object) -> None:
