@@ -407,6 +407,32 @@ class ActorHost:
             self._drop(vm, [instance_id])
             return False
 
+    def end_window_now(self, instance_id: str, keep: bool) -> bool:
+        """:meth:`end_window` for the common case, cheap enough for the caller's own thread (the
+        event loop): a quiescent window whose actor stays live and whose VM needs no heap
+        measurement now. Returns False, having done nothing, when it would wait for the VM's lock,
+        drop the actor (a guest call) or measure: call :meth:`end_window` on a worker then."""
+        vm = self._vms[self.vm_index(instance_id)]
+        if vm is None or not keep:
+            return False
+        if not vm.lock.acquire(blocking=False):
+            return False
+        try:
+            actor = vm.actors.get(instance_id)
+            if actor is None or actor.seq is None or vm.dead:
+                return False
+            settings = self.settings
+            raw = vm.session.vm
+            interval = max(settings.measure_every, int(settings.measure_per_actor * len(vm.actors)))
+            grown = raw.footprint_is_cheap and raw.footprint() > vm.footprint_at_measure + settings.vm_memory_bytes // 8
+            if vm.since_measure + 1 >= interval or grown:
+                return False
+            vm.since_measure += 1
+            actor.open_window = False
+            return True
+        finally:
+            vm.lock.release()
+
     def evict(self, instance_ids: Sequence[str]) -> int:
         """Drop these instances' live actors (idle or not: an open window of one gets a fault on
         its next entry). Returns how many were live."""
@@ -683,5 +709,5 @@ async def run_actor_window(
         keep = (result.ok and result.quiescent) or step.round.outcome in _REFUSED
         return result, step
     finally:
-        if step.round.ok or host.is_live(instance_id):
+        if (step.round.ok or host.is_live(instance_id)) and not host.end_window_now(instance_id, keep):
             await executor.run(host.end_window, instance_id, keep)

@@ -6,6 +6,7 @@ front, one concern each (docs/architecture.md, "The instance layer"):
 - server/machine_cache.py: prepared versions and migrations, structures, warm-up, uploads;
 - server/mailbox.py: a per-instance inbox and task, one window at a time per instance;
 - server/windows.py: the window runner (prechecks, leases, the settle window);
+- server/actor_pool.py: live actors, one ``runtime.ActorHost`` per prepared version;
 - server/rounds.py: a round -> ``RoundCommit`` -> subscribers;
 - server/upgrades.py: moving an instance to its desired version;
 - server/delivery.py: timers and messages between instances;

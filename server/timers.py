@@ -219,7 +219,7 @@ class TimerService:
     async def _deliver_batch(self, rows: list[TimerRow]) -> None:
         """Timers and messages to different instances delivered together: the instance layer
         groups them by machine version, steps each group in one sandbox call and commits their
-        rounds in one transaction (docs/decisions.md, "Due timers in batches")."""
+        rounds in one transaction (docs/decisions.md, decision 95)."""
         outcomes: Sequence[TimerDelivery | Exception]
         try:
             outcomes = await self.instances.deliver_timers(rows)
