@@ -24,7 +24,7 @@ Decision log:
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
 - Due timers and messages are delivered in batches (``BATCH``, one row per lane, i.e. per
-  destination; docs/decisions.md "Due timers in batches"): the instance layer takes each idle
+  destination; docs/decisions.md, decision 95): the instance layer takes each idle
   destination (the mailbox queues later requests behind it), reads the batch's destination rows in
   one query, steps the instances of one machine version in one executor call (their live actors,
   or fresh sandboxes in pristine mode) and commits their rounds concurrently, which the store's
