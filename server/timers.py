@@ -26,7 +26,7 @@ Decision log:
 - Due timers and messages are delivered in batches (``BATCH``, one row per lane, i.e. per
   destination; docs/decisions.md, decision 95): the instance layer takes each idle
   destination (the mailbox queues later requests behind it), reads the batch's destination rows in
-  one query, steps the instances of one machine version in one executor call (their live actors,
+  one query, steps the instances of one machine version in one executor call per VM (their live actors,
   or fresh sandboxes in pristine mode) and commits their rounds concurrently, which the store's
   group commit writes as one transaction. Such a delivery opens its destination's window, so it has
   no precheck: the round's commit deletes the timer row or fails (nothing committed, no effect run),
