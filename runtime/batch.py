@@ -180,7 +180,8 @@ async def run_actor_windows(
             keep = (result.ok and result.quiescent) or step.round.outcome in _REFUSED
             return result, step
         finally:
-            if step.round.ok or host.is_live(window.instance_id):
+            live = step.round.ok or host.is_live(window.instance_id)
+            if live and not host.end_window_now(window.instance_id, keep):
                 ends.append((window.instance_id, keep))
 
     try:
@@ -188,7 +189,7 @@ async def run_actor_windows(
             *(finish(w, step) for w, step in zip(windows, steps, strict=True)), return_exceptions=True
         )
     finally:
-        if ends:  # every window's end in one call (ending one may enter its VM: never on the event loop)
+        if ends:  # the ends that may enter a VM, in one call (never on the event loop)
             await executor.run(_end_all, host, ends)
     out: list[tuple[WindowResult, ActorStep] | Exception] = []
     for result in results:
