@@ -6,6 +6,7 @@ instance and an event, and gets back rounds to commit and effects to perform aft
 
 from . import resources
 from .actors import ActorHost, ActorSettings, ActorStep, LiveActorHost, LostActor, MemoryPressure, run_actor_window
+from .batch import ActorBatchWindow, BatchWindow, close_all, run_actor_windows, run_windows
 from .bundle import Bundler, MachineBundle, Upload
 from .clock import Clock, FakeClock, SystemClock
 from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
@@ -39,9 +40,11 @@ from .workers import WorkerActorHost, WorkerLost, WorkerPool
 
 __all__ = [
     "ENGINE_NAMES",
+    "ActorBatchWindow",
     "ActorHost",
     "ActorSettings",
     "ActorStep",
+    "BatchWindow",
     "BundleError",
     "Bundler",
     "Clock",
@@ -95,9 +98,12 @@ __all__ = [
     "WorkerPool",
     "address_refusal",
     "apply_timer_op",
+    "close_all",
     "make_engine",
     "resources",
     "run_actor_window",
+    "run_actor_windows",
     "run_window",
+    "run_windows",
     "url_refusal",
 ]

@@ -621,6 +621,21 @@ class ActorHost:
         with self._open_lock:
             self._pressure.append(event)
 
+    def step_many(
+        self, steps: Sequence[tuple[str, int | None, StepRequest]], clock: Clock
+    ) -> list[ActorStep | Exception]:
+        """:meth:`step` for several instances in one call (one executor hop for a batch of due
+        timers): per entry (instance id, committed seq, request), its step, or the exception
+        :meth:`step` raised (one instance's host fault does not stop the others). Each step takes
+        the clock when it runs."""
+        out: list[ActorStep | Exception] = []
+        for instance_id, committed_seq, request in steps:
+            try:
+                out.append(self.step(instance_id, committed_seq, request, clock.now_ms()))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
 
 class _ActorSandbox(SandboxInstance):
     """An instance's open window on an :class:`ActorHost`, in the shape ``runtime.settle.drive`` drives."""
@@ -674,6 +689,12 @@ class LiveActorHost(Protocol):
     def end_window(self, instance_id: str, keep: bool) -> bool: ...
 
     def end_window_now(self, instance_id: str, keep: bool) -> bool: ...
+
+    def step_many(
+        self, steps: Sequence[tuple[str, int | None, StepRequest]], clock: Clock
+    ) -> list[ActorStep | Exception]: ...
+
+    def vm_index(self, instance_id: str) -> int: ...
 
     def evict(self, instance_ids: Sequence[str]) -> int: ...
 

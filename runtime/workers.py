@@ -64,6 +64,7 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 from .actors import ActorHost, ActorHostStats, ActorSettings, ActorStep, LiveActorHost, LostActor, MemoryPressure
+from .clock import Clock
 from .engine import PreparedMachine, SandboxInstance
 from .errors import HostError, InvalidMachineError, SandboxError
 from .limits import Outcome
@@ -670,6 +671,23 @@ class WorkerActorHost:
             if known is not None:
                 known.open_window = True
         return step
+
+    def step_many(
+        self, steps: Sequence[tuple[str, int | None, StepRequest]], clock: Clock
+    ) -> list[ActorStep | Exception]:
+        """:meth:`step` for several instances (a batch of due timers): per entry its step or the
+        exception it raised (a lost worker fails its own entries, not the others')."""
+        out: list[ActorStep | Exception] = []
+        for instance_id, committed_seq, request in steps:
+            try:
+                out.append(self.step(instance_id, committed_seq, request, clock.now_ms()))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def vm_index(self, instance_id: str) -> int:
+        """Entries of one worker are serialised by its pipe: a batch is grouped by worker."""
+        return self.worker_index(instance_id)
 
     def deliver(
         self, instance_id: str, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from runtime import (
@@ -101,7 +101,7 @@ class InstanceService:
             actors=actors,
         )
         self.mailbox = Mailbox(self.windows.run, self.windows.precheck)
-        self.delivery = TimerDeliverer(store, self.mailbox.submit, self.logs, clock)
+        self.delivery = TimerDeliverer(store, self.mailbox.submit, self.logs, clock, self.mailbox, self.windows)
 
     # -- collaborators (still set after construction by server/app.py and server/indexes.py) -------------
 
@@ -219,6 +219,10 @@ class InstanceService:
     async def deliver_timer(self, timer: TimerRow) -> TimerDelivery:
         """Deliver a due timer or message (server/delivery.py); say what became of it."""
         return await self.delivery.deliver_timer(timer)
+
+    async def deliver_timers(self, timers: Sequence[TimerRow]) -> list[TimerDelivery | Exception]:
+        """Due timers and messages to different instances, in one batch (server/delivery.py)."""
+        return await self.delivery.deliver_batch(timers)
 
     async def read(
         self, org_id: str, machine_slug: str, instance_name: str, auth_context: Mapping[str, Any] | None

@@ -205,3 +205,58 @@ class Mailbox:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    # -- windows run outside the mailbox (a batch of due timers, server/delivery.py) ------------------------
+
+    def take(self, request: Request) -> Inbox | None:
+        """Take an idle instance for a window that runs outside the mailbox (one of a batch): None
+        if a window of it runs or waits. Until :meth:`give_back`, requests to the instance queue
+        in the returned inbox (and join the window while it is open), as behind any window."""
+        key = request.key
+        if self.closing or key in self._tasks:
+            return None
+        current = asyncio.current_task()
+        assert current is not None
+        inbox = Inbox()
+        self._open.setdefault(key, set()).add(request)
+        request.done.add_done_callback(lambda _: self._finished(key, request))
+        self._tasks[key] = (inbox, current)  # close() waits for (or cuts) the batch's task
+        return inbox
+
+    async def run_taken(self, request: Request, inbox: Inbox) -> None:
+        """The ordinary window for a taken instance's request (prechecks and all), then give it back."""
+        delivery = Delivery(request.event or {}, request.auth_context, tag=request)
+        delivery.precheck = self._precheck(request)
+        error: BaseException | None = None
+        try:
+            await self._run_window(request, delivery, inbox)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.give_back(request, inbox, error)
+
+    def give_back(self, request: Request, inbox: Inbox, error: BaseException | None = None) -> None:
+        """The taken instance's window is over (``error``: how it failed, as the window runner raises
+        it): its request is answered as :meth:`_drain` answers one, and requests queued meanwhile
+        get windows of their own."""
+        key = request.key
+        if isinstance(error, WindowFailed):
+            self._window_failed(key, request, inbox, error)
+        elif isinstance(error, ApiError):
+            request.fail(error)
+        elif isinstance(error, Exception):
+            log.error("instance %s: window failed", request.instance_name, exc_info=error)
+            request.fail(error)
+        elif error is not None:  # cancelled: the server is stopping
+            stopped = Unavailable("the server stopped before the request finished")
+            for waiting in self.waiting(key):
+                if waiting not in {d.tag for d in inbox.pending()}:
+                    waiting.fail(stopped)
+        if self._tasks.get(key, (None,))[0] is not inbox:
+            return
+        if len(inbox):
+            task = asyncio.create_task(self._drain(key, inbox), name=f"statehost-instance-{request.instance_name}")
+            self._tasks[key] = (inbox, task)
+        else:
+            del self._tasks[key]

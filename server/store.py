@@ -611,6 +611,28 @@ class Store:
         )
         return [_due_timer_row(r) for r in rows]
 
+    async def instances_by_keys(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], InstanceRow]:
+        """The instances a batch of due timers goes to, in one read per machine: (machine id, name)
+        -> row (absent: no such instance). ``machine_id = ? AND name IN (...)`` searches the
+        (machine_id, name) index; a row-value ``IN (VALUES ...)`` would scan the table."""
+        names: dict[int, set[str]] = {}
+        for machine_id, name in keys:
+            names.setdefault(machine_id, set()).add(name)
+        found: dict[tuple[int, str], InstanceRow] = {}
+        for machine_id, wanted in names.items():
+            ordered = sorted(wanted)
+            for start in range(0, len(ordered), 500):  # far below SQLite's bound on parameters
+                chunk = ordered[start : start + 500]
+                rows = await self._read(
+                    f"SELECT {self._INSTANCE_COLUMNS} FROM instances i JOIN machines m ON m.id = i.machine_id"
+                    f" WHERE i.machine_id = ? AND i.name IN ({','.join('?' * len(chunk))})",
+                    [machine_id, *chunk],
+                )
+                for row in rows:
+                    instance = self._instance(row)
+                    found[(instance.machine_id, instance.name)] = instance
+        return found
+
     async def timer_exists(self, timer_id: int) -> bool:
         return await self._read_one("SELECT 1 FROM timers WHERE id = ?", (timer_id,)) is not None
 

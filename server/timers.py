@@ -23,6 +23,18 @@ Decision log:
   timer is never dropped because the disk was full.
 - A timer cancelled while its delivery waits (a round of the open window cancelled it) is withdrawn
   before it runs (the delivery's precheck reads the row).
+- Due timers and messages are delivered in batches (``BATCH``, one row per lane, i.e. per
+  destination; docs/decisions.md, decision 103): the instance layer takes each idle
+  destination (the mailbox queues later requests behind it), reads the batch's destination rows in
+  one query, steps the instances of one machine version in one executor call per VM (their live actors,
+  or fresh sandboxes in pristine mode) and commits their rounds concurrently, which the store's
+  group commit writes as one transaction. Such a delivery opens its destination's window, so it has
+  no precheck: the round's commit deletes the timer row or fails (nothing committed, no effect run),
+  so a cancelled timer is still never delivered, and a crash between claim and commit leaves the
+  row to be delivered again. A spawn, a destination busy with another window, a paused, missing or
+  to-be-upgraded one, and every row on a shared database (a window needs its lease) take the
+  ordinary path, one window each. A lone timer is a batch of one: it fires when the loop's sleep
+  until its due time ends (no polling).
 - Messages between instances and spawns of persistent children are timer rows of their sender with
   a target (wire-api 7.6). Deliveries to one destination run one after another, in row order, so
   a child is created before the events its parent sent it in the same transition arrive.
@@ -43,11 +55,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from runtime import Clock
 
 from .errors import Unavailable
-from .instances import InstanceService
+from .instances import InstanceService, TimerDelivery
 from .loops import repeat
 from .store import LogRecord, Store, TimerRow
 
@@ -64,6 +78,9 @@ PAUSED_RETRY_MS = 30_000
 """A paused instance is retried about 30 s apart (wire-api 3.9)."""
 CLAIM_BATCH = 256
 MAX_CONCURRENT = 256
+BATCH = 64
+"""Due timers and messages are delivered in batches of at most this many (one per lane: one per
+destination); a claim of CLAIM_BATCH makes several, so that sandbox work and commits overlap."""
 UNAVAILABLE_RETRY_S = 1.0
 """A timer whose delivery met a storage fault is tried again after this long (real time)."""
 CLOCK_RECHECK_S = 1.0
@@ -127,15 +144,26 @@ class TimerService:
             due = [row for row in claimed if row.id not in self._in_flight]
         else:
             due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
+        batch: list[TimerRow] = []
+        batch_lanes: set[tuple[object, ...]] = set()
+        batching = not self.store.shared  # several nodes: a window per timer, under its lease
         for row in due:
             await self._slots.acquire()
             self._in_flight.add(row.id)
             lane = _lane(row)
-            task = asyncio.create_task(self._deliver(row, self._lanes.get(lane)), name=f"statehost-timer-{row.id}")
-            self._lanes[lane] = task
-            task.add_done_callback(functools.partial(self._lane_done, lane))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if batching and _batchable(row) and lane not in self._lanes and lane not in batch_lanes:
+                batch.append(row)
+                batch_lanes.add(lane)
+                if len(batch) == BATCH:
+                    self._start_batch(batch)
+                    batch, batch_lanes = [], set()
+                continue
+            if lane in batch_lanes:  # it goes after its lane's earlier row, which is in the batch
+                self._start_batch(batch)
+                batch, batch_lanes = [], set()
+            self._start(lane, self._deliver(row, self._lanes.get(lane)), f"statehost-timer-{row.id}", (lane,))
+        if batch:
+            self._start_batch(batch)
         if len(due) == CLAIM_BATCH:
             return
         next_due = await self.store.next_timer_due(exclude=self._in_flight)
@@ -152,17 +180,72 @@ class TimerService:
             for waiter in waits:
                 waiter.cancel()
 
+    def _start_batch(self, rows: list[TimerRow]) -> None:
+        lanes = tuple(_lane(row) for row in rows)
+        self._start(lanes[0], self._deliver_batch(rows), f"statehost-timers-{rows[0].id}+{len(rows) - 1}", lanes)
+
+    def _start(
+        self,
+        lane: tuple[object, ...],
+        work: Coroutine[Any, Any, None],
+        name: str,
+        lanes: tuple[tuple[object, ...], ...],
+    ) -> None:
+        """Run one delivery task; the next delivery to any of ``lanes`` waits for it."""
+        task = asyncio.create_task(work, name=name)
+        for each in lanes:
+            self._lanes[each] = task
+            task.add_done_callback(functools.partial(self._lane_done, each))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _lane_done(self, lane: tuple[object, ...], task: asyncio.Task[None]) -> None:
         if self._lanes.get(lane) is task:
             del self._lanes[lane]
 
     async def _deliver(self, row: TimerRow, after: asyncio.Task[None] | None = None) -> None:
-        hold_s = 0.0
+        outcome: TimerDelivery | Exception
         try:
             if after is not None:
                 await asyncio.wait([after])
             outcome = await self.instances.deliver_timer(row)
-            if outcome == "delivered":
+        except asyncio.CancelledError:
+            self._forget(row)
+            raise
+        except Exception as exc:
+            outcome = exc
+        await self._settle(row, outcome)
+
+    async def _deliver_batch(self, rows: list[TimerRow]) -> None:
+        """Timers and messages to different instances delivered together: the instance layer
+        groups them by machine version, steps each group in one sandbox call and commits their
+        rounds in one transaction (docs/decisions.md, decision 103)."""
+        outcomes: Sequence[TimerDelivery | Exception]
+        try:
+            outcomes = await self.instances.deliver_timers(rows)
+        except asyncio.CancelledError:
+            for row in rows:
+                self._forget(row)
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(rows)
+        await asyncio.gather(*(self._settle(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)))
+
+    def _forget(self, row: TimerRow) -> None:
+        self._in_flight.discard(row.id)
+        self._slots.release()
+
+    async def _settle(self, row: TimerRow, outcome: TimerDelivery | Exception) -> None:
+        """What a delivery's outcome means for its row: nothing (delivered), removed, retried later,
+        or held back in memory while the database fails."""
+        hold_s = 0.0
+        try:
+            if isinstance(outcome, Unavailable):  # the delivery's own write met a storage fault
+                raise outcome
+            if isinstance(outcome, Exception):
+                log.error("timer %s: delivery failed", row.id, exc_info=outcome)
+                await self._retry(row, paused=False)
+            elif outcome == "delivered":
                 self.delivered += 1
             elif outcome == "gone":
                 if await self.store.timer_exists(row.id):
@@ -191,8 +274,7 @@ class TimerService:
                 if hold_s:  # still in flight meanwhile: the loop does not pick the row up again
                     await asyncio.sleep(hold_s)
             finally:
-                self._in_flight.discard(row.id)
-                self._slots.release()
+                self._forget(row)
                 self.wake()
 
     async def _retry(self, row: TimerRow, paused: bool) -> None:
@@ -222,6 +304,11 @@ async def _sleep_until(clock: Clock, when_ms: int) -> None:
     while clock.now_ms() < when_ms:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(clock.sleep_until(when_ms), CLOCK_RECHECK_S)
+
+
+def _batchable(row: TimerRow) -> bool:
+    """Timers and messages go in batches; a spawn (a create) takes the ordinary path."""
+    return row.target is None or row.target.get("kind") != "spawn"
 
 
 def _lane(row: TimerRow) -> tuple[object, ...]:

@@ -12,11 +12,15 @@ when it settles everyone who took part gets the latest committed state.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from runtime import (
+    ActorBatchWindow,
+    BatchWindow,
     Clock,
     Delivery,
     Executor,
@@ -28,7 +32,9 @@ from runtime import (
     WindowResult,
     WorkerLost,
     run_actor_window,
+    run_actor_windows,
     run_window,
+    run_windows,
 )
 
 from .actor_pool import ActorPool, actor_key
@@ -235,3 +241,96 @@ class WindowRunner:
     def close(self) -> None:
         if self.actors is not None:
             self.actors.close()
+
+    # -- a batch: windows of several instances of one version (server/delivery.py) ----------------------
+
+    async def run_group(
+        self, version_id: str, items: Sequence[tuple[Request, Inbox, InstanceRow]]
+    ) -> list[Exception | None]:
+        """Windows of instances of ``version_id`` whose rows were read already and admitted (one
+        node: no lease; running, no upgrade due), each opened by an event request (a due timer):
+        begun in one executor call per VM (their live actors' steps, ``runtime.run_actor_windows``; in
+        pristine mode fresh sandboxes, ``runtime.run_windows``), each then run on as :meth:`run`
+        runs one, their rounds committed concurrently (the store groups them into one
+        transaction). No timer precheck: the round's commit deletes the timer row or fails, so a
+        timer cancelled meanwhile is never delivered. Per item, None or the error :meth:`run`
+        would have raised."""
+        assert self.leases is None
+        prepared = await self.machines.prepared(version_id)
+        lane = self.executor.lane(items[0][0].org_id)
+        windows: list[Window] = []
+        steps: list[StepRequest] = []
+        for request, _, row in items:
+            windows.append(
+                Window(request, row.id, row.seq, row.ts, row.version_id, InstanceSnapshot.of(row), parent=row.parent)
+            )
+            steps.append(
+                StepRequest(
+                    "event",
+                    row.name,
+                    request.auth_context,
+                    persisted=row.persisted,
+                    event=request.event,
+                    parent=row.parent,
+                )
+            )
+        results: list[WindowResult | Exception] = []
+        if self.actors is not None:
+            host = self.actors.host(version_id, prepared)
+            batch = [
+                ActorBatchWindow(
+                    actor_key(row.id, row.created_ms),
+                    row.seq,
+                    step,
+                    functools.partial(self.committer.commit, window),
+                    tag=request,
+                    inbox=inbox,
+                )
+                for (request, inbox, row), window, step in zip(items, windows, steps, strict=True)
+            ]
+            # One executor call per VM: one VM's entries are serialised by its lock, so calls for
+            # different VMs run in parallel on different workers instead of queueing on the locks.
+            by_vm: dict[int, list[int]] = {}
+            for n, entry in enumerate(batch):
+                by_vm.setdefault(host.vm_index(entry.instance_id), []).append(n)
+            try:
+                per_vm = await asyncio.gather(
+                    *(
+                        run_actor_windows(
+                            host, [batch[n] for n in ns], executor=lane, transport=self.transport, clock=self.clock
+                        )
+                        for ns in by_vm.values()
+                    )
+                )
+            finally:
+                await self.actors.after_window(version_id, host, self.clock.now_ms(), lane)
+            results = [RuntimeError("not run")] * len(batch)
+            for ns, outs in zip(by_vm.values(), per_vm, strict=True):
+                for n, out in zip(ns, outs, strict=True):
+                    results[n] = out if isinstance(out, Exception) else out[0]
+        else:
+
+            async def commit(window: Window, round_: Round, tag: object) -> None:
+                await self.committer.commit(window, round_, tag)
+
+            results = await run_windows(
+                prepared,
+                [
+                    BatchWindow(step, functools.partial(commit, window), tag=request, inbox=inbox)
+                    for (request, inbox, _), window, step in zip(items, windows, steps, strict=True)
+                ],
+                executor=lane,
+                transport=self.transport,
+                clock=self.clock,
+            )
+        errors: list[Exception | None] = []
+        for (request, _, _), window, result in zip(items, windows, results, strict=True):
+            try:
+                if isinstance(result, Exception):
+                    raise self._failed(request, window, result) from result
+                await self._finish(request, window, result)
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
