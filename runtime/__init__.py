@@ -13,7 +13,7 @@ from .engine import Engine, PreparedMachine, PreparedMigration, SandboxInstance
 from .engines import ENGINE_NAMES, make_engine
 from .engines.quickjs_native import QuickJSNativeEngine
 from .errors import BundleError, Diagnostic, HostError, InvalidMachineError, ProtocolError, SandboxError
-from .executor import Executor, Lane, Runner
+from .executor import Executor, Lane, Runner, default_workers
 from .limits import FetchPolicy, Limits, Outcome
 from .local import LocalInstance
 from .netguard import address_refusal, url_refusal
@@ -99,6 +99,7 @@ __all__ = [
     "address_refusal",
     "apply_timer_op",
     "close_all",
+    "default_workers",
     "make_engine",
     "resources",
     "run_actor_window",

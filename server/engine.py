@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from runtime import Bundler, Clock, Executor, SystemClock, WorkerPool, make_engine
-from runtime.executor import default_workers
+from runtime import Bundler, Clock, Executor, SystemClock, WorkerPool, default_workers, make_engine
 
 from .actor_pool import ActorPool
 from .config import Settings
