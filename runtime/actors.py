@@ -80,12 +80,14 @@ __all__ = [
     "ActorCommitFn",
     "ActorHost",
     "ActorHostStats",
+    "ActorSandbox",
     "ActorSettings",
     "ActorStep",
     "LiveActorHost",
     "LostActor",
     "MemoryPressure",
     "run_actor_window",
+    "step_each",
 ]
 
 # Outcomes that condemn the whole VM: the limit was hit somewhere in the middle of the machine's code,
@@ -534,7 +536,7 @@ class ActorHost:
 
     def sandbox(self, instance_id: str) -> SandboxInstance:
         """The instance's open window as a :class:`SandboxInstance` (for ``runtime.settle.drive``)."""
-        return _ActorSandbox(self, instance_id)
+        return ActorSandbox(self, instance_id)
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -628,24 +630,19 @@ class ActorHost:
         timers): per entry (instance id, committed seq, request), its step, or the exception
         :meth:`step` raised (one instance's host fault does not stop the others). Each step takes
         the clock when it runs."""
-        out: list[ActorStep | Exception] = []
-        for instance_id, committed_seq, request in steps:
-            try:
-                out.append(self.step(instance_id, committed_seq, request, clock.now_ms()))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return step_each(self, steps, clock)
 
 
-class _ActorSandbox(SandboxInstance):
-    """An instance's open window on an :class:`ActorHost`, in the shape ``runtime.settle.drive`` drives."""
+class ActorSandbox(SandboxInstance):
+    """An instance's open window on a live-actor host (in process, or a worker process's), in the
+    shape ``runtime.settle.drive`` drives."""
 
-    def __init__(self, host: ActorHost, instance_id: str) -> None:
+    def __init__(self, host: LiveActorHost, instance_id: str) -> None:
         self._host = host
         self._id = instance_id
 
     def begin(self, request: StepRequest, now_ms: int) -> Round:
-        raise TypeError("start an actor's window with ActorHost.step")
+        raise TypeError("start an actor's window with the host's step")
 
     def new_window(self) -> None:
         pass
@@ -713,6 +710,20 @@ class LiveActorHost(Protocol):
     def close(self) -> None: ...
 
     def sandbox(self, instance_id: str) -> SandboxInstance: ...
+
+
+def step_each(
+    host: LiveActorHost, steps: Sequence[tuple[str, int | None, StepRequest]], clock: Clock
+) -> list[ActorStep | Exception]:
+    """``host.step`` for each entry in turn, the clock taken as each runs; an entry whose step
+    raised gets its exception (one instance's fault does not stop the others)."""
+    out: list[ActorStep | Exception] = []
+    for instance_id, committed_seq, request in steps:
+        try:
+            out.append(host.step(instance_id, committed_seq, request, clock.now_ms()))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 ActorCommitFn = Callable[[Round, object], Awaitable[int]]

@@ -63,7 +63,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
-from .actors import ActorHost, ActorHostStats, ActorSettings, ActorStep, LiveActorHost, LostActor, MemoryPressure
+from .actors import (
+    ActorHostStats,
+    ActorSandbox,
+    ActorSettings,
+    ActorStep,
+    LostActor,
+    MemoryPressure,
+    step_each,
+)
 from .clock import Clock
 from .engine import PreparedMachine, SandboxInstance
 from .errors import HostError, InvalidMachineError, SandboxError
@@ -677,13 +685,7 @@ class WorkerActorHost:
     ) -> list[ActorStep | Exception]:
         """:meth:`step` for several instances (a batch of due timers): per entry its step or the
         exception it raised (a lost worker fails its own entries, not the others')."""
-        out: list[ActorStep | Exception] = []
-        for instance_id, committed_seq, request in steps:
-            try:
-                out.append(self.step(instance_id, committed_seq, request, clock.now_ms()))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return step_each(self, steps, clock)
 
     def vm_index(self, instance_id: str) -> int:
         """Entries of one worker are serialised by its pipe: a batch is grouped by worker."""
@@ -828,38 +830,4 @@ class WorkerActorHost:
                 worker.loaded.discard(self._version.key)
 
     def sandbox(self, instance_id: str) -> SandboxInstance:
-        return _WorkerSandbox(self, instance_id)
-
-
-class _WorkerSandbox(SandboxInstance):
-    """An instance's open window on a :class:`WorkerActorHost`, for ``runtime.settle.drive``."""
-
-    def __init__(self, host: WorkerActorHost, instance_id: str) -> None:
-        self._host = host
-        self._id = instance_id
-
-    def begin(self, request: StepRequest, now_ms: int) -> Round:
-        raise TypeError("start an actor's window with WorkerActorHost.step")
-
-    def new_window(self) -> None:
-        pass
-
-    def deliver(self, event: Mapping[str, Any], auth_context: Mapping[str, Any] | None, now_ms: int) -> Round:
-        return self._host.deliver(self._id, event, auth_context, now_ms)
-
-    def resume(self, results: Sequence[EffectResult], now_ms: int) -> Round:
-        return self._host.resume(self._id, results, now_ms)
-
-    def fire_timers(self, now_ms: int) -> Round:
-        return self._host.fire_timers(self._id, now_ms)
-
-    def footprint(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
-def _conforms(worker_host: WorkerActorHost, local_host: ActorHost) -> tuple[LiveActorHost, LiveActorHost]:
-    """Never called: mypy checks here that both hosts have the interface the server calls."""
-    return worker_host, local_host
+        return ActorSandbox(self, instance_id)

@@ -60,16 +60,7 @@ class TimerDeliverer:
             owner = TimerOwner(row.machine_id, row.org_id, row.machine_slug, row.name)
         if timer.target is not None:
             return await self.deliver_message(timer, owner)
-        request = Request(
-            "timer",
-            owner.machine_id,
-            owner.org_id,
-            owner.machine_slug,
-            owner.name,
-            None,
-            event=timer.event,
-            timer=timer,
-        )
+        request = _timer_request(timer, owner)
         try:
             await self.submit(request)
         except Paused:
@@ -111,16 +102,7 @@ class TimerDeliverer:
                 singles.append(timer)
                 continue
             if timer.target is None:
-                request: Request | TimerDelivery = Request(
-                    "timer",
-                    owner.machine_id,
-                    owner.org_id,
-                    owner.machine_slug,
-                    owner.name,
-                    None,
-                    event=timer.event,
-                    timer=timer,
-                )
+                request: Request | TimerDelivery = _timer_request(timer, owner)
             else:
                 try:
                     request = await self._message_request(timer, owner)
@@ -293,3 +275,10 @@ async def _each(
             raise outcome  # cancelled: the timer loop is stopping
         out.append(outcome)
     return out
+
+
+def _timer_request(timer: TimerRow, owner: TimerOwner) -> Request:
+    """A due timer of an instance to itself, as the request that delivers it (no allowWrite)."""
+    return Request(
+        "timer", owner.machine_id, owner.org_id, owner.machine_slug, owner.name, None, event=timer.event, timer=timer
+    )
