@@ -729,17 +729,24 @@ class Store:
         )
         return [(int(r["machine_id"]), str(r["name"])) for r in rows]
 
-    async def claim_due_timers(self, now_ms: int, limit: int, node_id: str, ttl_ms: int) -> list[TimerRow]:
+    async def claim_due_timers(
+        self, now_ms: int, limit: int, node_id: str, ttl_ms: int, exclude: Iterable[int] = ()
+    ) -> list[TimerRow]:
         """Claim due timers nobody else holds (SKIP LOCKED: racing nodes claim disjoint rows); a
-        claim lapses after ``ttl_ms`` unless the timer was delivered, retried or dropped first."""
+        claim lapses after ``ttl_ms`` unless the timer was delivered, retried or dropped first.
+        ``exclude``: timers this node is delivering already; they are neither returned nor claimed
+        again (a claim taken on a row that the caller then skips would hold it from every node
+        until it lapsed)."""
+        excluded = list(exclude)
+        extra = f" AND id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
         rows = await self._relaxed(
             f"UPDATE timers t SET claimed_by = ?, claim_until = {_DB_NOW_MS} + ? FROM instances i, machines m"
             " WHERE i.id = t.instance_id AND m.id = i.machine_id AND t.id IN ("
-            " SELECT id FROM timers WHERE due_ms <= ?"
+            f" SELECT id FROM timers WHERE due_ms <= ?{extra}"
             f" AND (claim_until IS NULL OR claim_until < {_DB_NOW_MS})"
             " ORDER BY due_ms, id LIMIT ? FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_DUE_TIMER_COLUMNS}",
-            (node_id, ttl_ms, now_ms, limit),
+            (node_id, ttl_ms, now_ms, *excluded, limit),
         )
         return sorted((_due_timer_row(r) for r in rows), key=lambda t: (t.due_ms, t.id))
 

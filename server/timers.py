@@ -140,8 +140,9 @@ class TimerService:
         self._wake.clear()
         now = self.clock.now_ms()
         if self.store.shared:
-            claimed = await self.store.claim_due_timers(now, CLAIM_BATCH, self.node_id, self.claim_ttl_ms)
-            due = [row for row in claimed if row.id not in self._in_flight]
+            due = await self.store.claim_due_timers(
+                now, CLAIM_BATCH, self.node_id, self.claim_ttl_ms, exclude=self._in_flight
+            )
         else:
             due = await self.store.due_timers(now, CLAIM_BATCH, exclude=self._in_flight)
         batch: list[TimerRow] = []

@@ -98,6 +98,29 @@ async def test_cancel_removes_the_timer(durable, deploy: Deployment, clock: Fake
     assert (await state_of(durable, deploy.org_id, "i1")).state == "idle"
 
 
+async def test_a_timer_in_flight_is_neither_returned_nor_claimed_again(durable, deploy: Deployment, clock: FakeClock):
+    """The timer loop passes the timers it is delivering as ``exclude``: on a shared database they
+    are not claimed again (a claim on a row the loop then skips would hold it from every node until
+    it lapsed), on SQLite not read again."""
+    await deploy.machine("timed", TIMED[4])
+    for name in ("i1", "i2"):
+        await durable.instances.create(deploy.org_id, "timed", name)
+        await durable.instances.send_event(deploy.org_id, "timed", name, "short", {})
+    store = durable.store
+    now = clock.now_ms() + 5000
+    rows = await store.due_timers(now, 10)
+    assert len(rows) == 2
+    in_flight, other = rows
+    if store.shared:
+        claimed = await store.claim_due_timers(now, 10, "node-a", 60_000, exclude={in_flight.id})
+        assert [t.id for t in claimed] == [other.id]
+        # The excluded row carries no claim: another node may take it at once.
+        taken = await store.claim_due_timers(now, 10, "node-b", 60_000)
+        assert [t.id for t in taken] == [in_flight.id]
+    else:
+        assert [t.id for t in await store.due_timers(now, 10, exclude={in_flight.id})] == [other.id]
+
+
 async def test_due_timers_carry_their_owner_and_a_stale_one_delivers_nothing(
     durable, deploy: Deployment, clock: FakeClock, monkeypatch
 ):
