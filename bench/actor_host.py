@@ -45,10 +45,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime import ActorHost, ActorSettings, Bundler, Limits, PreparedMachine, StepRequest, Upload
+from runtime import ActorHost, ActorSettings, Bundler, Engine, Limits, PreparedMachine, StepRequest, Upload
 from runtime.engine import SandboxInstance
 from runtime.engines import make_engine
 
@@ -542,10 +543,9 @@ def workers_comparison(
     return row
 
 
-def main_workers(args: argparse.Namespace) -> None:
-    bundler = Bundler()
-    sizes = [1_000] if args.quick else [1_000, 10_000]
-    results: dict[str, Any] = {
+def _results_header() -> dict[str, Any]:
+    """The command and the machine, before any run."""
+    return {
         "command": " ".join(["python -m bench.actor_host", *sys.argv[1:]]),
         "machine": {
             "platform": platform.platform(),
@@ -555,21 +555,33 @@ def main_workers(args: argparse.Namespace) -> None:
         },
         "runs": [],
     }
+
+
+def _toggles(args: argparse.Namespace, bundler: Bundler) -> Iterator[tuple[str, Engine, int, PreparedMachine]]:
+    """The toggle fixture prepared for each engine and XState major asked for."""
     for engine_name in args.engines.split(","):
         engine = make_engine(engine_name, bundler.runtime_api)
         for major in (int(m) for m in args.majors.split(",")):
             source = (ROOT / "fixtures" / "machines" / "toggle" / f"v{major}" / "machine.ts").read_bytes()
-            prepared = engine.prepare(bundler.bundle(Upload("machine.ts", source, xstate_major=major)))
-            if not results.get("codec"):
-                results["codec"] = codec_costs(prepared)
-                print(json.dumps({"codec": results["codec"]}), flush=True)
-            for count in sizes:
-                events = 4_000 if args.quick else 20_000
-                row = workers_comparison(engine_name, bundler, prepared, count, events, args.callers, args.vms)
-                fresh = rss_in_fresh_process(engine_name, major, count, args.vms)
-                row["in_process_rss_per_actor_kib"] = fresh["rss_per_actor_kib"]
-                print(json.dumps(row), flush=True)
-                results["runs"].append(row)
+            bundle = bundler.bundle(Upload("machine.ts", source, xstate_major=major))
+            yield engine_name, engine, major, engine.prepare(bundle)
+
+
+def main_workers(args: argparse.Namespace) -> None:
+    bundler = Bundler()
+    sizes = [1_000] if args.quick else [1_000, 10_000]
+    results = _results_header()
+    for engine_name, _engine, major, prepared in _toggles(args, bundler):
+        if not results.get("codec"):
+            results["codec"] = codec_costs(prepared)
+            print(json.dumps({"codec": results["codec"]}), flush=True)
+        for count in sizes:
+            events = 4_000 if args.quick else 20_000
+            row = workers_comparison(engine_name, bundler, prepared, count, events, args.callers, args.vms)
+            fresh = rss_in_fresh_process(engine_name, major, count, args.vms)
+            row["in_process_rss_per_actor_kib"] = fresh["rss_per_actor_kib"]
+            print(json.dumps(row), flush=True)
+            results["runs"].append(row)
     results["machine"]["load_average_end"] = os.getloadavg()
     out = RESULTS.with_name("actor_host_workers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -596,36 +608,23 @@ def main() -> None:
     iterations = 100 if args.quick else 400
     sizes = [1_000] if args.quick else [1_000, 10_000]
     bundler = Bundler()
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m bench.actor_host", *sys.argv[1:]]),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-        },
-        "runs": [],
-    }
-    for engine_name in args.engines.split(","):
-        engine = make_engine(engine_name, bundler.runtime_api)
-        for major in (int(m) for m in args.majors.split(",")):
-            source = (ROOT / "fixtures" / "machines" / "toggle" / f"v{major}" / "machine.ts").read_bytes()
-            prepared = engine.prepare(bundler.bundle(Upload("machine.ts", source, xstate_major=major)))
-            row: dict[str, Any] = {"engine": engine_name, "major": major}
-            row.update(one_hot_instance(prepared, iterations))
-            row["hostile"] = hostile_neighbours(engine, bundler, major, iterations)
-            print(json.dumps(row), flush=True)
-            for count in sizes:
-                events = 20_000 if count >= 10_000 else 10_000
-                if args.quick:
-                    events = 3_000
-                many = many_instances(prepared, count, events, min(events, 2_000), args.vms)
-                many.update({"engine": engine_name, "major": major})
-                fresh = rss_in_fresh_process(engine_name, major, count, args.vms)
-                many["fresh_process_rss_per_actor_kib"] = fresh["rss_per_actor_kib"]
-                print(json.dumps(many), flush=True)
-                row[f"n{count}"] = many
-            results["runs"].append(row)
+    results = _results_header()
+    for engine_name, engine, major, prepared in _toggles(args, bundler):
+        row: dict[str, Any] = {"engine": engine_name, "major": major}
+        row.update(one_hot_instance(prepared, iterations))
+        row["hostile"] = hostile_neighbours(engine, bundler, major, iterations)
+        print(json.dumps(row), flush=True)
+        for count in sizes:
+            events = 20_000 if count >= 10_000 else 10_000
+            if args.quick:
+                events = 3_000
+            many = many_instances(prepared, count, events, min(events, 2_000), args.vms)
+            many.update({"engine": engine_name, "major": major})
+            fresh = rss_in_fresh_process(engine_name, major, count, args.vms)
+            many["fresh_process_rss_per_actor_kib"] = fresh["rss_per_actor_kib"]
+            print(json.dumps(many), flush=True)
+            row[f"n{count}"] = many
+        results["runs"].append(row)
     results["machine"]["load_average_end"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
